@@ -1,0 +1,27 @@
+"""catnet: teach a neural network to tell cat pictures from everything else.
+
+The Python API mirrors the CLI: `train`, `evaluate`, `predict` and `load_model`. They are
+imported lazily so that `catnet --help` starts without loading torch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "evaluate", "load_model", "predict", "train"]
+
+_LAZY = {
+    "train": "catnet.training",
+    "evaluate": "catnet.evaluation",
+    "predict": "catnet.prediction",
+    "load_model": "catnet.prediction",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'catnet' has no attribute {name!r}")

@@ -1,0 +1,115 @@
+"""Where and how tensors are computed: device, bf16 autocast, threads, seeds, batched inference."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from catnet.augment import MEAN, STD, prepare_eval
+from catnet.errors import CatnetError
+
+
+@dataclass
+class Compute:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None = plain fp32
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @property
+    def name(self) -> str:
+        return f"{self.device.type}/{'bf16' if self.dtype is torch.bfloat16 else 'fp32'}"
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmul (AVX512-BF16 or AMX): where autocast is a real speed-up, not a loss."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = fh.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def select_compute(device: str = "auto", precision: str = "auto") -> Compute:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CatnetError("--device cuda was asked for, but no CUDA GPU is available")
+    dev = torch.device(device)
+    if precision == "fp32":
+        return Compute(dev, None)
+    supported = torch.cuda.is_bf16_supported() if dev.type == "cuda" else cpu_has_bf16()
+    if precision == "bf16" and not supported:
+        raise CatnetError(f"bf16 is not supported on this {dev.type}; use --precision fp32")
+    return Compute(dev, torch.bfloat16 if supported else None)
+
+
+def setup_threads() -> None:
+    """Use every core we are allowed, not torch's guess (it can count hyperthreads or ignore
+    cgroup limits)."""
+    if hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def batches_of(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))
+
+
+@torch.no_grad()
+def logits_for(
+    model: nn.Module,
+    batch_u8: torch.Tensor,
+    image_size: int,
+    compute: Compute,
+    tta: bool = False,
+    mean: tuple = MEAN,
+    std: tuple = STD,
+) -> torch.Tensor:
+    """(B, S, S, 3) uint8 -> (B,) float32 logits; with tta, the mean over the mirror image too."""
+    x = prepare_eval(batch_u8.to(compute.device), image_size, mean, std)
+    with compute.autocast():
+        logits = model(x).float()
+        if tta:
+            logits = (logits + model(x.flip(3)).float()) / 2
+    return logits.cpu()
+
+
+def predict_logits(
+    model: nn.Module,
+    pixels: np.ndarray,
+    slots: np.ndarray,
+    image_size: int,
+    compute: Compute,
+    batch_size: int = 128,
+    tta: bool = False,
+    mean: tuple = MEAN,
+    std: tuple = STD,
+) -> torch.Tensor:
+    """Logits for pixels[slots], batch by batch (pixels may be a memory-mapped cache)."""
+    model.eval()
+    out = []
+    for part in batches_of(len(slots), batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(pixels[slots[part]]))
+        out.append(logits_for(model, batch, image_size, compute, tta, mean, std))
+    return torch.cat(out) if out else torch.zeros(0)

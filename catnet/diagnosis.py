@@ -1,0 +1,44 @@
+"""Name over- or underfitting in plain words, with the flag to change next."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def diagnose(history: list[dict[str, Any]], best_epoch: int, cfg: Any) -> dict[str, str]:
+    """Verdict from the learning curves at the best epoch.
+
+    train_acc is measured on augmented pictures while they are learnt, so it understates the
+    clean training accuracy a little; the thresholds below allow for that.
+    """
+    if not history:
+        return {"verdict": "unknown", "message": "no epoch finished", "next_step": ""}
+    best = history[max(best_epoch, 1) - 1]
+    last = history[-1]
+    gap = best["train_acc"] - best["val_acc"]
+    loss_rise = last["val_loss"] - min(r["val_loss"] for r in history)
+    if gap > 0.08 or (len(history) >= 4 and loss_rise > 0.15):
+        return {
+            "verdict": "overfit",
+            "message": f"overfitting: train accuracy is {gap:+.1%} above validation, and the "
+            "network is memorising its training pictures",
+            "next_step": f"try --dropout {min(cfg.dropout + 0.2, 0.7):.1f}, "
+            f"--weight-decay {cfg.weight_decay * 3:g}, keep --augment on, or a smaller network",
+        }
+    if best["train_acc"] < 0.8 and gap < 0.05:
+        bigger = (
+            "--width " + str(cfg.width * 2)
+            if cfg.model == "cnn"
+            else "--hidden " + ",".join(str(h * 2) for h in cfg.hidden)
+        )
+        return {
+            "verdict": "underfit",
+            "message": f"underfitting: even training accuracy is only {best['train_acc']:.1%}",
+            "next_step": f"try a bigger network ({bigger}), a longer --time-budget or more "
+            f"--epochs, or less regularisation (--dropout {max(cfg.dropout - 0.1, 0):.1f})",
+        }
+    return {
+        "verdict": "good",
+        "message": f"good fit: train and validation accuracy are within {abs(gap):.1%}",
+        "next_step": "more pictures or a longer --time-budget are the way to go further",
+    }

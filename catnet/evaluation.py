@@ -1,0 +1,96 @@
+"""`catnet evaluate`: how good is a checkpoint on a folder of tagged pictures?"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from catnet.cache import default_cache_root, load_pixels
+from catnet.compute import predict_logits, setup_threads
+from catnet.config import EvaluateConfig
+from catnet.data import Dataset, Sample, scan_dataset
+from catnet.errors import CatnetError
+from catnet.metrics import binary_metrics
+from catnet.prediction import CatnetModel, load_model
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[
+        str, Any
+    ]  # n, accuracy, precision, recall, f1, roc_auc, threshold, confusion, skipped
+    samples: list[Sample] = field(default_factory=list)  # the pictures scored, in order
+    probs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n,) calibrated p(cat)
+    logits: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n,) raw logits
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def pick_samples(dataset: Dataset) -> tuple[list[Sample], str]:
+    """Split folders: test/ if present, else val/. Class folders: every picture."""
+    if dataset.layout == "split":
+        return (dataset.test, "test") if dataset.test else (dataset.val, "val")
+    return dataset.train + dataset.val, "all"
+
+
+def _scan(data_dir: str | Path, model: CatnetModel, positive: str) -> Dataset:
+    """Prefer the positive class name the model was trained with, then cat/cats."""
+    names = [positive] if positive else [model.payload["classes"]["positive"], ""]
+    error: CatnetError | None = None
+    for name in names:
+        try:
+            return scan_dataset(data_dir, name, val_fraction=0.0, require_both=False)
+        except CatnetError as exc:
+            error = error or exc
+    assert error is not None
+    raise error
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    cfg: EvaluateConfig | None = None,
+    on_decode: Callable[[int, int], None] | None = None,
+) -> EvaluationResult:
+    cfg = cfg or EvaluateConfig(workers=0)
+    setup_threads()
+    model = load_model(checkpoint)
+    dataset = _scan(data_dir, model, cfg.positive)
+    samples, split = pick_samples(dataset)
+    if not samples:
+        raise CatnetError(f"no pictures to evaluate under {dataset.root}")
+    cache_root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
+    table = load_pixels(
+        [s.path for s in samples],
+        model.decode_size,
+        cache_root=cache_root if cfg.cache else None,
+        workers=cfg.workers,
+        max_pixels=cfg.max_image_pixels,
+        on_progress=on_decode,
+    )
+    skipped = [(str(samples[i].path), reason) for i, reason in sorted(table.errors.items())]
+    keep = np.flatnonzero(table.ok)
+    if len(keep) == 0:
+        raise CatnetError(f"none of the {len(samples)} pictures under {dataset.root} could be read")
+    kept = [samples[i] for i in keep]
+    logits = predict_logits(
+        model.module,
+        table.array,
+        table.slots[keep],
+        model.image_size,
+        model.compute,
+        cfg.batch_size,
+        cfg.tta,
+        model.mean,
+        model.std,
+    )
+    probs = torch.sigmoid(logits / model.temperature)
+    labels = torch.tensor([s.label for s in kept])
+    threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
+    metrics = binary_metrics(probs, labels, threshold)
+    metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
+    return EvaluationResult(metrics, kept, probs, logits, skipped)

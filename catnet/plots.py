@@ -1,0 +1,40 @@
+"""Pictures of training: learning curves. matplotlib draws; nothing here is needed to predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_curves(history: list[dict[str, Any]], best_epoch: int, path: Path) -> Path:
+    """curves.png: train/val loss and accuracy per epoch, the best epoch and the LR marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train loss")
+    ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val loss")
+    ax_acc.plot(epochs, [r["train_acc"] for r in history], label="train accuracy")
+    ax_acc.plot(epochs, [r["val_acc"] for r in history], label="val accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.axvline(best_epoch, color="grey", linestyle="--", label=f"best epoch ({best_epoch})")
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    ax_lr = ax_loss.twinx()
+    ax_lr.plot(
+        epochs, [r["lr"] for r in history], color="tab:green", alpha=0.5, label="learning rate"
+    )
+    ax_lr.set_ylabel("learning rate", color="tab:green")
+    ax_loss.set_ylabel("loss (binary cross-entropy)")
+    ax_acc.set_ylabel("accuracy")
+    ax_loss.legend(loc="upper right")
+    ax_acc.legend(loc="lower right")
+    ax_loss.set_title("Loss")
+    ax_acc.set_title("Accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,234 @@
+"""Use a trained checkpoint: `load_model` for Python, `predict` for files and folders.
+
+predict streams: files are decoded in worker processes a window at a time while the model
+works on the previous batch, and rows are handed to a callback as soon as they exist, so
+memory stays bounded for any number of files.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import itertools
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from catnet.cache import decode_stream
+from catnet.checkpoint import load_checkpoint
+from catnet.compute import Compute, logits_for, select_compute, setup_threads
+from catnet.config import PredictConfig
+from catnet.data import IMAGE_SUFFIXES, _to_square_rgb, list_files
+from catnet.errors import DecodeError
+from catnet.models import build_model
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str  # cat, not_cat, unsure or error
+    p_cat: float | None
+    error: str = ""
+
+    def as_row(self, model_hash: str) -> dict[str, Any]:
+        p = None if self.p_cat is None else round(self.p_cat, 6)
+        return {
+            "path": self.path,
+            "label": self.label,
+            "p_cat": p,
+            "error": self.error,
+            "model": model_hash,
+        }
+
+
+class CatnetModel:
+    """A trained network plus everything needed to feed it pictures the way it was trained."""
+
+    def __init__(self, payload: dict[str, Any], path: Path, device: str = "auto") -> None:
+        self.path = path
+        self.payload = payload
+        self.compute: Compute = select_compute(device, "auto")
+        self.module: nn.Module = build_model(payload["arch"])
+        self.module.load_state_dict(payload["state_dict"])
+        self.module.to(self.compute.device, memory_format=torch.channels_last).eval()
+        pre = payload["preprocessing"]
+        self.image_size: int = int(pre["image_size"])
+        self.decode_size: int = int(pre["decode_size"])
+        self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
+        self.threshold: float = float(payload["threshold"])
+        self.temperature: float = float(payload.get("temperature", 1.0))
+        self.hash = payload["weights_sha256"][:12]  # short model id carried by every output row
+
+    def probabilities(self, batch_u8: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat)."""
+        logits = logits_for(
+            self.module, batch_u8, self.image_size, self.compute, tta, self.mean, self.std
+        )
+        return torch.sigmoid(logits / self.temperature)
+
+    def label_for(
+        self,
+        p_cat: float,
+        threshold: float | None = None,
+        unsure: tuple[float, float] | None = None,
+    ) -> str:
+        if unsure and unsure[0] <= p_cat <= unsure[1]:
+            return "unsure"
+        return "cat" if p_cat >= (self.threshold if threshold is None else threshold) else "not_cat"
+
+    def predict(
+        self, images: Iterable[Image.Image | str | Path], tta: bool = False
+    ) -> list[Prediction]:
+        """Predict PIL images or paths held in memory (for Python users; the CLI streams)."""
+        preds: list[Prediction] = []
+        pixels, where = [], []
+        for i, image in enumerate(images):
+            name = str(image) if not isinstance(image, Image.Image) else f"<image {i}>"
+            try:
+                if isinstance(image, Image.Image):
+                    pixels.append(_to_square_rgb(image, self.decode_size, 10**9))
+                else:
+                    from catnet.data import decode_square
+
+                    pixels.append(decode_square(image, self.decode_size))
+                where.append(len(preds))
+                preds.append(Prediction(name, "", None))
+            except DecodeError as exc:
+                preds.append(Prediction(name, "error", None, exc.reason))
+        if pixels:
+            probs = self.probabilities(torch.from_numpy(np.stack(pixels)), tta)
+            for j, p in zip(where, probs.tolist(), strict=True):
+                preds[j].p_cat, preds[j].label = p, self.label_for(p)
+        return preds
+
+
+def load_model(path: str | Path, device: str = "auto") -> CatnetModel:
+    """Load a checkpoint safely (no code can run) and return a ready-to-use model."""
+    path = Path(path)
+    return CatnetModel(load_checkpoint(path), path, device)
+
+
+def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
+    """Files as given, folders searched recursively for pictures, globs expanded."""
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            yield from list_files(path, IMAGE_SUFFIXES)
+        elif path.exists() or path.is_symlink():
+            yield path
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            yield from (Path(m) for m in matches if not Path(m).is_dir())
+        else:
+            yield path  # reported as an error row: the run goes on
+
+
+def predict(
+    checkpoint: str | Path,
+    inputs: Iterable[str],
+    cfg: PredictConfig | None = None,
+    on_row: Callable[[Prediction], None] | None = None,
+    skip: set[str] | None = None,
+    unsure: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """Tag every picture in inputs; each result goes to on_row as soon as it exists.
+    Returns a summary: counts per label, number of errors, model hash."""
+    cfg = cfg or PredictConfig()
+    setup_threads()
+    model = load_model(checkpoint)
+    threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
+    counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
+    paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
+    stream = decode_stream(paths, model.decode_size, cfg.max_image_pixels, cfg.workers)
+    while batch := list(itertools.islice(stream, cfg.batch_size)):
+        for pred in _predict_batch(model, batch, threshold, cfg.tta, unsure):
+            counts[pred.label] += 1
+            if on_row:
+                on_row(pred)
+    return {
+        "counts": counts,
+        "errors": counts["error"],
+        "model": model.hash,
+        "threshold": threshold,
+    }
+
+
+def _predict_batch(
+    model: CatnetModel,
+    batch: list[tuple[Path, bytes | str]],
+    threshold: float,
+    tta: bool,
+    unsure: tuple[float, float] | None,
+) -> list[Prediction]:
+    s = model.decode_size
+    good = [(p, r) for p, r in batch if not isinstance(r, str)]
+    probs: list[float] = []
+    if good:
+        pixels = np.stack([np.frombuffer(r, dtype=np.uint8).reshape(s, s, 3) for _, r in good])
+        probs = model.probabilities(torch.from_numpy(pixels), tta).tolist()
+    p_of = {id(r): p for (_, r), p in zip(good, probs, strict=True)}
+    out = []
+    for path, result in batch:
+        if isinstance(result, str):
+            out.append(Prediction(str(path), "error", None, result[1:]))
+        else:
+            p = p_of[id(result)]
+            out.append(Prediction(str(path), model.label_for(p, threshold, unsure), p))
+    return out
+
+
+class RowWriter:
+    """Writes prediction rows to .csv or .jsonl as they come, flushed per row, so a killed
+    run leaves a valid file that --skip-done can resume from."""
+
+    COLUMNS = ("path", "label", "p_cat", "error", "model")
+
+    def __init__(self, path: Path, append: bool = False) -> None:
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".jsonl"):
+            from catnet.errors import CatnetError
+
+            raise CatnetError(f"--output must end in .csv or .jsonl, not {path.name}")
+        self.jsonl = suffix == ".jsonl"
+        new = not (append and path.exists() and path.stat().st_size > 0)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = path.open(
+            "w" if new else "a", newline="", encoding="utf-8", errors="surrogateescape"
+        )
+        self.csv = None if self.jsonl else csv.DictWriter(self.fh, fieldnames=self.COLUMNS)
+        if self.csv and new:
+            self.csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.csv:
+            self.csv.writerow({k: "" if row[k] is None else row[k] for k in self.COLUMNS})
+        else:
+            self.fh.write(json.dumps(row) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def done_paths(path: Path) -> set[str]:
+    """Paths already in an output file (rows cut off mid-line by a kill are ignored)."""
+    if not path.exists():
+        return set()
+    done = set()
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        if path.suffix.lower() == ".jsonl":
+            for line in fh:
+                try:
+                    done.add(json.loads(line)["path"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        else:
+            done.update(row["path"] for row in csv.DictReader(fh) if row.get("label"))
+    return done

@@ -1,0 +1,53 @@
+"""The run folder: config.toml, metrics.csv, skipped.txt, best.pt, last.pt, curves.png."""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
+
+
+def new_run_dir(out: str) -> Path:
+    """`out`, or runs/<timestamp> (with a suffix if two runs start in the same second)."""
+    if out:
+        path = Path(out).expanduser()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / stamp
+    n = 1
+    while path.exists():
+        n += 1
+        path = Path("runs") / f"{stamp}-{n}"
+    path.mkdir(parents=True)
+    return path
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Rewrite metrics.csv from the history: on resume it continues with no duplicated rows."""
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+    tmp.replace(path)
+
+
+def _fmt(value: Any) -> Any:
+    return f"{value:.6g}" if isinstance(value, float) else value
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    with path.open() as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+    """One line per unreadable file: path<TAB>reason."""
+    with path.open("w", encoding="utf-8", errors="surrogateescape") as fh:
+        for file, reason in skipped:
+            fh.write(f"{file}\t{reason}\n")

@@ -1,0 +1,295 @@
+"""The explicit training loop: train_one_epoch and evaluate_split return metric dicts; `train`
+ties them to data, checkpoints, early stopping and the time budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from catnet.augment import AugmentSettings, augment, prepare_eval
+from catnet.calibration import fit_temperature
+from catnet.compute import (
+    Compute,
+    batches_of,
+    predict_logits,
+    seed_everything,
+    select_compute,
+    setup_threads,
+)
+from catnet.config import TrainConfig
+from catnet.errors import CatnetError
+from catnet.metrics import binary_metrics
+from catnet.runs import new_run_dir, write_metrics
+from catnet.schedule import EarlyStopping, epochs_that_fit, lr_factor
+from catnet.trainstate import (
+    PreparedData,
+    TrainState,
+    prepare_data,
+    restore_state,
+    save_run_checkpoints,
+)
+
+
+class TrainCallbacks:
+    """Hooks for progress display; the CLI subclasses this with Rich, tests use it as is."""
+
+    def on_message(self, text: str) -> None: ...
+    def on_decode(self, done: int, total: int) -> None: ...
+    def on_epoch_start(self, epoch: int, planned_epochs: int, steps: int) -> None: ...
+    def on_batch(self, step: int, steps: int, loss: float) -> None: ...
+    def on_epoch_end(self, row: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_checkpoint: Path
+    last_checkpoint: Path
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, Any]  # final validation metrics of the best checkpoint
+    history: list[dict[str, Any]]
+    skipped: int
+    stop_reason: str
+    seconds: float
+    diagnosis: dict[str, str] = field(default_factory=dict)
+
+
+def bce_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    targets = labels.float() * (1 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits.float(), targets)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: PreparedData,
+    cfg: TrainConfig,
+    state: TrainState,
+    compute: Compute,
+    gen: torch.Generator,
+    on_batch: Callable[[int, int, float], None] | None = None,
+) -> dict[str, float]:
+    """One pass over the training pictures in a fresh random order. The loss tells the network
+    how wrong it was; backward() sends that error back through every layer as gradients."""
+    model.train()
+    settings = AugmentSettings(cfg.crop_scale, cfg.rotation, cfg.color_jitter)
+    order = torch.randperm(len(data.train_slots), generator=gen).numpy()
+    steps = math.ceil(len(order) / cfg.batch_size)
+    loss_sum, correct, seen = 0.0, 0, 0
+    for i, part in enumerate(batches_of(len(order), cfg.batch_size)):
+        idx = order[part]
+        pixels = torch.from_numpy(np.ascontiguousarray(data.pixels[data.train_slots[idx]]))
+        labels = torch.from_numpy(data.train_labels[idx]).to(compute.device)
+        pixels = pixels.to(compute.device)
+        if cfg.augment:
+            x = augment(pixels, data.image_size, settings, gen)
+        else:
+            x = prepare_eval(pixels, data.image_size)
+        lr = cfg.lr * lr_factor(cfg.lr_schedule, state.step / max(state.total_steps, 1), cfg.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with compute.autocast():
+            logits = model(x)
+        loss = bce_loss(logits, labels, cfg.label_smoothing)
+        if not torch.isfinite(loss):
+            raise CatnetError(
+                f"the loss became {loss.item()} at epoch {state.epoch + 1}, step {i + 1}: training "
+                f"diverged (try a smaller --lr than {cfg.lr:g})",
+                exit_code=1,
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.step += 1
+        loss_sum += loss.item() * len(idx)
+        correct += int(((logits.detach().float() > 0).long() == labels).sum())
+        seen += len(idx)
+        if on_batch:
+            on_batch(i + 1, steps, loss_sum / seen)
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": lr}
+
+
+def evaluate_split(
+    model: nn.Module, data: PreparedData, compute: Compute, batch_size: int, tta: bool
+) -> dict[str, Any]:
+    """Validation loss, accuracy and the raw logits (for calibration) on the held-out pictures."""
+    logits = predict_logits(
+        model, data.pixels, data.val_slots, data.image_size, compute, batch_size, tta
+    )
+    labels = torch.from_numpy(data.val_labels)
+    loss = F.binary_cross_entropy_with_logits(logits, labels.float()).item()
+    acc = float(((logits > 0).long() == labels).float().mean())
+    return {"val_loss": loss, "val_acc": acc, "logits": logits}
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on weight matrices and kernels, not on biases or batch norm
+    (decaying those only fights the normalisation)."""
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+def _plan(
+    cfg: TrainConfig, state: TrainState, started: float, epoch_seconds: float, steps: int
+) -> None:
+    """With a time budget, fit the number of epochs (and so the LR schedule) to the time left."""
+    planned = cfg.epochs
+    if cfg.time_budget > 0 and epoch_seconds > 0:
+        reserve = 2.0 + 0.5 * epoch_seconds  # final calibration, checkpoint and plot
+        left = cfg.time_budget - (time.monotonic() - started) - reserve
+        planned = epochs_that_fit(left, epoch_seconds, state.epoch, cfg.epochs)
+    state.planned_epochs = max(planned, state.epoch)
+    state.total_steps = max(state.planned_epochs * steps, state.step)
+
+
+def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Train on cfg.data and write a run folder. Raises CatnetError for the user's mistakes and
+    KeyboardInterrupt after saving last.pt."""
+    started = time.monotonic()
+    cb = callbacks or TrainCallbacks()
+    cfg.validate()
+    setup_threads()
+    compute = select_compute(cfg.device, cfg.precision)
+    gen = seed_everything(cfg.seed)
+    resume = restore_state(cfg) if cfg.resume else None
+    run_dir = Path(cfg.resume).parent if resume else new_run_dir(cfg.out)
+    data = prepare_data(cfg, run_dir, cb.on_message, cb.on_decode)
+    model = _build(cfg, data, compute)
+    optimizer = build_optimizer(model, cfg)
+    state = TrainState(
+        stopper=EarlyStopping(
+            cfg.patience, cfg.min_delta, "min" if cfg.monitor == "val_loss" else "max"
+        )
+    )
+    if resume:
+        state.load(resume, model, optimizer, gen)
+        cb.on_message(f"resuming from epoch {state.epoch} of {run_dir}")
+    save_run_checkpoints(run_dir, cfg, data, model, optimizer, state, gen, compute, best=False)
+    steps = math.ceil(len(data.train_slots) / cfg.batch_size)
+    _plan(cfg, state, started, state.epoch_seconds, steps)
+    stop_reason = "finished the planned epochs"
+    while state.epoch < state.planned_epochs:
+        epoch_start = time.monotonic()
+        cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
+        on_batch = _replanning(cfg, state, started, epoch_start, steps, cb)
+        row = train_one_epoch(model, optimizer, data, cfg, state, compute, gen, on_batch)
+        val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+        state.epoch += 1
+        state.epoch_seconds = time.monotonic() - epoch_start
+        row = {"epoch": state.epoch, **row, "val_loss": val["val_loss"], "val_acc": val["val_acc"]}
+        row["seconds"] = round(time.monotonic() - started, 2)
+        state.history.append(row)
+        improved = state.stopper.update(row[cfg.monitor], state.epoch)
+        save_run_checkpoints(
+            run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved
+        )
+        write_metrics(run_dir / "metrics.csv", state.history)
+        cb.on_epoch_end({**row, "best": improved, "planned_epochs": state.planned_epochs})
+        if state.stopper.should_stop:
+            stop_reason = f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
+            break
+        _plan(cfg, state, started, state.epoch_seconds, steps)
+        if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
+            stop_reason = f"time budget of {cfg.time_budget:g} s reached"
+    return _finish(cfg, run_dir, data, compute, state, stop_reason, started, cb)
+
+
+def _replanning(
+    cfg: TrainConfig,
+    state: TrainState,
+    started: float,
+    epoch_start: float,
+    steps: int,
+    cb: TrainCallbacks,
+) -> Callable[[int, int, float], None]:
+    """Batch hook that, early in the first epoch of a budgeted run, plans the epochs from the
+    measured batch time, so that warmup and decay are laid out right from the start."""
+
+    def on_batch(step: int, n_steps: int, loss: float) -> None:
+        cb.on_batch(step, n_steps, loss)
+        if cfg.time_budget > 0 and state.epoch == 0 and step == min(5, n_steps):
+            per_batch = (time.monotonic() - epoch_start) / step
+            _plan(cfg, state, started, per_batch * steps * 1.2, steps)  # +20% for validation
+
+    return on_batch
+
+
+def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
+    from catnet.models import architecture_from_config, build_model
+
+    model = build_model(architecture_from_config(cfg, data.image_size))
+    return model.to(compute.device, memory_format=torch.channels_last)
+
+
+def _finish(
+    cfg: TrainConfig,
+    run_dir: Path,
+    data: PreparedData,
+    compute: Compute,
+    state: TrainState,
+    stop_reason: str,
+    started: float,
+    cb: TrainCallbacks,
+) -> TrainResult:
+    """Reload the best weights, calibrate them on validation, and store the final metrics."""
+    from catnet.checkpoint import load_checkpoint, save_checkpoint
+    from catnet.diagnosis import diagnose
+    from catnet.models import build_model
+
+    best_path = run_dir / "best.pt"
+    payload = load_checkpoint(best_path)
+    model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
+    model.load_state_dict(payload["state_dict"])
+    val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+    labels = torch.from_numpy(data.val_labels)
+    temperature = fit_temperature(val["logits"], labels)
+    probs = torch.sigmoid(val["logits"] / temperature)
+    metrics = binary_metrics(probs, labels, payload["threshold"])
+    metrics.update(val_loss=val["val_loss"], best_epoch=state.stopper.best_epoch)
+    payload.update(temperature=temperature, metrics=_plain(metrics))
+    save_checkpoint(payload, best_path)
+    diagnosis = diagnose(state.history, state.stopper.best_epoch, cfg)
+    try:
+        from catnet.plots import plot_curves
+
+        plot_curves(state.history, state.stopper.best_epoch, run_dir / "curves.png")
+    except ImportError:  # matplotlib missing: the run is still complete without the picture
+        cb.on_message("matplotlib is not installed: no curves.png")
+    return TrainResult(
+        run_dir=run_dir,
+        best_checkpoint=best_path,
+        last_checkpoint=run_dir / "last.pt",
+        best_epoch=state.stopper.best_epoch,
+        epochs_run=state.epoch,
+        metrics=metrics,
+        history=state.history,
+        skipped=len(data.skipped),
+        stop_reason=stop_reason,
+        seconds=time.monotonic() - started,
+        diagnosis=diagnosis,
+    )
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Only primitives go into checkpoints (weights_only loading refuses anything else)."""
+    return {k: (_plain(v) if isinstance(v, dict) else v) for k, v in metrics.items()}
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

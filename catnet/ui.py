@@ -1,0 +1,209 @@
+"""Rich at the edge: progress bars, tables and summaries for the CLI commands. The library
+functions they call take callbacks and return plain results."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from catnet.config import PredictConfig, TrainConfig
+from catnet.errors import CatnetError
+from catnet.training import TrainCallbacks, TrainResult, train
+
+
+class RichTrainCallbacks(TrainCallbacks):
+    """An epoch bar and a batch bar with the running loss, and one line per epoch."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self.decode_task = self.epoch_task = self.batch_task = None
+
+    def on_message(self, text: str) -> None:
+        self.console.print(text, highlight=False)
+
+    def on_decode(self, done: int, total: int) -> None:
+        if self.decode_task is None:
+            self.decode_task = self.progress.add_task("decoding", total=total, info="")
+        self.progress.update(self.decode_task, completed=done)
+
+    def on_epoch_start(self, epoch: int, planned_epochs: int, steps: int) -> None:
+        if self.decode_task is not None:
+            self.progress.remove_task(self.decode_task)
+            self.decode_task = None
+        if self.epoch_task is None:
+            self.epoch_task = self.progress.add_task("epochs", total=planned_epochs, info="")
+            self.batch_task = self.progress.add_task("batches", total=steps, info="")
+        self.progress.update(self.epoch_task, total=planned_epochs, completed=epoch - 1)
+        self.progress.reset(self.batch_task, total=steps, info="")
+
+    def on_batch(self, step: int, steps: int, loss: float) -> None:
+        self.progress.update(self.batch_task, completed=step, info=f"loss {loss:.4f}")
+
+    def on_epoch_end(self, row: dict[str, Any]) -> None:
+        self.progress.update(self.epoch_task, completed=row["epoch"], total=row["planned_epochs"])
+        star = " *" if row["best"] else ""
+        self.console.print(
+            f"epoch {row['epoch']:3d}/{row['planned_epochs']}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  "
+            f"lr {row['lr']:.2e}  {row['seconds']:.0f}s{star}",
+            highlight=False,
+        )
+
+
+def run_training(cfg: TrainConfig, console: Console, out_given: str | None) -> TrainResult:
+    callbacks = RichTrainCallbacks(console)
+    try:
+        with callbacks.progress:
+            result = train(cfg, callbacks)
+    except KeyboardInterrupt:
+        run_dir = Path(cfg.resume).parent if cfg.resume else _latest_run(cfg)
+        last = run_dir / "last.pt" if run_dir else None
+        if last and last.exists():
+            console.print(f"[yellow]interrupted; the last finished epoch is saved in {last}[/]")
+            console.print(f"resume with:  catnet train --resume {shlex.quote(str(last))}")
+        raise
+    print_train_summary(result, console)
+    return result
+
+
+def _latest_run(cfg: TrainConfig) -> Path | None:
+    if cfg.out:
+        return Path(cfg.out)
+    runs = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
+    return runs[-1].parent if runs else None
+
+
+def print_train_summary(result: TrainResult, console: Console) -> None:
+    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
+    table = Table(title="Training finished", show_header=False)
+    table.add_row("stopped", result.stop_reason)
+    table.add_row("best epoch", f"{result.best_epoch} of {result.epochs_run}")
+    table.add_row("val accuracy", f"{result.metrics['accuracy']:.2%}")
+    table.add_row("val ROC-AUC", f"{result.metrics['roc_auc']:.3f}")
+    table.add_row(
+        "train/val gap",
+        f"{best['train_acc'] - best['val_acc']:+.1%} (train acc on augmented pictures)",
+    )
+    table.add_row("time", f"{result.seconds:.0f} s")
+    table.add_row("best model", str(result.best_checkpoint))
+    table.add_row("run folder", str(result.run_dir))
+    if result.skipped:
+        table.add_row("skipped", f"{result.skipped} unreadable files (see skipped.txt)")
+    console.print(table)
+    d = result.diagnosis
+    if d:
+        color = {"good": "green", "overfit": "yellow", "underfit": "yellow"}.get(
+            d["verdict"], "white"
+        )
+        console.print(f"[{color}]{d['message']}[/]", highlight=False)
+        if d["next_step"]:
+            console.print(f"next: {d['next_step']}", highlight=False)
+
+
+def print_evaluation(result: Any, console: Console) -> None:
+    m = result.metrics
+    table = Table(title=f"{m['n']} pictures ({m['split']}) from {m['data']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "precision", "recall", "f1"):
+        table.add_row(key, f"{m[key]:.2%}")
+    table.add_row("roc_auc", f"{m['roc_auc']:.4f}")
+    table.add_row("threshold", f"{m['threshold']:.3f}")
+    console.print(table)
+    c = m["confusion"]
+    confusion = Table(title="Confusion matrix (rows: truth)")
+    confusion.add_column("")
+    confusion.add_column("predicted cat", justify="right")
+    confusion.add_column("predicted not_cat", justify="right")
+    confusion.add_row("cat", str(c["tp"]), str(c["fn"]))
+    confusion.add_row("not_cat", str(c["fp"]), str(c["tn"]))
+    console.print(confusion)
+
+
+def run_prediction(
+    checkpoint: Path,
+    paths: list[str],
+    cfg: PredictConfig,
+    output: Path | None,
+    as_json: bool,
+    stdout: Console,
+    console: Console,
+    skip_done: bool = False,
+    unsure: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    import json
+
+    from catnet.prediction import Prediction, RowWriter, done_paths, load_model, predict
+
+    model_hash = load_model(checkpoint).hash  # fail early and clearly on a bad checkpoint
+    skip = done_paths(output) if (output and skip_done) else set()
+    writer = RowWriter(output, append=skip_done) if output else None
+    if not writer and not as_json:
+        stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
+
+    def on_row(pred: Prediction) -> None:
+        row = pred.as_row(model_hash)
+        if writer:
+            writer.write(row)
+        elif as_json:
+            print(json.dumps(row), flush=True)
+        else:
+            p = "" if pred.p_cat is None else f"{pred.p_cat:.4f}"
+            note = f"  ({pred.error})" if pred.error else ""
+            stdout.print(
+                f"{p:>7}  {pred.label:<8} {pred.path}{note}", highlight=False, markup=False
+            )
+
+    try:
+        summary = predict(checkpoint, paths, cfg, on_row, skip=skip, unsure=unsure)
+    finally:
+        if writer:
+            writer.close()
+    counts = summary["counts"]
+    total = sum(counts.values())
+    if total == 0 and not skip:
+        raise CatnetError("no pictures found in the given paths")
+    parts = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    console.print(
+        f"{total} pictures: {parts}" + (f"; rows in {output}" if output else ""), highlight=False
+    )
+    return summary
+
+
+def run_demo(out: Path, time_budget: float, console: Console, stdout: Console) -> None:
+    from catnet.demo import run_demo as demo
+
+    callbacks = RichTrainCallbacks(console)
+    with callbacks.progress:
+        summary = demo(out, time_budget, callbacks)
+    table = Table(title="catnet demo: held-out synthetic pictures")
+    table.add_column("network")
+    table.add_column("parameters", justify="right")
+    table.add_column("test accuracy", justify="right")
+    table.add_column("train time", justify="right")
+    for name, r in summary["models"].items():
+        table.add_row(name, f"{r['parameters']:,}", f"{r['accuracy']:.1%}", f"{r['seconds']:.0f} s")
+    stdout.print(table)
+    stdout.print("Predictions on new, untagged pictures (truth in brackets):")
+    for row in summary["predictions"]:
+        stdout.print(
+            f"  {row['label']:<8} p(cat)={row['p_cat']:.3f}  [{row['truth']}]  {row['path']}",
+            highlight=False,
+        )
+    stdout.print(f"\nEverything is in {out}/:")
+    for what, where in summary["paths"].items():
+        stdout.print(f"  {what:<22} {where}", highlight=False)
