@@ -126,6 +126,18 @@ def train(
     run_training(cfg, console, out)
 
 
+def _unsure_range(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise CatnetError(f"--unsure takes LOW,HIGH such as 0.3,0.7, not {text!r}") from None
+    if not 0 <= low <= high <= 1:
+        raise CatnetError(f"--unsure needs 0 <= LOW <= HIGH <= 1, got {text}")
+    return [low, high]
+
+
 @app.command()
 @friendly_errors
 def evaluate(
@@ -134,22 +146,47 @@ def evaluate(
     threshold: float | None = typer.Option(
         None, help="Decision threshold [default: the checkpoint's]."
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average each picture with its mirror image."),
+    tta: bool | None = typer.Option(
+        None, "--tta/--no-tta", help="Average each picture with its mirror [default: as trained]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
     positive: str | None = typer.Option(None, help="Name of the cat class folder."),
     cache: bool = typer.Option(True, "--cache/--no-cache"),
+    unsure: str | None = typer.Option(
+        None, help="LOW,HIGH: p(cat) in this range counts as unsure."
+    ),
+    pick_threshold: str | None = typer.Option(
+        None, help="Choose the threshold on this data: f1, precision=P or recall=R."
+    ),
+    save_to: Path | None = typer.Option(
+        None, help="With --pick-threshold: write the new checkpoint here."
+    ),
+    report: Path | None = typer.Option(None, help="Write DIR/index.html and DIR/mistakes.csv."),
 ) -> None:
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
     from catnet.config import EvaluateConfig, load_config
     from catnet.evaluation import evaluate as run_evaluate
     from catnet.ui import print_evaluation
 
-    cfg = load_config(
-        EvaluateConfig,
-        None,
-        {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache},
-    )
+    if pick_threshold and not save_to:
+        raise CatnetError("--pick-threshold needs --save-to PATH for the new checkpoint")
+    values = {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache}
+    cfg = load_config(EvaluateConfig, None, {**values, "unsure": _unsure_range(unsure)})
     result = run_evaluate(checkpoint, data, cfg)
+    if pick_threshold and save_to:
+        from catnet.evaluation import save_with_threshold
+
+        picked = save_with_threshold(checkpoint, result, pick_threshold, save_to)
+        result.metrics["picked_threshold"] = picked
+        console.print(
+            f"threshold {picked['threshold']:.4f} ({pick_threshold}): precision {picked['precision']:.3f}, "
+            f"recall {picked['recall']:.3f}; saved {save_to}",
+            highlight=False,
+        )
+    if report:
+        from catnet.report import write_report
+
+        console.print(f"report: {write_report(result, report)}", highlight=False)
     if as_json:
         stdout.print_json(json.dumps(result.metrics))
     else:
@@ -169,9 +206,21 @@ def predict(
     threshold: float | None = typer.Option(
         None, help="Decision threshold [default: the checkpoint's]."
     ),
-    tta: bool = typer.Option(False, "--tta", help="Average each picture with its mirror image."),
+    tta: bool | None = typer.Option(
+        None, "--tta/--no-tta", help="Average each picture with its mirror [default: as trained]."
+    ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
     batch_size: int = typer.Option(64),
+    unsure: str | None = typer.Option(None, help="LOW,HIGH: label p(cat) in this range 'unsure'."),
+    skip_done: bool = typer.Option(
+        False, "--skip-done", help="Skip paths already in --output; append."
+    ),
+    sort_into: Path | None = typer.Option(
+        None, help="Copy pictures into DIR/cat, DIR/not_cat, DIR/unsure."
+    ),
+    link: bool = typer.Option(
+        False, "--link", help="With --sort-into: hard-link instead of copying."
+    ),
 ) -> None:
     """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
     from catnet.config import PredictConfig, load_config
@@ -180,7 +229,14 @@ def predict(
     cfg = load_config(
         PredictConfig, None, {"threshold": threshold, "tta": tta, "batch_size": batch_size}
     )
-    summary = run_prediction(checkpoint, paths, cfg, output, as_json, stdout, console)
+    if skip_done and not output:
+        raise CatnetError("--skip-done needs --output FILE to know what is done")
+    low_high = _unsure_range(unsure)
+    summary = run_prediction(
+        checkpoint, paths, cfg, output, as_json, stdout, console,
+        skip_done=skip_done, unsure=tuple(low_high) if low_high else None,
+        sort_dest=sort_into, link=link,
+    )  # fmt: skip
     if summary["errors"]:
         raise typer.Exit(EXIT_SOME_FAILED)
 
@@ -197,6 +253,90 @@ def demo(
     from catnet.ui import run_demo
 
     run_demo(out, time_budget, console, stdout)
+
+
+@app.command()
+@friendly_errors
+def correct(
+    data: Path = typer.Argument(..., help="The tagged folder to fix (DATA_DIR)."),
+    images: list[Path] = typer.Argument(None, help="Pictures whose true label is --label."),
+    label: str | None = typer.Option(None, help="cat or not_cat."),
+    from_file: Path | None = typer.Option(
+        None, "--from", help="A predict/report CSV with edited labels."
+    ),
+) -> None:
+    """Record corrections: put pictures in the right class folder and log them."""
+    from catnet.corrections import correct as run_correct
+    from catnet.corrections import correct_from_file
+
+    if from_file:
+        done = correct_from_file(data, from_file)
+    elif images and label:
+        done = run_correct(data, images, label)
+    else:
+        raise CatnetError("give --label cat|not_cat and pictures, or --from FILE.csv")
+    for c in done:
+        console.print(f"{c.new_label:<8} {c.dest}  (was {c.old_label})", highlight=False)
+    console.print(f"{len(done)} corrections logged in {data / '.catnet' / 'corrections.csv'}")
+    console.print(f"next: catnet finetune CHECKPOINT {data}")
+
+
+@app.command()
+@friendly_errors
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="The checkpoint to continue from."),
+    data: Path = typer.Argument(..., help="The (corrected) tagged folder."),
+    epochs: int = typer.Option(5, help="Epochs of fine-tuning."),
+    out: str = typer.Option("", help="Run folder [default: runs/<timestamp>]."),
+) -> None:
+    """Continue training on corrected data, corrected pictures weighted up; writes a new run."""
+    from catnet.training import finetune as run_finetune
+    from catnet.ui import RichTrainCallbacks, print_train_summary
+
+    callbacks = RichTrainCallbacks(console)
+    with callbacks.progress:
+        result = run_finetune(checkpoint, data, epochs, out, callbacks)
+    print_train_summary(result, console)
+
+
+@app.command()
+@friendly_errors
+def tune(
+    data: Path = typer.Argument(..., help="DATA_DIR, as for train."),
+    model: str = typer.Option("cnn", help="mlp or cnn: which family of sizes to search."),
+    time_budget: float = typer.Option(300.0, help="Seconds for the whole search."),
+    out: Path = typer.Option(Path("runs/tune"), help="Folder for tune.csv, tune.png, best.toml."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="Base settings (TOML)."),
+) -> None:
+    """Find the right network size: train a range of sizes, keep the better half, repeat."""
+    from catnet.config import TrainConfig, load_config
+    from catnet.tune import tune as run_tune
+    from catnet.ui import print_tune
+
+    base = load_config(TrainConfig, config, {"data": str(data), "model": model})
+    console.print(f"searching {model} sizes for {time_budget:.0f} s (successive halving)")
+    summary = run_tune(base, time_budget, out, on_trial=lambda row: console.print(
+        f"  round {row['round']} {row['trial']:<16} val {row['val_acc']:.1%} train {row['train_acc']:.1%}",
+        highlight=False,
+    ))  # fmt: skip
+    print_tune(summary, stdout)
+
+
+@app.command()
+@friendly_errors
+def info(
+    checkpoint: Path = typer.Argument(..., help="A catnet checkpoint."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """See inside a checkpoint: layers and neurons, input, data, regularizers, metrics."""
+    from catnet.info import describe
+    from catnet.ui import print_info
+
+    details = describe(checkpoint)
+    if as_json:
+        stdout.print_json(json.dumps(details))
+    else:
+        print_info(details, stdout)
 
 
 @cache_app.command("clear")

@@ -30,21 +30,21 @@ class TrainConfig:
     val_fraction: float = 0.2  # share of each class held out when DATA_DIR is not pre-split
     seed: int = 0  # one seed drives the split, init, shuffling and augmentation
     image_size: int = 0  # model input side in px; 0 = from the data (median short side, capped)
-    max_image_size: int = 96  # cap for the automatic image size (px)
+    max_image_size: int = 64  # cap for the automatic image size (px)
     # --- model ---
     model: str = "cnn"  # mlp (textbook layers of neurons) or cnn (conv blocks, batch norm)
     hidden: list[int] = field(default_factory=lambda: [512, 128])  # MLP neurons per hidden layer
     activation: str = "relu"  # relu, gelu, silu, tanh or sigmoid
     width: int = 32  # CNN channels in the first stage; each stage doubles it
     depth: int = 3  # CNN stages; each halves the resolution
-    dropout: float = 0.2  # dropout before the output layer (and between MLP layers)
+    dropout: float = 0.4  # dropout before the output layer (and between MLP layers)
     # --- optimisation ---
-    epochs: int = 30  # upper bound; early stopping or a time budget may end sooner
+    epochs: int = 100  # upper bound; early stopping or a time budget may end sooner
     time_budget: float = 0.0  # seconds for the whole command, data loading included; 0 = none
     batch_size: int = 64
     lr: float = 3e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.05  # AdamW decoupled weight decay (regulariser 1)
-    patience: int = 10  # early stopping: epochs without improvement; 0 = off (regulariser 2)
+    weight_decay: float = 0.2  # AdamW decoupled weight decay (regulariser 1)
+    patience: int = 0  # early stopping: epochs without improvement; 0 = off (regulariser 2)
     min_delta: float = 0.0  # improvement smaller than this does not count
     monitor: str = "val_loss"  # val_loss or val_acc
     lr_schedule: str = "onecycle"  # cosine, onecycle, step or none (regulariser 3)
@@ -54,10 +54,12 @@ class TrainConfig:
     rotation: float = 10.0  # max random rotation in degrees
     color_jitter: float = 0.3  # max relative change of brightness, contrast and saturation
     label_smoothing: float = 0.0  # targets become 1-s/2 and s/2
-    tta: bool = True  # validate on the average of the picture and its mirror image
+    tta: bool = True  # validate (and by default predict) on the mean of picture and mirror
     # --- machinery ---
     out: str = ""  # run folder; "" = runs/<timestamp>
     resume: str = ""  # RUN/last.pt to continue from
+    init_from: str = ""  # checkpoint whose weights training starts from (catnet finetune)
+    correction_weight: int = 4  # corrected pictures (see catnet correct) count this many times
     cache: bool = True  # keep decoded pixels on disk so later epochs and runs skip JPEG decoding
     cache_dir: str = ""  # "" = $CATNET_CACHE or ~/.cache/catnet
     workers: int = 0  # decoding processes; 0 = one per core
@@ -87,7 +89,7 @@ class TrainConfig:
             raise CatnetError(
                 f"image_size must be 0 (auto) or between 8 and 1024, not {self.image_size}"
             )
-        if not self.hidden or any(h < 1 for h in self.hidden):
+        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
             raise CatnetError(
                 f"hidden must list positive layer widths, e.g. 512,128, not {self.hidden}"
             )
@@ -97,11 +99,12 @@ class TrainConfig:
 class EvaluateConfig:
     threshold: float = -1.0  # decision threshold; < 0 = the checkpoint's own
     batch_size: int = 128
-    tta: bool = False  # average each picture with its mirror image
+    tta: bool | None = None  # average each picture with its mirror; None = as trained
     cache: bool = True
     cache_dir: str = ""
     workers: int = 0
     positive: str = ""  # "" = the checkpoint's positive class name, else cat/cats
+    unsure: list[float] = field(default_factory=list)  # [low, high]: p(cat) in it is "unsure"
     max_image_pixels: int = 120_000_000
 
 
@@ -109,7 +112,7 @@ class EvaluateConfig:
 class PredictConfig:
     threshold: float = -1.0  # decision threshold; < 0 = the checkpoint's own
     batch_size: int = 64
-    tta: bool = False
+    tta: bool | None = None  # average each picture with its mirror; None = as trained
     workers: int = 0  # decoding processes; 0 = one per core
     max_image_pixels: int = 120_000_000
 
@@ -130,9 +133,11 @@ def _range(name: str, value: float, low: float, high: float) -> None:
 def _coerce(cls_name: str, f: dataclasses.Field, value: Any) -> Any:
     """Check a TOML value against the field's type; ints are accepted for floats."""
     kind = type(f.default) if f.default is not dataclasses.MISSING else list
+    if f.default is None and isinstance(value, bool):  # optional switches (tta)
+        return value
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if kind is list and isinstance(value, list) and all(isinstance(v, int) for v in value):
+    if kind is list and isinstance(value, list) and all(isinstance(v, int | float) for v in value):
         return list(value)
     if type(value) is kind:
         return value

@@ -5,17 +5,21 @@ from __future__ import annotations
 from typing import Any
 
 
-def diagnose(history: list[dict[str, Any]], best_epoch: int, cfg: Any) -> dict[str, str]:
-    """Verdict from the learning curves at the best epoch.
-
-    train_acc is measured on augmented pictures while they are learnt, so it understates the
-    clean training accuracy a little; the thresholds below allow for that.
-    """
+def diagnose(
+    history: list[dict[str, Any]],
+    best_epoch: int,
+    cfg: Any,
+    train_acc: float,
+    val_acc: float,
+    majority: float = 0.5,
+) -> dict[str, str]:
+    """Verdict from the best checkpoint's clean train and validation accuracy, and from the
+    validation loss curve (rising after its minimum = memorising). `majority` is the accuracy of
+    always answering the commoner class: a network near it has learnt next to nothing."""
     if not history:
         return {"verdict": "unknown", "message": "no epoch finished", "next_step": ""}
-    best = history[max(best_epoch, 1) - 1]
     last = history[-1]
-    gap = best["train_acc"] - best["val_acc"]
+    gap = train_acc - val_acc
     loss_rise = last["val_loss"] - min(r["val_loss"] for r in history)
     if gap > 0.08 or (len(history) >= 4 and loss_rise > 0.15):
         return {
@@ -25,7 +29,7 @@ def diagnose(history: list[dict[str, Any]], best_epoch: int, cfg: Any) -> dict[s
             "next_step": f"try --dropout {min(cfg.dropout + 0.2, 0.7):.1f}, "
             f"--weight-decay {cfg.weight_decay * 3:g}, keep --augment on, or a smaller network",
         }
-    if best["train_acc"] < 0.8 and gap < 0.05:
+    if train_acc < max(0.8, majority + (1 - majority) / 2) and gap < 0.05:
         bigger = (
             "--width " + str(cfg.width * 2)
             if cfg.model == "cnn"
@@ -33,7 +37,7 @@ def diagnose(history: list[dict[str, Any]], best_epoch: int, cfg: Any) -> dict[s
         )
         return {
             "verdict": "underfit",
-            "message": f"underfitting: even training accuracy is only {best['train_acc']:.1%}",
+            "message": f"underfitting: even training accuracy is only {train_acc:.1%}",
             "next_step": f"try a bigger network ({bigger}), a longer --time-budget or more "
             f"--epochs, or less regularisation (--dropout {max(cfg.dropout - 0.1, 0):.1f})",
         }

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from catnet.cache import default_cache_root, load_pixels
+from catnet.calibration import expected_calibration_error
 from catnet.compute import predict_logits, setup_threads
 from catnet.config import EvaluateConfig
 from catnet.data import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
-from catnet.metrics import binary_metrics
+from catnet.metrics import binary_metrics, pr_curve, unsure_metrics
 from catnet.prediction import CatnetModel, load_model
 
 
@@ -84,7 +85,7 @@ def evaluate(
         model.image_size,
         model.compute,
         cfg.batch_size,
-        cfg.tta,
+        model.tta if cfg.tta is None else cfg.tta,
         model.mean,
         model.std,
     )
@@ -92,5 +93,30 @@ def evaluate(
     labels = torch.tensor([s.label for s in kept])
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     metrics = binary_metrics(probs, labels, threshold)
+    metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"]
+    metrics["ece"] = expected_calibration_error(probs, labels)
+    metrics["ece_uncalibrated"] = expected_calibration_error(torch.sigmoid(logits), labels)
+    metrics["temperature"] = model.temperature
+    if cfg.unsure:
+        metrics.update(unsure_metrics(probs, labels, cfg.unsure[0], cfg.unsure[1], threshold))
     metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
     return EvaluationResult(metrics, kept, probs, logits, skipped)
+
+
+def save_with_threshold(
+    checkpoint: str | Path, result: EvaluationResult, rule: str, save_to: str | Path
+) -> dict:
+    """Pick a threshold on the evaluated pictures by `rule` and write a checkpoint carrying it."""
+    from catnet.checkpoint import load_checkpoint, save_checkpoint
+    from catnet.metrics import pick_threshold
+
+    labels = torch.tensor([s.label for s in result.samples])
+    try:
+        picked = pick_threshold(result.probs, labels, rule)
+    except ValueError as exc:
+        raise CatnetError(str(exc)) from None
+    payload = load_checkpoint(checkpoint)
+    payload["threshold"] = picked["threshold"]
+    payload["threshold_rule"] = {"rule": rule, **picked, "data": str(result.metrics["data"])}
+    save_checkpoint(payload, save_to)
+    return picked

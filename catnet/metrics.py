@@ -56,3 +56,93 @@ def binary_metrics(
         "threshold": threshold,
         "confusion": c,
     }
+
+
+def sweep(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Counts at every distinct threshold, highest first: predicting cat when p >= threshold.
+
+    Returns thresholds, tp, fp (cumulative, shape (k,)) and the totals as 0-d tensors.
+    """
+    probs, labels = probs.detach().double().cpu(), labels.detach().long().cpu()
+    order = probs.argsort(descending=True)
+    p, y = probs[order], labels[order]
+    tp = torch.cumsum(y, 0)
+    fp = torch.cumsum(1 - y, 0)
+    last_of_tie = torch.ones(len(p), dtype=torch.bool)
+    last_of_tie[:-1] = p[1:] != p[:-1]  # keep one point per distinct score
+    return {
+        "thresholds": p[last_of_tie],
+        "tp": tp[last_of_tie].double(),
+        "fp": fp[last_of_tie].double(),
+        "positives": y.sum().double(),
+        "negatives": (1 - y).sum().double(),
+    }
+
+
+def roc_curve(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, list[float]]:
+    s = sweep(probs, labels)
+    fpr = torch.cat([torch.zeros(1, dtype=torch.float64), s["fp"] / s["negatives"].clamp(min=1)])
+    tpr = torch.cat([torch.zeros(1, dtype=torch.float64), s["tp"] / s["positives"].clamp(min=1)])
+    return {
+        "fpr": fpr.tolist(),
+        "tpr": tpr.tolist(),
+        "thresholds": [1.0, *s["thresholds"].tolist()],
+    }
+
+
+def pr_curve(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+    """Precision-recall points and the average precision (area under the PR curve, step-wise)."""
+    s = sweep(probs, labels)
+    precision = s["tp"] / (s["tp"] + s["fp"])
+    recall = s["tp"] / s["positives"].clamp(min=1)
+    previous = torch.cat([torch.zeros(1, dtype=torch.float64), recall[:-1]])
+    ap = float(((recall - previous) * precision).sum())
+    return {
+        "precision": precision.tolist(),
+        "recall": recall.tolist(),
+        "thresholds": s["thresholds"].tolist(),
+        "average_precision": ap,
+    }
+
+
+def pick_threshold(probs: torch.Tensor, labels: torch.Tensor, rule: str) -> dict[str, float]:
+    """Threshold by rule: "f1" (best F1), "precision=P" (highest recall with precision >= P)
+    or "recall=R" (highest precision with recall >= R). Raises ValueError if no threshold fits."""
+    s = sweep(probs, labels)
+    precision = s["tp"] / (s["tp"] + s["fp"])
+    recall = s["tp"] / s["positives"].clamp(min=1)
+    f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+    name, _, value = rule.partition("=")
+    if name == "f1" and not value:
+        i = int(f1.argmax())
+    elif name in ("precision", "recall") and value:
+        target = float(value)
+        ok = (precision if name == "precision" else recall) >= target
+        if not ok.any():
+            raise ValueError(f"no threshold reaches {name} {target:g} on these pictures")
+        score = recall if name == "precision" else precision
+        i = int(torch.where(ok, score, torch.full_like(score, -1.0)).argmax())
+    else:
+        raise ValueError(f"unknown rule {rule!r}: use f1, precision=P or recall=R")
+    return {
+        "threshold": float(s["thresholds"][i]),
+        "precision": float(precision[i]),
+        "recall": float(recall[i]),
+        "f1": float(f1[i]),
+    }
+
+
+def unsure_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, low: float, high: float, threshold: float
+) -> dict:
+    """Accuracy on the pictures outside [low, high] (the sure ones) and the share inside."""
+    unsure = (probs >= low) & (probs <= high)
+    sure = ~unsure
+    n_sure = int(sure.sum())
+    correct = ((probs[sure] >= threshold).long() == labels[sure].long()).sum()
+    return {
+        "unsure_range": [low, high],
+        "unsure_rate": float(unsure.float().mean()) if len(probs) else 0.0,
+        "sure_accuracy": float(correct) / n_sure if n_sure else 0.0,
+        "n_sure": n_sure,
+    }

@@ -11,6 +11,8 @@ import csv
 import glob
 import itertools
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,10 +66,12 @@ class CatnetModel:
         self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
         self.threshold: float = float(payload["threshold"])
         self.temperature: float = float(payload.get("temperature", 1.0))
+        self.tta: bool = bool(payload.get("tta", False))  # flip-averaging, as validated
         self.hash = payload["weights_sha256"][:12]  # short model id carried by every output row
 
-    def probabilities(self, batch_u8: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat)."""
+    def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
+        tta = self.tta if tta is None else tta
         logits = logits_for(
             self.module, batch_u8, self.image_size, self.compute, tta, self.mean, self.std
         )
@@ -84,7 +88,7 @@ class CatnetModel:
         return "cat" if p_cat >= (self.threshold if threshold is None else threshold) else "not_cat"
 
     def predict(
-        self, images: Iterable[Image.Image | str | Path], tta: bool = False
+        self, images: Iterable[Image.Image | str | Path], tta: bool | None = None
     ) -> list[Prediction]:
         """Predict PIL images or paths held in memory (for Python users; the CLI streams)."""
         preds: list[Prediction] = []
@@ -164,7 +168,7 @@ def _predict_batch(
     model: CatnetModel,
     batch: list[tuple[Path, bytes | str]],
     threshold: float,
-    tta: bool,
+    tta: bool | None,
     unsure: tuple[float, float] | None,
 ) -> list[Prediction]:
     s = model.decode_size
@@ -232,3 +236,31 @@ def done_paths(path: Path) -> set[str]:
         else:
             done.update(row["path"] for row in csv.DictReader(fh) if row.get("label"))
     return done
+
+
+def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
+    """Copy (or hard-link) a predicted picture into dest/cat, dest/not_cat or dest/unsure.
+    Never overwrites: a different file of the same name gets a numbered name."""
+    if pred.label == "error":
+        return None
+    source = Path(pred.path)
+    folder = dest / pred.label
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    n = 1
+    while target.exists():
+        if (
+            target.stat().st_size == source.stat().st_size
+            and target.read_bytes() == source.read_bytes()
+        ):
+            return target  # already sorted (e.g. a resumed run)
+        target = folder / f"{source.stem}-{n}{source.suffix}"
+        n += 1
+    if link:
+        try:
+            os.link(source, target)
+            return target
+        except OSError:  # another filesystem: fall back to a copy
+            pass
+    shutil.copy2(source, target)
+    return target

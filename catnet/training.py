@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from catnet.augment import AugmentSettings, augment, prepare_eval
-from catnet.calibration import fit_temperature
 from catnet.compute import (
     Compute,
     batches_of,
@@ -28,7 +27,6 @@ from catnet.compute import (
 )
 from catnet.config import TrainConfig
 from catnet.errors import CatnetError
-from catnet.metrics import binary_metrics
 from catnet.runs import new_run_dir, write_metrics
 from catnet.schedule import EarlyStopping, epochs_that_fit, lr_factor
 from catnet.trainstate import (
@@ -84,7 +82,10 @@ def train_one_epoch(
     how wrong it was; backward() sends that error back through every layer as gradients."""
     model.train()
     settings = AugmentSettings(cfg.crop_scale, cfg.rotation, cfg.color_jitter)
-    order = torch.randperm(len(data.train_slots), generator=gen).numpy()
+    n = len(data.train_slots)
+    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
+    shown = np.repeat(np.arange(n), repeat)  # corrected pictures appear several times
+    order = shown[torch.randperm(len(shown), generator=gen).numpy()]
     steps = math.ceil(len(order) / cfg.batch_size)
     loss_sum, correct, seen = 0.0, 0, 0
     for i, part in enumerate(batches_of(len(order), cfg.batch_size)):
@@ -207,7 +208,11 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         _plan(cfg, state, started, state.epoch_seconds, steps)
         if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
             stop_reason = f"time budget of {cfg.time_budget:g} s reached"
-    return _finish(cfg, run_dir, data, compute, state, stop_reason, started, cb)
+    from catnet.finalize import finalize_run
+
+    result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message)
+    result.stop_reason = stop_reason
+    return result
 
 
 def _replanning(
@@ -234,62 +239,35 @@ def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
     from catnet.models import architecture_from_config, build_model
 
     model = build_model(architecture_from_config(cfg, data.image_size))
+    if cfg.init_from:  # fine-tuning: start from a trained network of the same architecture
+        from catnet.checkpoint import load_checkpoint
+
+        payload = load_checkpoint(cfg.init_from)
+        if payload["arch"] != architecture_from_config(cfg, data.image_size):
+            raise CatnetError(f"{cfg.init_from} has another architecture than this config")
+        model.load_state_dict(payload["state_dict"])
     return model.to(compute.device, memory_format=torch.channels_last)
-
-
-def _finish(
-    cfg: TrainConfig,
-    run_dir: Path,
-    data: PreparedData,
-    compute: Compute,
-    state: TrainState,
-    stop_reason: str,
-    started: float,
-    cb: TrainCallbacks,
-) -> TrainResult:
-    """Reload the best weights, calibrate them on validation, and store the final metrics."""
-    from catnet.checkpoint import load_checkpoint, save_checkpoint
-    from catnet.diagnosis import diagnose
-    from catnet.models import build_model
-
-    best_path = run_dir / "best.pt"
-    payload = load_checkpoint(best_path)
-    model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
-    model.load_state_dict(payload["state_dict"])
-    val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
-    labels = torch.from_numpy(data.val_labels)
-    temperature = fit_temperature(val["logits"], labels)
-    probs = torch.sigmoid(val["logits"] / temperature)
-    metrics = binary_metrics(probs, labels, payload["threshold"])
-    metrics.update(val_loss=val["val_loss"], best_epoch=state.stopper.best_epoch)
-    payload.update(temperature=temperature, metrics=_plain(metrics))
-    save_checkpoint(payload, best_path)
-    diagnosis = diagnose(state.history, state.stopper.best_epoch, cfg)
-    try:
-        from catnet.plots import plot_curves
-
-        plot_curves(state.history, state.stopper.best_epoch, run_dir / "curves.png")
-    except ImportError:  # matplotlib missing: the run is still complete without the picture
-        cb.on_message("matplotlib is not installed: no curves.png")
-    return TrainResult(
-        run_dir=run_dir,
-        best_checkpoint=best_path,
-        last_checkpoint=run_dir / "last.pt",
-        best_epoch=state.stopper.best_epoch,
-        epochs_run=state.epoch,
-        metrics=metrics,
-        history=state.history,
-        skipped=len(data.skipped),
-        stop_reason=stop_reason,
-        seconds=time.monotonic() - started,
-        diagnosis=diagnosis,
-    )
-
-
-def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
-    """Only primitives go into checkpoints (weights_only loading refuses anything else)."""
-    return {k: (_plain(v) if isinstance(v, dict) else v) for k, v in metrics.items()}
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def finetune(
+    checkpoint: str | Path,
+    data: str | Path,
+    epochs: int = 5,
+    out: str = "",
+    callbacks: TrainCallbacks | None = None,
+) -> TrainResult:
+    """Continue training a checkpoint on (corrected) data: same architecture and recipe, a
+    third of the learning rate, corrected pictures weighted up."""
+    from catnet.checkpoint import load_checkpoint
+    from catnet.config import from_dict
+
+    payload = load_checkpoint(checkpoint)
+    values = dict(payload.get("train_config", {}))
+    values.update(data=str(data), out=out, epochs=epochs, time_budget=0.0, resume="", patience=0)
+    values.update(init_from=str(checkpoint), lr=values.get("lr", 3e-3) / 3, warmup=0.0)
+    cfg = from_dict(TrainConfig, values, source=str(checkpoint))
+    return train(cfg, callbacks)

@@ -20,6 +20,7 @@ from catnet.cache import cache_size_for, default_cache_root, load_pixels
 from catnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from catnet.compute import Compute
 from catnet.config import TrainConfig, from_dict, save_config
+from catnet.corrections import corrected_paths
 from catnet.data import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
 from catnet.runs import write_skipped
@@ -38,6 +39,7 @@ class PreparedData:
     val_labels: np.ndarray
     counts: dict[str, dict[str, int]]  # split -> class folder -> pictures used
     skipped: list[tuple[str, str]]  # (path, reason)
+    train_repeat: np.ndarray | None = None  # (n_train,) times shown per epoch; corrections get more
 
 
 def auto_image_size(samples: list[Sample], cap: int, seed: int = 0) -> int:
@@ -69,6 +71,11 @@ def prepare_data(
     dataset = scan_dataset(cfg.data, cfg.positive, cfg.val_fraction, cfg.seed)
     if not dataset.val:
         raise CatnetError("no validation pictures: use --val-fraction > 0 or add a val/ folder")
+    corrected = corrected_paths(dataset.root)
+    if corrected:  # a correction is a lesson: it must be in the training pictures
+        moved = [s for s in dataset.val if str(s.path.resolve()) in corrected]
+        dataset.val = [s for s in dataset.val if s not in moved]
+        dataset.train = dataset.train + moved
     cfg.image_size = cfg.image_size or auto_image_size(dataset.train, cfg.max_image_size, cfg.seed)
     save_config(cfg, run_dir / "config.toml")  # the resolved config, image size included
     decode_size = cache_size_for(cfg.image_size)
@@ -96,6 +103,17 @@ def prepare_data(
     labels = np.array([s.label for s in samples], dtype=np.int64)
     _check_usable(labels[train_idx], "training", dataset)
     _check_usable(labels[val_idx], "validation", dataset, need_both=False)
+    repeat = np.array(
+        [
+            cfg.correction_weight if str(samples[i].path.resolve()) in corrected else 1
+            for i in train_idx
+        ],
+        dtype=np.int64,
+    )
+    if corrected:
+        on_message(
+            f"{int((repeat > 1).sum())} corrected pictures weighted x{cfg.correction_weight}"
+        )
     counts = {
         "train": dataset.counts([samples[i] for i in train_idx]),
         "val": dataset.counts([samples[i] for i in val_idx]),
@@ -111,6 +129,7 @@ def prepare_data(
         labels[val_idx],
         counts,
         skipped,
+        train_repeat=repeat,
     )
 
 
@@ -212,6 +231,7 @@ def save_run_checkpoints(
             "resize": "short side to decode_size, centre square, bilinear to image_size",
         },
         "threshold": 0.5,
+        "tta": cfg.tta,
         "temperature": 1.0,
         "train_config": dataclasses.asdict(cfg),
         "data_summary": {

@@ -88,15 +88,15 @@ def _latest_run(cfg: TrainConfig) -> Path | None:
 
 
 def print_train_summary(result: TrainResult, console: Console) -> None:
-    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
     table = Table(title="Training finished", show_header=False)
     table.add_row("stopped", result.stop_reason)
     table.add_row("best epoch", f"{result.best_epoch} of {result.epochs_run}")
     table.add_row("val accuracy", f"{result.metrics['accuracy']:.2%}")
     table.add_row("val ROC-AUC", f"{result.metrics['roc_auc']:.3f}")
+    train_acc = result.metrics["train_accuracy"]
     table.add_row(
         "train/val gap",
-        f"{best['train_acc'] - best['val_acc']:+.1%} (train acc on augmented pictures)",
+        f"{train_acc - result.metrics['accuracy']:+.1%} (train accuracy {train_acc:.1%})",
     )
     table.add_row("time", f"{result.seconds:.0f} s")
     table.add_row("best model", str(result.best_checkpoint))
@@ -144,10 +144,12 @@ def run_prediction(
     console: Console,
     skip_done: bool = False,
     unsure: tuple[float, float] | None = None,
+    sort_dest: Path | None = None,
+    link: bool = False,
 ) -> dict[str, Any]:
     import json
 
-    from catnet.prediction import Prediction, RowWriter, done_paths, load_model, predict
+    from catnet.prediction import Prediction, RowWriter, done_paths, load_model, predict, sort_into
 
     model_hash = load_model(checkpoint).hash  # fail early and clearly on a bad checkpoint
     skip = done_paths(output) if (output and skip_done) else set()
@@ -156,6 +158,8 @@ def run_prediction(
         stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
 
     def on_row(pred: Prediction) -> None:
+        if sort_dest:
+            sort_into(pred, sort_dest, link)
         row = pred.as_row(model_hash)
         if writer:
             writer.write(row)
@@ -207,3 +211,55 @@ def run_demo(out: Path, time_budget: float, console: Console, stdout: Console) -
     stdout.print(f"\nEverything is in {out}/:")
     for what, where in summary["paths"].items():
         stdout.print(f"  {what:<22} {where}", highlight=False)
+
+
+def print_info(d: dict[str, Any], console: Console) -> None:
+    layers = Table(title=f"{d['model'].upper()} network, layer by layer")
+    for col in ("layer", "kind", "neurons / units", "shape", "activation", "parameters"):
+        layers.add_column(
+            col, justify="right" if col in ("neurons / units", "parameters") else "left"
+        )
+    for row in d["layers"]:
+        layers.add_row(row["layer"], row["kind"], f"{row['units']:,}", row["shape"], row["activation"],
+                       f"{row['parameters']:,}")  # fmt: skip
+    layers.add_row("total", "", "", "", "", f"{d['total_parameters']:,}", style="bold")
+    console.print(layers)
+    inp = d["input"]
+    console.print(f"input: {inp['image_size']}x{inp['image_size']} RGB (decoded at {inp['decode_size']} px), "
+                  f"normalised with mean {inp['mean']} and std {inp['std']}", highlight=False)  # fmt: skip
+    counts = d["data"].get("counts", {})
+    for split, per_class in counts.items():
+        text = ", ".join(f"{k} {v}" for k, v in per_class.items())
+        console.print(f"{split} pictures: {text}", highlight=False)
+    console.print(f"positive class: {d['classes']['positive']}", highlight=False)
+    console.print(
+        "regularizers: " + ", ".join(f"{k}={v}" for k, v in d["regularizers"].items()),
+        highlight=False,
+    )
+    m = d["metrics"]
+    if "accuracy" in m:
+        console.print(
+            f"validation: accuracy {m['accuracy']:.2%}, ROC-AUC {m['roc_auc']:.3f}, best epoch "
+            f"{m.get('best_epoch')} of {d['epochs_trained']}; threshold {d['threshold']:.3f}, "
+            f"temperature {d['temperature']:.3f}",
+            highlight=False,
+        )
+
+
+def print_tune(summary: dict[str, Any], console: Console) -> None:
+    table = Table(title="Network size search (each size's longest trial)")
+    for col in ("size", "parameters", "train acc", "val acc", "gap", "verdict", "time"):
+        table.add_column(col, justify="left" if col in ("size", "verdict") else "right")
+    last = {row["trial"]: row for row in summary["rows"]}
+    colors = {"good": "green", "overfit": "yellow", "underfit": "cyan"}
+    for row in sorted(last.values(), key=lambda r: r["parameters"]):
+        mark = " *" if row["trial"] == summary["best"] else ""
+        table.add_row(
+            row["size"] + mark, f"{row['parameters']:,}", f"{row['train_acc']:.1%}", f"{row['val_acc']:.1%}",
+            f"{row['gap']:+.1%}", f"[{colors[row['verdict']]}]{row['verdict']}[/]", f"{row['seconds']:.0f} s",
+        )  # fmt: skip
+    console.print(table)
+    console.print(
+        f"best: {summary['best']} -> catnet train DATA --config {summary['best_config']}",
+        highlight=False,
+    )

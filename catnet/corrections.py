@@ -1,0 +1,153 @@
+"""`catnet correct`: tell the network about its mistakes by fixing the tagged folder.
+
+A correction copies the picture into the right class folder, removes copies of the same picture
+(same bytes) from the wrong class folders, and appends a row to DATA_DIR/.catnet/corrections.csv.
+`catnet finetune` then trains on, with the corrected pictures weighted up.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from catnet.data import POSITIVE_NAMES, find_positive, is_hidden, list_files
+from catnet.errors import CatnetError
+
+LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
+LABELS = ("cat", "not_cat")
+
+
+@dataclass
+class Correction:
+    source: Path
+    dest: Path
+    old_label: str  # where copies were found before: cat, not_cat, both or new
+    new_label: str
+    removed: list[Path]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def class_folders(data_dir: Path) -> tuple[Path, Path]:
+    """(cat folder, not-cat folder) where corrections go: the train/ split when there is one.
+    A not-cat correction goes into the folder `not_cat` (created if needed)."""
+    base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+    if not base.is_dir():
+        raise CatnetError(f"data folder not found: {data_dir}")
+    names = [p.name for p in base.iterdir() if p.is_dir() and not is_hidden(p)]
+    try:
+        positive = find_positive(names)
+    except CatnetError:
+        positive = "cats" if not any(n.lower() in POSITIVE_NAMES for n in names) else names[0]
+    return base / positive, base / "not_cat"
+
+
+def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> list[Correction]:
+    """Record that each image is `label` (cat or not_cat); returns what was done."""
+    if label not in LABELS:
+        raise CatnetError(f"--label must be cat or not_cat, not {label!r}")
+    data_dir = Path(data_dir)
+    cat_dir, not_cat_dir = class_folders(data_dir)
+    by_hash = _hash_index(data_dir)
+    done = []
+    for image in images:
+        source = Path(image)
+        if not source.is_file():
+            raise CatnetError(f"picture not found: {source}")
+        digest = sha256_of(source)
+        copies = by_hash.get(digest, [])
+        target_dir = cat_dir if label == "cat" else not_cat_dir
+        wrong = [p for p in copies if _label_of(p, cat_dir) != label]
+        right = [p for p in copies if _label_of(p, cat_dir) == label]
+        old = {_label_of(p, cat_dir) for p in copies}
+        dest = right[0] if right else _free_name(target_dir, source.name)
+        if not right:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest)
+        for path in wrong:  # the right copy exists by now, so this never loses the picture
+            path.unlink()
+        old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
+        done.append(Correction(source, dest, old_label, label, wrong))
+        _log(data_dir, digest, old_label, label, source, dest)
+    return done
+
+
+def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Correction]:
+    """Apply a predict/evaluate output whose `label` column the user edited: every row whose
+    label is cat or not_cat and differs from what the model said is a correction."""
+    rows_file = Path(rows_file)
+    if not rows_file.is_file():
+        raise CatnetError(f"file not found: {rows_file}")
+    done = []
+    with rows_file.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        for row in csv.DictReader(fh):
+            label = (row.get("label") or "").strip()
+            if label not in LABELS or not row.get("path") or not row.get("p_cat"):
+                continue
+            predicted = (
+                "cat" if float(row["p_cat"]) >= float(row.get("threshold") or 0.5) else "not_cat"
+            )
+            if label != predicted or row.get("folder_label", label) != label:
+                done += correct(data_dir, [row["path"]], label)
+    return done
+
+
+def corrected_paths(data_dir: str | Path) -> set[str]:
+    """Resolved paths of pictures that corrections put in place (for weighting them up)."""
+    log = Path(data_dir) / ".catnet" / "corrections.csv"
+    if not log.exists():
+        return set()
+    with log.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        return {
+            str(Path(row["dest"]).resolve())
+            for row in csv.DictReader(fh)
+            if Path(row["dest"]).exists()
+        }
+
+
+def _hash_index(data_dir: Path) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = {}
+    for path in list_files(data_dir):
+        index.setdefault(sha256_of(path), []).append(path)
+    return index
+
+
+def _label_of(path: Path, cat_dir: Path) -> str:
+    """cat if the picture sits in a folder named like the positive class, else not_cat."""
+    return (
+        "cat"
+        if any(part.lower() == cat_dir.name.lower() for part in path.parent.parts[-2:])
+        else "not_cat"
+    )
+
+
+def _free_name(folder: Path, name: str) -> Path:
+    target, n = folder / name, 1
+    while target.exists():
+        target = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
+        n += 1
+    return target
+
+
+def _log(data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path) -> None:
+    log = data_dir / ".catnet" / "corrections.csv"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not log.exists()
+    with log.open("a", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(LOG_COLUMNS)
+        writer.writerow(
+            [time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest)]
+        )

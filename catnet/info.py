@@ -1,0 +1,108 @@
+"""`catnet info`: see inside a checkpoint — layers of neurons, what it learnt from, how well."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from catnet.checkpoint import load_checkpoint
+from catnet.models import CNN, MLP, build_model, count_parameters
+
+REGULARIZERS = (
+    "weight_decay",
+    "patience",
+    "min_delta",
+    "lr_schedule",
+    "warmup",
+    "augment",
+    "dropout",
+)
+
+
+def _params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def mlp_layers(model: MLP, arch: dict[str, Any]) -> list[dict[str, Any]]:
+    size = arch["image_size"]
+    layers = [{"layer": "input", "kind": "pixels", "units": 3 * size * size, "shape": f"3x{size}x{size}",
+               "activation": "", "parameters": 0}]  # fmt: skip
+    linears = [m for m in model.net if isinstance(m, nn.Linear)]
+    for i, linear in enumerate(linears):
+        last = i == len(linears) - 1
+        layers.append({
+            "layer": "output" if last else f"hidden {i + 1}",
+            "kind": "dense",
+            "units": linear.out_features,
+            "shape": f"{linear.in_features} -> {linear.out_features}",
+            "activation": "sigmoid (p(cat))" if last else arch["activation"],
+            "parameters": _params(linear),
+        })  # fmt: skip
+    return layers
+
+
+def cnn_layers(model: CNN, arch: dict[str, Any]) -> list[dict[str, Any]]:
+    size = arch["image_size"]
+    layers = [{"layer": "input", "kind": "pixels", "units": 3 * size * size, "shape": f"3x{size}x{size}",
+               "activation": "", "parameters": 0}]  # fmt: skip
+    side = size
+    blocks = list(model.features)
+    layers.append(_conv_row("stem", blocks[0], side, arch))
+    for stage, i in enumerate(range(1, len(blocks), 3), start=1):
+        conv, _pool, residual = blocks[i : i + 3]
+        side //= 2
+        layers.append(_conv_row(f"hidden {stage}: conv + pool", conv, side, arch))
+        layers.append(_conv_row(f"hidden {stage}: residual pair", residual, side, arch))
+    layers.append({
+        "layer": "output", "kind": "pool, dropout, dense", "units": 1,
+        "shape": f"{model.head.in_features} -> 1", "activation": "sigmoid (p(cat))",
+        "parameters": _params(model.head),
+    })  # fmt: skip
+    return layers
+
+
+def _conv_row(name: str, block: nn.Module, side: int, arch: dict[str, Any]) -> dict[str, Any]:
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    channels = convs[-1].out_channels
+    return {
+        "layer": name,
+        "kind": f"{len(convs)}x conv3x3+BN",
+        "units": channels * side * side,
+        "shape": f"{channels}x{side}x{side}",
+        "activation": arch["activation"],
+        "parameters": _params(block),
+    }
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """Everything `catnet info` shows, as plain data (also what --json prints)."""
+    payload = load_checkpoint(path)
+    arch = payload["arch"]
+    model = build_model(arch)
+    layers = mlp_layers(model, arch) if arch["type"] == "mlp" else cnn_layers(model, arch)  # type: ignore[arg-type]
+    total = count_parameters(model)
+    assert sum(row["parameters"] for row in layers) == total, "layer table misses parameters"
+    cfg = payload.get("train_config", {})
+    return {
+        "checkpoint": str(path),
+        "model": arch["type"],
+        "layers": layers,
+        "total_parameters": total,
+        "input": {
+            "image_size": payload["preprocessing"]["image_size"],
+            "decode_size": payload["preprocessing"]["decode_size"],
+            "mean": payload["preprocessing"]["mean"],
+            "std": payload["preprocessing"]["std"],
+        },
+        "classes": payload["classes"],
+        "data": payload.get("data_summary", {}),
+        "regularizers": {k: cfg[k] for k in REGULARIZERS if k in cfg},
+        "training": {k: cfg.get(k) for k in ("epochs", "time_budget", "lr", "batch_size", "seed")},
+        "epochs_trained": payload.get("epoch"),
+        "threshold": payload["threshold"],
+        "temperature": payload.get("temperature", 1.0),
+        "metrics": payload.get("metrics", {}),
+        "catnet_version": payload.get("catnet_version"),
+    }

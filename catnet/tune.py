@@ -1,0 +1,164 @@
+"""`catnet tune`: find the right network size by trial, with successive halving.
+
+Round 1 trains every candidate size briefly; each later round keeps the better half (by
+validation accuracy) and gives each survivor twice the time. Too small a network underfits (low
+train accuracy), too big a one overfits (train far above validation): the table shows both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catnet.config import TrainConfig, save_config
+from catnet.training import TrainCallbacks, train
+
+CNN_SIZES = [(8, 2), (16, 2), (16, 3), (32, 3), (64, 3), (64, 4)]  # (width, depth)
+MLP_SIZES = [[16], [64], [256], [512, 128], [2048, 512], [4096, 1024, 256]]
+COLUMNS = (
+    "trial",
+    "round",
+    "size",
+    "parameters",
+    "train_acc",
+    "val_acc",
+    "gap",
+    "verdict",
+    "seconds",
+)
+
+
+@dataclass
+class Trial:
+    name: str
+    overrides: dict[str, Any]
+    size: str
+    result: dict[str, Any] | None = None
+
+
+def candidates(model: str) -> list[Trial]:
+    if model == "mlp":
+        return [
+            Trial(f"mlp-{'-'.join(map(str, h))}", {"hidden": h}, "x".join(map(str, h)))
+            for h in MLP_SIZES
+        ]
+    return [
+        Trial(f"cnn-w{w}-d{d}", {"width": w, "depth": d}, f"width {w}, depth {d}")
+        for w, d in CNN_SIZES
+    ]
+
+
+def verdict(train_acc: float, val_acc: float, best_val: float) -> str:
+    """underfit: cannot even fit its training pictures; overfit: fits them far better than new
+    ones; good otherwise."""
+    if train_acc - val_acc > 0.08:
+        return "overfit"
+    if train_acc < 0.8 or (val_acc < best_val - 0.05 and train_acc - val_acc < 0.03):
+        return "underfit"
+    return "good"
+
+
+def tune(
+    base: TrainConfig,
+    time_budget: float,
+    out: Path,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: TrainCallbacks | None = None,
+) -> dict[str, Any]:
+    """Run the search; writes tune.csv, tune.png and best.toml into out. Returns the rows and
+    the best trial."""
+    out.mkdir(parents=True, exist_ok=True)
+    trials = candidates(base.model)
+    rounds = max(1, math.ceil(math.log2(len(trials))))
+    per_round = time_budget / rounds  # each round gets the same total time, split among survivors
+    rows: list[dict[str, Any]] = []
+    alive = trials
+    for round_no in range(1, rounds + 1):
+        seconds = max(per_round / len(alive), 5.0)
+        for trial in alive:
+            cfg = dataclasses.replace(base, **trial.overrides, time_budget=seconds, patience=0)
+            cfg.out = str(out / f"round{round_no}-{trial.name}")
+            result = train(cfg, callbacks)
+            trial.result = {"cfg": cfg, "metrics": result.metrics, "seconds": result.seconds}
+            rows.append(_row(trial, round_no, result))
+            if on_trial:
+                on_trial(rows[-1])
+        alive = sorted(alive, key=lambda t: -t.result["metrics"]["accuracy"])[
+            : max(1, len(alive) // 2)
+        ]
+    best_val = max(r["val_acc"] for r in rows)
+    for row in rows:
+        row["verdict"] = verdict(row["train_acc"], row["val_acc"], best_val)
+    best = alive[0]
+    _write(out, rows, best)
+    return {"rows": rows, "best": best.name, "best_config": str(out / "best.toml")}
+
+
+def _row(trial: Trial, round_no: int, result: Any) -> dict[str, Any]:
+    m = result.metrics
+    return {
+        "trial": trial.name,
+        "round": round_no,
+        "size": trial.size,
+        "parameters": m["parameters"],
+        "train_acc": m["train_accuracy"],
+        "val_acc": m["accuracy"],
+        "gap": m["train_accuracy"] - m["accuracy"],
+        "verdict": "",
+        "seconds": result.seconds,
+    }
+
+
+def _write(out: Path, rows: list[dict[str, Any]], best: Trial) -> None:
+    with (out / "tune.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(
+            {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows
+        )
+    cfg = dataclasses.replace(best.result["cfg"], out="", data="", resume="", init_from="")
+    save_config(cfg, out / "best.toml")
+    with contextlib.suppress(ImportError):  # no matplotlib: the table and best.toml remain
+        plot_tune(rows, out / "tune.png")
+
+
+def plot_tune(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    last = {}
+    for row in rows:  # each size's longest (latest-round) trial
+        last[row["trial"]] = row
+    pts = sorted(last.values(), key=lambda r: r["parameters"])
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(
+        [r["parameters"] for r in pts], [r["train_acc"] for r in pts], "o-", label="train accuracy"
+    )
+    ax.plot([r["parameters"] for r in pts], [r["val_acc"] for r in pts], "s-", label="val accuracy")
+    for r in pts:
+        where = (r["parameters"], r["val_acc"])
+        ax.annotate(
+            r["verdict"],
+            where,
+            textcoords="offset points",
+            xytext=(0, -14),
+            ha="center",
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters (log scale)")
+    ax.set_ylabel("accuracy")
+    ax.set_title("Network size: too small underfits, too big overfits")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,215 @@
+"""Speed of catnet against baselines measured in the same run, on the same machine.
+
+    python scripts/benchmark_speed.py --data ../shared/data/cats-vs-dogs-dev
+
+(a) epoch time after the first: catnet vs the pipeline a user would write by default
+    (torchvision ImageFolder + per-image PIL transforms + DataLoader(num_workers=cores), fp32);
+(b) catnet's steady-state training images/s / the same model's pure compute images/s;
+(c) `catnet predict` images/s / 1 / (1/decode + 1/forward), the most any predictor can do;
+(d) the one-time cost of building the decode cache, and `catnet --help` wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from catnet.augment import MEAN, STD
+from catnet.cache import cache_size_for, cpu_workers, load_pixels
+from catnet.compute import Compute, select_compute, setup_threads
+from catnet.config import TrainConfig
+from catnet.data import decode_square, list_files, scan_dataset
+from catnet.models import CNN
+from catnet.schedule import EarlyStopping
+from catnet.training import build_optimizer, train_one_epoch
+from catnet.trainstate import PreparedData, TrainState
+
+
+def baseline_epoch_seconds(data: Path, cfg: TrainConfig, epochs: int = 2) -> float:
+    """Seconds of the last of `epochs` epochs of the textbook torchvision pipeline, fp32."""
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([
+        transforms.RandomResizedCrop(cfg.image_size, scale=(cfg.crop_scale, 1.0)),
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(cfg.rotation),
+        transforms.ColorJitter(cfg.color_jitter, cfg.color_jitter, cfg.color_jitter),
+        transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
+    ])  # fmt: skip
+    dataset = datasets.ImageFolder(str(data), transform=tf)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cpu_workers(),
+        persistent_workers=True,
+    )
+    model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout)
+    optimizer = build_optimizer(model, cfg)
+    seconds = 0.0
+    for _ in range(epochs):
+        started = time.monotonic()
+        model.train()
+        for x, y in loader:
+            loss = F.binary_cross_entropy_with_logits(model(x), (y == 0).float())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        seconds = time.monotonic() - started
+    return seconds
+
+
+def catnet_epochs(
+    data: Path, cfg: TrainConfig, cache_root: Path, compute: Compute
+) -> dict[str, float]:
+    """Cache build time, then the seconds of catnet's 2nd and 3rd epoch over every picture."""
+    dataset = scan_dataset(data, val_fraction=0.0)
+    samples = dataset.train + dataset.val
+    decode_size = cache_size_for(cfg.image_size)
+    started = time.monotonic()
+    table = load_pixels([s.path for s in samples], decode_size, cache_root=cache_root)
+    cache_seconds = time.monotonic() - started
+    ok = np.flatnonzero(table.ok)
+    labels = np.array([samples[i].label for i in ok], dtype=np.int64)
+    prepared = PreparedData(
+        dataset, cfg.image_size, decode_size, table.array, table.slots[ok], labels,
+        table.slots[ok[:1]], labels[:1], {}, [],
+    )  # fmt: skip
+    model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout).to(
+        memory_format=torch.channels_last
+    )
+    optimizer = build_optimizer(model, cfg)
+    state = TrainState(stopper=EarlyStopping(0), total_steps=10**6)
+    gen = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(3):
+        started = time.monotonic()
+        train_one_epoch(model, optimizer, prepared, cfg, state, compute, gen)
+        times.append(time.monotonic() - started)
+    return {"cache_build": cache_seconds, "epoch": min(times[1:]), "n": len(ok)}
+
+
+def pure_compute(cfg: TrainConfig, compute: Compute, train: bool, steps: int = 12) -> float:
+    """Images/s of forward (+ backward + step) on random tensors already in memory."""
+    model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout).to(
+        memory_format=torch.channels_last
+    )
+    optimizer = build_optimizer(model, cfg)
+    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size).contiguous(
+        memory_format=torch.channels_last
+    )
+    y = torch.randint(0, 2, (cfg.batch_size,)).float()
+    model.train(train)
+    times = []
+    for _ in range(steps):
+        started = time.monotonic()
+        with torch.set_grad_enabled(train), compute.autocast():
+            out = model(x)
+        if train:
+            loss = F.binary_cross_entropy_with_logits(out.float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        times.append(time.monotonic() - started)
+    return cfg.batch_size / float(np.median(times[2:]))
+
+
+def _decode(path: str, size: int = 0) -> None:
+    decode_square(path, size)
+
+
+def pure_decode(files: list[Path], size: int) -> float:
+    """Images/s of decoding (draft-mode JPEG, resize) on every core, nothing else."""
+    with multiprocessing.get_context("fork").Pool(cpu_workers()) as pool:
+        pool.starmap(_decode, [(str(f), size) for f in files[:64]])  # warm up
+        started = time.monotonic()
+        pool.starmap(_decode, [(str(f), size) for f in files], chunksize=16)
+        return len(files) / (time.monotonic() - started)
+
+
+def cli_seconds(args: list[str]) -> float:
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-m", "catnet", *args], check=True, capture_output=True)
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--skip-baseline", action="store_true", help="skip (a)'s slow baseline")
+    args = parser.parse_args()
+    setup_threads()
+    cfg = TrainConfig(image_size=args.image_size)
+    compute = select_compute("cpu", "auto")
+    print(
+        f"machine: {os.cpu_count()} cores, torch {torch.__version__}, compute {compute.name}, "
+        f"{cfg.model} width {cfg.width} depth {cfg.depth}, {cfg.image_size} px, batch {cfg.batch_size}"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = catnet_epochs(args.data, cfg, Path(tmp) / "cache", compute)
+        train_ips = ours["n"] / ours["epoch"]
+        compute_ips = pure_compute(cfg, compute, train=True)
+        forward_ips = pure_compute(cfg, compute, train=False)
+        files = list_files(args.data)
+        decode_ips = pure_decode(files, cache_size_for(cfg.image_size))
+        ckpt = _tiny_checkpoint(args.data, cfg, Path(tmp))
+        predict_seconds = cli_seconds(
+            ["predict", str(ckpt), str(args.data), "-o", str(Path(tmp) / "p.csv")]
+        )
+    predict_ips = len(files) / predict_seconds
+    limit = 1 / (1 / decode_ips + 1 / forward_ips)
+    help_seconds = min(cli_seconds(["--help"]) for _ in range(3))
+    print(f"\n{'':4}{'measurement':<62}{'value':>12}{'target':>10}")
+    if not args.skip_baseline:
+        base = baseline_epoch_seconds(args.data, cfg)
+        print(
+            f"(a) epoch: default pipeline {base:.1f} s / catnet {ours['epoch']:.1f} s{'':19}"
+            f"{base / ours['epoch']:>10.1f}x{'>= 3x':>10}"
+        )
+    print(
+        f"(b) training {train_ips:.0f} img/s / pure compute {compute_ips:.0f} img/s{'':20}"
+        f"{train_ips / compute_ips:>11.2f}{'>= 0.8':>10}"
+    )
+    print(
+        f"(c) predict {predict_ips:.0f} img/s / limit {limit:.0f} (decode {decode_ips:.0f}, forward "
+        f"{forward_ips:.0f}){'':3}{predict_ips / limit:>9.2f}{'>= 0.8':>10}"
+    )
+    print(
+        f"(d) cache build {ours['cache_build']:.1f} s for {ours['n']} pictures; "
+        f"`catnet --help` {help_seconds:.2f} s"
+    )
+
+
+def _tiny_checkpoint(data: Path, cfg: TrainConfig, tmp: Path) -> Path:
+    """A checkpoint of the benchmarked architecture (weights untrained: speed does not care)."""
+    from catnet.checkpoint import make_checkpoint, save_checkpoint
+    from catnet.models import architecture_from_config
+
+    model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout)
+    payload = make_checkpoint(
+        model.state_dict(),
+        arch=architecture_from_config(cfg, cfg.image_size),
+        classes={"positive": "cats", "names": ["cats", "dogs"], "labels": ["not_cat", "cat"]},
+        preprocessing={"decode_size": cache_size_for(cfg.image_size), "image_size": cfg.image_size,
+                       "mean": list(MEAN), "std": list(STD)},
+        threshold=0.5, temperature=1.0, tta=False, train_config={}, metrics={},
+    )  # fmt: skip
+    return save_checkpoint(payload, tmp / "speed.pt")
+
+
+if __name__ == "__main__":
+    main()
