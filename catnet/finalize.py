@@ -59,15 +59,16 @@ def finalize_run(
     probs = torch.sigmoid(val["logits"] / temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
     train_accuracy = clean_train_accuracy(model, data, compute, cfg)
+    share = float(data.train_labels.mean())
     metrics.update(
         val_loss=val["val_loss"],
         best_epoch=state.stopper.best_epoch,
         train_accuracy=train_accuracy,
         parameters=count_parameters(model),
+        majority_accuracy=max(share, 1 - share),  # what always answering the commoner class scores
     )
     payload.update(temperature=temperature, metrics=_plain(metrics))
     save_checkpoint(payload, best_path)
-    share = float(data.train_labels.mean())
     diagnosis = diagnose(
         state.history,
         state.stopper.best_epoch,
