@@ -54,12 +54,13 @@ def candidates(model: str) -> list[Trial]:
     ]
 
 
-def verdict(train_acc: float, val_acc: float, best_val: float) -> str:
-    """underfit: cannot even fit its training pictures; overfit: fits them far better than new
-    ones; good otherwise."""
+def verdict(train_acc: float, val_acc: float, best_val: float, majority: float = 0.5) -> str:
+    """underfit: cannot even fit its training pictures (or barely beats always answering the
+    commoner class); overfit: fits them far better than new ones; good otherwise."""
     if train_acc - val_acc > 0.08:
         return "overfit"
-    if train_acc < 0.8 or (val_acc < best_val - 0.05 and train_acc - val_acc < 0.03):
+    floor = max(0.8, majority + (1 - majority) / 2)
+    if train_acc < floor or (val_acc < best_val - 0.05 and train_acc - val_acc < 0.03):
         return "underfit"
     return "good"
 
@@ -94,7 +95,7 @@ def tune(
         ]
     best_val = max(r["val_acc"] for r in rows)
     for row in rows:
-        row["verdict"] = verdict(row["train_acc"], row["val_acc"], best_val)
+        row["verdict"] = verdict(row["train_acc"], row["val_acc"], best_val, row.pop("majority"))
     best = alive[0]
     _write(out, rows, best)
     return {"rows": rows, "best": best.name, "best_config": str(out / "best.toml")}
@@ -112,6 +113,7 @@ def _row(trial: Trial, round_no: int, result: Any) -> dict[str, Any]:
         "gap": m["train_accuracy"] - m["accuracy"],
         "verdict": "",
         "seconds": result.seconds,
+        "majority": m["majority_accuracy"],
     }
 
 
