@@ -17,6 +17,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -73,6 +74,12 @@ def _decode_task(task: tuple[str, int, int]) -> bytes | str:
         return "!" + exc.reason
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the parent, which stops cleanly; otherwise every worker
+    would print its own KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _decode_chunk(tasks: list[tuple[str, int, int]]) -> list[bytes | str]:
     return [_decode_task(t) for t in tasks]
 
@@ -100,7 +107,9 @@ def decode_stream(
         return
     it = itertools.chain(first, it)
     chunk_size = 16
-    with ProcessPoolExecutor(n_workers, mp_context=_pool_context()) as pool:
+    with ProcessPoolExecutor(
+        n_workers, mp_context=_pool_context(), initializer=_ignore_sigint
+    ) as pool:
         pending: deque[tuple[list[Path], Future]] = deque()
 
         def submit() -> None:

@@ -255,90 +255,6 @@ def demo(
     run_demo(out, time_budget, console, stdout)
 
 
-@app.command()
-@friendly_errors
-def correct(
-    data: Path = typer.Argument(..., help="The tagged folder to fix (DATA_DIR)."),
-    images: list[Path] = typer.Argument(None, help="Pictures whose true label is --label."),
-    label: str | None = typer.Option(None, help="cat or not_cat."),
-    from_file: Path | None = typer.Option(
-        None, "--from", help="A predict/report CSV with edited labels."
-    ),
-) -> None:
-    """Record corrections: put pictures in the right class folder and log them."""
-    from catnet.corrections import correct as run_correct
-    from catnet.corrections import correct_from_file
-
-    if from_file:
-        done = correct_from_file(data, from_file)
-    elif images and label:
-        done = run_correct(data, images, label)
-    else:
-        raise CatnetError("give --label cat|not_cat and pictures, or --from FILE.csv")
-    for c in done:
-        console.print(f"{c.new_label:<8} {c.dest}  (was {c.old_label})", highlight=False)
-    console.print(f"{len(done)} corrections logged in {data / '.catnet' / 'corrections.csv'}")
-    console.print(f"next: catnet finetune CHECKPOINT {data}")
-
-
-@app.command()
-@friendly_errors
-def finetune(
-    checkpoint: Path = typer.Argument(..., help="The checkpoint to continue from."),
-    data: Path = typer.Argument(..., help="The (corrected) tagged folder."),
-    epochs: int = typer.Option(5, help="Epochs of fine-tuning."),
-    out: str = typer.Option("", help="Run folder [default: runs/<timestamp>]."),
-) -> None:
-    """Continue training on corrected data, corrected pictures weighted up; writes a new run."""
-    from catnet.training import finetune as run_finetune
-    from catnet.ui import RichTrainCallbacks, print_train_summary
-
-    callbacks = RichTrainCallbacks(console)
-    with callbacks.progress:
-        result = run_finetune(checkpoint, data, epochs, out, callbacks)
-    print_train_summary(result, console)
-
-
-@app.command()
-@friendly_errors
-def tune(
-    data: Path = typer.Argument(..., help="DATA_DIR, as for train."),
-    model: str = typer.Option("cnn", help="mlp or cnn: which family of sizes to search."),
-    time_budget: float = typer.Option(300.0, help="Seconds for the whole search."),
-    out: Path = typer.Option(Path("runs/tune"), help="Folder for tune.csv, tune.png, best.toml."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="Base settings (TOML)."),
-) -> None:
-    """Find the right network size: train a range of sizes, keep the better half, repeat."""
-    from catnet.config import TrainConfig, load_config
-    from catnet.tune import tune as run_tune
-    from catnet.ui import print_tune
-
-    base = load_config(TrainConfig, config, {"data": str(data), "model": model})
-    console.print(f"searching {model} sizes for {time_budget:.0f} s (successive halving)")
-    summary = run_tune(base, time_budget, out, on_trial=lambda row: console.print(
-        f"  round {row['round']} {row['trial']:<16} val {row['val_acc']:.1%} train {row['train_acc']:.1%}",
-        highlight=False,
-    ))  # fmt: skip
-    print_tune(summary, stdout)
-
-
-@app.command()
-@friendly_errors
-def info(
-    checkpoint: Path = typer.Argument(..., help="A catnet checkpoint."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """See inside a checkpoint: layers and neurons, input, data, regularizers, metrics."""
-    from catnet.info import describe
-    from catnet.ui import print_info
-
-    details = describe(checkpoint)
-    if as_json:
-        stdout.print_json(json.dumps(details))
-    else:
-        print_info(details, stdout)
-
-
 @cache_app.command("clear")
 @friendly_errors
 def cache_clear() -> None:
@@ -357,6 +273,11 @@ def cache_info() -> None:
 
     root, size, pictures = cache_usage()
     stdout.print(f"{root}: {pictures} pictures, {size / 1e6:.1f} MB")
+
+
+# The learning-loop and tool commands (correct, finetune, tune, info, check, export) register
+# themselves on `app` when imported.
+from catnet import cli_tools  # noqa: E402, F401
 
 
 def main() -> None:

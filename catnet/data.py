@@ -181,6 +181,7 @@ def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) ->
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's chatter about odd files: we judge by result
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 return _to_square_rgb(img, size, max_pixels)

@@ -109,6 +109,7 @@ def _duplicates(good: list[dict[str, Any]], layout: str) -> dict[str, Any]:
             kind = "exact" if len({good[i]["sha256"] for i in members}) == 1 else "near"
             paths = [good[i]["path"] for i in sorted(members)]
             leaks.append({"kind": kind, "splits": splits, "paths": paths})
+    leaks.sort(key=lambda leak: leak["paths"])
     result: dict[str, Any] = {
         "duplicates": [[good[i]["path"] for i in m] for m in by_sha.values() if len(m) > 1],
         "near_duplicates": [[good[reps[r]]["path"] for r in group] for group in near],
@@ -177,10 +178,15 @@ def fix_dataset(root: str | Path, report: dict[str, Any]) -> Path:
             "reason": item["reason"], "time": datetime.now(UTC).isoformat(timespec="seconds"),
         })  # fmt: skip
         _save_manifest(manifest, entries)  # after each move: an interruption loses no record
-    _save_manifest(manifest, entries)
     if failed:
-        raise CatnetError(f"could not move: {'; '.join(failed)}", exit_code=EXIT_SOME_FAILED)
+        raise CatnetError(
+            printable(f"could not move: {'; '.join(failed)}"), exit_code=EXIT_SOME_FAILED
+        )
     return quarantine
+
+
+def _inside(relative: str) -> bool:
+    return not (Path(relative).is_absolute() or ".." in Path(relative).parts)
 
 
 def undo_fix(root: str | Path) -> int:
@@ -191,20 +197,29 @@ def undo_fix(root: str | Path) -> int:
     kept, conflicts, restored = [], [], 0
     for entry in _load_manifest(manifest):
         source, target = root / QUARANTINE / entry["quarantined"], root / entry["original"]
-        if not os.path.lexists(source):
+        problem = ""
+        if not (_inside(entry["original"]) and _inside(entry["quarantined"])):
+            problem = "outside the data folder"  # a hand-edited manifest must not move files out
+        elif not os.path.lexists(source):
             conflicts.append(f"{entry['original']} (gone from the quarantine)")
+            continue  # nothing left to restore: drop the entry
         elif os.path.lexists(target):
-            kept.append(entry)
-            conflicts.append(f"{entry['original']} (a file is there now)")
+            problem = "a file is there now"
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(source, target)
-            restored += 1
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(source, target)
+                restored += 1
+                continue
+            except OSError as exc:
+                problem = exc.strerror or str(exc)
+        kept.append(entry)
+        conflicts.append(f"{entry['original']} ({problem})")
     if manifest.exists():
         _save_manifest(manifest, kept)
     if conflicts:
         raise CatnetError(
-            f"restored {restored}; left {len(conflicts)}: {'; '.join(conflicts)}",
+            printable(f"restored {restored}; left {len(conflicts)}: {'; '.join(conflicts)}"),
             exit_code=EXIT_SOME_FAILED,
             hint=f"move those by hand from {root / QUARANTINE}",
         )
@@ -242,23 +257,25 @@ def print_check(report: dict[str, Any], console: Console) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    console.print(Text(
-        f"{printable(report['root'])}: {report['layout']} layout, {report['n_images']} "
-        f"readable pictures in {report['n_files']} files, cat class {report['positive']!r}"
-    ))  # fmt: skip
-    counts = Table(title="Pictures per split and class")
+    head = f"{report['root']}: {report['layout']} layout, {report['n_images']} readable pictures"
+    head += f" in {report['n_files']} files, cat class {report['positive']!r}"
+    console.print(Text(printable(head)))
+    counts = Table()
     counts.add_column("class")
     for split in report["counts"]:
         counts.add_column(split, justify="right")
     for name in report["classes"]:
-        counts.add_row(Text(name), *(str(c.get(name, 0)) for c in report["counts"].values()))
+        counts.add_row(
+            Text(printable(name)), *(str(c.get(name, 0)) for c in report["counts"].values())
+        )
     console.print(counts)
     for key, title, columns, row in SECTIONS:
         items = report[key]
         if not items:
             console.print(f"[green]ok[/] {title.split(' (')[0].lower()}: none")
             continue
-        table = Table(title=f"{title}: {len(items)}", title_justify="left")
+        console.print(f"[bold yellow]{title}: {len(items)}[/]")  # not a table title: it wraps
+        table = Table()
         for column in columns:
             table.add_column(column)
         for item in items[:SHOWN]:

@@ -143,9 +143,9 @@ def _picture_facts(data: bytes, max_pixels: int) -> dict[str, Any]:
         raise DecodeError(f"too many pixels (limit {max_pixels:,})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         reason = str(exc) or type(exc).__name__
-        raise DecodeError(
-            "truncated file" if "truncated" in reason else f"unreadable: {reason}"
-        ) from None
+        if "truncated" in reason:
+            reason = "truncated file"
+        raise DecodeError(f"unreadable: {reason}") from None
     except Exception as exc:  # a Pillow plugin bug must not end the whole check
         raise DecodeError(f"unreadable: {type(exc).__name__}: {exc}") from None
 

@@ -1,0 +1,128 @@
+"""`catnet export`: the network as ONNX or TorchScript, for serving without catnet.
+
+The exported graph takes what `load_model(...).module` takes — normalised float pixels
+(B, 3, image_size, image_size) — and returns the same logits (B,). The preprocessing constants
+(sizes, mean, std), threshold and temperature travel in the file's metadata, so a server can
+reproduce p(cat) = sigmoid(logit / temperature) and the decision exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from catnet.errors import CatnetError
+from catnet.prediction import CatnetModel, load_model
+
+
+def metadata(model: CatnetModel) -> dict[str, str]:
+    pre = model.payload["preprocessing"]
+    return {
+        "catnet_version": str(model.payload["catnet_version"]),
+        "model_hash": model.hash,
+        "input": "float32 (batch, 3, image_size, image_size), RGB, (pixel/255 - mean) / std",
+        "output": "logits (batch,); p(cat) = sigmoid(logit / temperature); cat if p >= threshold",
+        "image_size": str(pre["image_size"]),
+        "decode_size": str(pre["decode_size"]),
+        "resize": str(pre.get("resize", "")),
+        "mean": json.dumps(pre["mean"]),
+        "std": json.dumps(pre["std"]),
+        "threshold": str(model.threshold),
+        "temperature": str(model.temperature),
+        "classes": json.dumps(model.payload["classes"]),
+    }
+
+
+def export(
+    checkpoint: str | Path, fmt: str, out: str | Path, check_with: list[Path] | None = None
+) -> dict[str, Any]:
+    """Write the export and check it against PyTorch on the pictures `check_with` (random
+    tensors if none); returns {"path", "max_abs_diff", "checked_on"}."""
+    model = load_model(checkpoint, device="cpu")
+    module = model.module.float().eval().to(memory_format=torch.contiguous_format)
+    example = torch.randn(2, 3, model.image_size, model.image_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter(
+                "ignore"
+            )  # tracing's deprecation notice; the trace is checked below
+            traced = torch.jit.trace(module, example)
+            torch.jit.save(
+                traced, str(out), _extra_files={"catnet.json": json.dumps(metadata(model))}
+            )
+    elif fmt == "onnx":
+        _export_onnx(module, example, out, metadata(model))
+    else:
+        raise CatnetError(f"--format must be onnx or torchscript, not {fmt!r}")
+    pixels = picture_batch(model, check_with) if check_with else None
+    diff = check_equivalence(model, fmt, out, pixels)
+    return {
+        "path": str(out),
+        "max_abs_diff": diff,
+        "checked_on": len(check_with or []) or "random tensors",
+    }
+
+
+def _export_onnx(
+    module: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str]
+) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise CatnetError(
+            "ONNX export needs the onnx package: pip install 'catnet[export]'"
+        ) from None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(out), dynamo=False, input_names=["pixels"], output_names=["logits"],
+            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+        )  # fmt: skip
+    graph = onnx.load(str(out))
+    for key, value in meta.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(out))
+
+
+def run_export(fmt: str, out: Path, pixels: torch.Tensor) -> np.ndarray:
+    """Logits from the exported file alone (onnxruntime for ONNX)."""
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            return torch.jit.load(str(out))(pixels).detach().numpy()
+    try:
+        import onnxruntime
+    except ImportError:
+        raise CatnetError(
+            "checking an ONNX export needs onnxruntime: pip install 'catnet[export]'"
+        ) from None
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return session.run(None, {"pixels": pixels.numpy()})[0]
+
+
+def check_equivalence(
+    model: CatnetModel, fmt: str, out: Path, pixels: torch.Tensor | None = None
+) -> float:
+    """Largest |logit difference| between the export and PyTorch (fp32) on the given batch."""
+    if pixels is None:
+        pixels = torch.randn(4, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        reference = model.module.float()(pixels).numpy()
+    return float(np.abs(run_export(fmt, out, pixels) - reference).max())
+
+
+def picture_batch(model: CatnetModel, paths: list[Path]) -> torch.Tensor:
+    """Normalised (B, 3, S, S) float pixels of real pictures, exactly as predict prepares them."""
+    from catnet.augment import prepare_eval
+    from catnet.data import decode_square
+
+    pixels = torch.from_numpy(np.stack([decode_square(p, model.decode_size) for p in paths]))
+    return prepare_eval(pixels, model.image_size, model.mean, model.std).contiguous().float()

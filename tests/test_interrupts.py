@@ -1,0 +1,104 @@
+"""Killed and interrupted training loses nothing: Ctrl-C saves and says how to resume (exit 130),
+SIGKILL at any moment leaves complete checkpoints, and --resume continues without duplicate rows."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_dataset
+
+TRAIN_ARGS = ["--epochs", "40", "--width", "8", "--depth", "2", "--image-size", "24", "--batch-size", "8"]
+
+
+def start_training(data: Path, run: Path, env: dict[str, str]) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "catnet", "train", str(data), "--out", str(run), *TRAIN_ARGS]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Until metrics.csv has n epoch rows (polling; the process must still be running)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"training ended early: {proc.communicate()[1][-2000:]}")
+        if len(epochs_in(run)) >= n:
+            return
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("training did not reach the epoch in time")
+
+
+def epochs_in(run: Path) -> list[int]:
+    try:
+        with (run / "metrics.csv").open() as fh:
+            return [int(row["epoch"]) for row in csv.DictReader(fh)]
+    except (OSError, KeyError, ValueError):
+        return []
+
+
+def assert_complete_checkpoints(run: Path) -> None:
+    """Every checkpoint present loads safely and passes its checksum."""
+    from catnet.checkpoint import load_checkpoint
+
+    for name in ("best.pt", "last.pt"):
+        if (run / name).exists():
+            payload = load_checkpoint(run / name)
+            assert torch.load(run / name, weights_only=True)["format"] == "catnet-checkpoint"
+            assert payload["epoch"] >= 0
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "CATNET_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
+
+
+def test_ctrl_c_saves_prints_resume_and_exits_130(tmp_path: Path, env: dict[str, str]) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=16, size=24)
+    run = tmp_path / "run"
+    proc = start_training(data, run, env)
+    wait_for_epochs(run, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "catnet train --resume" in stderr and "last.pt" in stderr
+    assert_complete_checkpoints(run)
+    done = epochs_in(run)
+    assert done == list(range(1, len(done) + 1))
+
+    # Resume with fewer total epochs than planned so the test ends quickly.
+    target = done[-1] + 2
+    cmd = [sys.executable, "-m", "catnet", "train", "--resume", str(run / "last.pt"), "--epochs", str(target)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert epochs_in(run) == list(range(1, target + 1))  # no duplicated or missing rows
+
+
+@pytest.mark.parametrize("after_epochs", [1, 3])
+def test_sigkill_leaves_complete_checkpoints_and_resumes(
+    tmp_path: Path, env: dict[str, str], after_epochs: int
+) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=16, size=24)
+    run = tmp_path / "run"
+    proc = start_training(data, run, env)
+    wait_for_epochs(run, after_epochs, proc)
+    time.sleep(0.03 * after_epochs)  # land at different moments within an epoch
+    proc.kill()
+    proc.communicate()
+    assert_complete_checkpoints(run)
+    from catnet.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(run / "last.pt")["epoch"]
+    target = saved + 1
+    cmd = [sys.executable, "-m", "catnet", "train", "--resume", str(run / "last.pt"), "--epochs", str(target)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert epochs_in(run) == list(range(1, target + 1))
