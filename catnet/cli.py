@@ -89,6 +89,12 @@ def train(
     lr_schedule: str | None = typer.Option(None, help="cosine, onecycle, step or none."),
     warmup: float | None = typer.Option(None, help="Share of training spent warming up."),
     augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Data augmentation."),
+    crop_scale: float | None = typer.Option(None, help="Smallest random crop, share of the area."),
+    rotation: float | None = typer.Option(None, help="Largest random rotation in degrees."),
+    color_jitter: float | None = typer.Option(
+        None, help="Largest brightness/contrast/saturation change."
+    ),
+    label_smoothing: float | None = typer.Option(None, help="Soften the 0/1 targets by this much."),
     hidden: str | None = typer.Option(None, help="MLP hidden layers, e.g. 512,128."),
     activation: str | None = typer.Option(None, help="relu, gelu, silu, tanh or sigmoid."),
     width: int | None = typer.Option(None, help="CNN channels in the first stage."),
@@ -111,7 +117,9 @@ def train(
         "time_budget": time_budget, "image_size": image_size, "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "dropout": dropout, "patience": patience,
         "min_delta": min_delta, "monitor": monitor, "lr_schedule": lr_schedule, "warmup": warmup,
-        "augment": augment, "hidden": _csv_ints(hidden), "activation": activation, "width": width,
+        "augment": augment, "crop_scale": crop_scale, "rotation": rotation,
+        "color_jitter": color_jitter, "label_smoothing": label_smoothing,
+        "hidden": _csv_ints(hidden), "activation": activation, "width": width,
         "depth": depth, "seed": seed, "val_fraction": val_fraction, "positive": positive,
         "precision": precision, "device": device, "cache": cache,
     }  # fmt: skip

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from catnet.data import POSITIVE_NAMES, find_positive, is_hidden, list_files
+from catnet.data import POSITIVE_NAMES, is_hidden, list_files
 from catnet.errors import CatnetError
 
 LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
@@ -39,26 +39,26 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def class_folders(data_dir: Path) -> tuple[Path, Path]:
-    """(cat folder, not-cat folder) where corrections go: the train/ split when there is one.
+def class_folders(base: Path) -> tuple[Path, Path]:
+    """(cat folder, not-cat folder) inside `base` (DATA_DIR, or one of its split folders).
     A not-cat correction goes into the folder `not_cat` (created if needed)."""
-    base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
-    if not base.is_dir():
-        raise CatnetError(f"data folder not found: {data_dir}")
-    names = [p.name for p in base.iterdir() if p.is_dir() and not is_hidden(p)]
-    try:
-        positive = find_positive(names)
-    except CatnetError:
-        positive = "cats" if not any(n.lower() in POSITIVE_NAMES for n in names) else names[0]
+    names = (
+        [p.name for p in base.iterdir() if p.is_dir() and not is_hidden(p)] if base.is_dir() else []
+    )
+    positive = next((n for n in names if n.lower() in POSITIVE_NAMES), "cats")
     return base / positive, base / "not_cat"
 
 
 def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> list[Correction]:
-    """Record that each image is `label` (cat or not_cat); returns what was done."""
+    """Record that each image is `label` (cat or not_cat); returns what was done.
+
+    A picture already in DATA_DIR under the wrong class moves to the right class folder of the
+    same split (a test picture stays a test picture); a new picture is copied into train/."""
     if label not in LABELS:
         raise CatnetError(f"--label must be cat or not_cat, not {label!r}")
     data_dir = Path(data_dir)
-    cat_dir, not_cat_dir = class_folders(data_dir)
+    if not data_dir.is_dir():
+        raise CatnetError(f"data folder not found: {data_dir}")
     by_hash = _hash_index(data_dir)
     done = []
     for image in images:
@@ -67,25 +67,38 @@ def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> l
             raise CatnetError(f"picture not found: {source}")
         digest = sha256_of(source)
         copies = by_hash.get(digest, [])
-        target_dir = cat_dir if label == "cat" else not_cat_dir
-        wrong = [p for p in copies if _label_of(p, cat_dir) != label]
-        right = [p for p in copies if _label_of(p, cat_dir) == label]
-        old = {_label_of(p, cat_dir) for p in copies}
-        dest = right[0] if right else _free_name(target_dir, source.name)
-        if not right:
+        old = {_label_of(p) for p in copies}
+        right = [p for p in copies if _label_of(p) == label]
+        wrong = [p for p in copies if _label_of(p) != label]
+        dest = right[0] if right else None
+        for path in wrong:
+            target = _free_name(_target_dir(path.parent.parent, label), path.name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if dest is None:  # keep one copy, moved to the right class
+                shutil.move(path, target)
+                dest = target
+            else:  # the right copy exists, so this never loses the picture
+                path.unlink()
+        if dest is None:  # not in the data yet: a new training example
+            base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+            dest = _free_name(_target_dir(base, label), source.name)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
-        for path in wrong:  # the right copy exists by now, so this never loses the picture
-            path.unlink()
         old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
         done.append(Correction(source, dest, old_label, label, wrong))
         _log(data_dir, digest, old_label, label, source, dest)
     return done
 
 
+def _target_dir(base: Path, label: str) -> Path:
+    cat_dir, not_cat_dir = class_folders(base)
+    return cat_dir if label == "cat" else not_cat_dir
+
+
 def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Correction]:
-    """Apply a predict/evaluate output whose `label` column the user edited: every row whose
-    label is cat or not_cat and differs from what the model said is a correction."""
+    """Apply a file whose `label` column the user edited. A row is a correction when its label
+    (cat or not_cat) differs from the label it was written with: the folder's tag for
+    evaluate's mistakes.csv (it has folder_label), the model's answer for predict's output."""
     rows_file = Path(rows_file)
     if not rows_file.is_file():
         raise CatnetError(f"file not found: {rows_file}")
@@ -95,10 +108,10 @@ def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Corre
             label = (row.get("label") or "").strip()
             if label not in LABELS or not row.get("path") or not row.get("p_cat"):
                 continue
-            predicted = (
-                "cat" if float(row["p_cat"]) >= float(row.get("threshold") or 0.5) else "not_cat"
-            )
-            if label != predicted or row.get("folder_label", label) != label:
+            threshold = float(row.get("threshold") or 0.5)
+            predicted = "cat" if float(row["p_cat"]) >= threshold else "not_cat"
+            original = row["folder_label"] if row.get("folder_label") else predicted
+            if label != original:
                 done += correct(data_dir, [row["path"]], label)
     return done
 
@@ -123,13 +136,9 @@ def _hash_index(data_dir: Path) -> dict[str, list[Path]]:
     return index
 
 
-def _label_of(path: Path, cat_dir: Path) -> str:
-    """cat if the picture sits in a folder named like the positive class, else not_cat."""
-    return (
-        "cat"
-        if any(part.lower() == cat_dir.name.lower() for part in path.parent.parts[-2:])
-        else "not_cat"
-    )
+def _label_of(path: Path) -> str:
+    """cat if the picture's class folder is named cat or cats, else not_cat."""
+    return "cat" if path.parent.name.lower() in POSITIVE_NAMES else "not_cat"
 
 
 def _free_name(folder: Path, name: str) -> Path:

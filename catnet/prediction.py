@@ -39,7 +39,7 @@ class Prediction:
     p_cat: float | None
     error: str = ""
 
-    def as_row(self, model_hash: str) -> dict[str, Any]:
+    def as_row(self, model_hash: str, threshold: float | None = None) -> dict[str, Any]:
         p = None if self.p_cat is None else round(self.p_cat, 6)
         return {
             "path": self.path,
@@ -47,6 +47,7 @@ class Prediction:
             "p_cat": p,
             "error": self.error,
             "model": model_hash,
+            "threshold": threshold,  # with p_cat, recovers the model's answer after edits
         }
 
 
@@ -192,7 +193,7 @@ class RowWriter:
     """Writes prediction rows to .csv or .jsonl as they come, flushed per row, so a killed
     run leaves a valid file that --skip-done can resume from."""
 
-    COLUMNS = ("path", "label", "p_cat", "error", "model")
+    COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold")
 
     def __init__(self, path: Path, append: bool = False) -> None:
         suffix = path.suffix.lower()

@@ -31,7 +31,9 @@ if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads i
 BINS = 15  # expected_calibration_error's default, so the diagram shows what the ECE measures
 THUMB = 128
 # predict --output's columns first, so the file can go straight to `catnet correct --from`.
-CSV_COLUMNS = ("path", "label", "p_cat", "error", "model", "folder_label")
+# label starts as the folder's tag: an unedited file changes nothing when fed to
+# `catnet correct --from`; edit label where the folder is wrong (predicted shows the model's view).
+CSV_COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold", "folder_label", "predicted")
 LABELS = ("not_cat", "cat")  # by label: 0, 1
 # The metrics shown, in order, with the words a reader needs rather than the JSON keys.
 METRIC_NAMES = {
@@ -83,14 +85,15 @@ def find_mistakes(result: EvaluationResult) -> list[Mistake]:
     return sorted(out, key=lambda m: (-m.confidence, str(m.sample.path)))
 
 
-def write_mistakes_csv(mistakes: list[Mistake], model: str, path: Path) -> Path:
+def write_mistakes_csv(mistakes: list[Mistake], model: str, threshold: float, path: Path) -> Path:
     # surrogateescape like predict's RowWriter: odd file names survive the round trip.
     with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         writer = csv.writer(fh)
         writer.writerow(CSV_COLUMNS)
         for m in mistakes:
-            row = (m.sample.path, LABELS[m.predicted], round(m.p_cat, 6), "", model)
-            writer.writerow((*row, LABELS[m.sample.label]))
+            tag = LABELS[m.sample.label]
+            row = (m.sample.path, tag, round(m.p_cat, 6), "", model, threshold)
+            writer.writerow((*row, tag, LABELS[m.predicted]))
     return path
 
 
@@ -290,7 +293,8 @@ def write_report(result: EvaluationResult, out_dir: str | Path, top_n: int = 12)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     mistakes = find_mistakes(result)
-    write_mistakes_csv(mistakes, str(result.metrics.get("model", "")), out / "mistakes.csv")
+    model, threshold = str(result.metrics.get("model", "")), float(result.metrics["threshold"])
+    write_mistakes_csv(mistakes, model, threshold, out / "mistakes.csv")
     page = out / "index.html"
     # errors="replace": a file name that is not valid UTF-8 shows as "?" rather than crashing.
     page.write_text(render_html(result, mistakes, top_n), encoding="utf-8", errors="replace")

@@ -151,7 +151,9 @@ def run_prediction(
 
     from catnet.prediction import Prediction, RowWriter, done_paths, load_model, predict, sort_into
 
-    model_hash = load_model(checkpoint).hash  # fail early and clearly on a bad checkpoint
+    loaded = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
+    model_hash = loaded.hash
+    threshold = loaded.threshold if cfg.threshold < 0 else cfg.threshold
     skip = done_paths(output) if (output and skip_done) else set()
     writer = RowWriter(output, append=skip_done) if output else None
     if not writer and not as_json:
@@ -160,7 +162,7 @@ def run_prediction(
     def on_row(pred: Prediction) -> None:
         if sort_dest:
             sort_into(pred, sort_dest, link)
-        row = pred.as_row(model_hash)
+        row = pred.as_row(model_hash, threshold)
         if writer:
             writer.write(row)
         elif as_json:
