@@ -134,6 +134,10 @@ def decode_many(
         yield result
 
 
+def _key_path(key: str) -> str:
+    return key.rsplit("|", 2)[0]  # a path may itself contain "|"
+
+
 def file_key(path: Path) -> str | None:
     try:
         stat = path.stat()
@@ -228,7 +232,7 @@ class DiskCache:
             entries = self._read_index()
             # Entries of files that changed or vanished are dead: drop them (their slots are
             # reclaimed when the file is compacted).
-            entries = {k: v for k, v in entries.items() if file_key(Path(k.split("|")[0])) == k}
+            entries = {k: v for k, v in entries.items() if file_key(Path(_key_path(k))) == k}
             missing = sorted({k for k in keys if k is not None and k not in entries})
             n_slots = self._append(entries, missing, workers, max_pixels, on_progress, len(paths))
             n_slots = self._maybe_compact(entries, n_slots)
@@ -261,7 +265,7 @@ class DiskCache:
         done = total - len(keys)
         if on_progress:
             on_progress(done, total)
-        paths = [k.split("|")[0] for k in keys]
+        paths = [_key_path(k) for k in keys]
         with open(self.dir / "pixels.u8", "ab") as out:
             results = decode_many(paths, self.size, max_pixels, workers)
             for key, result in zip(keys, results, strict=True):

@@ -72,16 +72,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise CatnetError(
+                f"{path} is not a catnet checkpoint (unreadable pickle data)"
+            ) from None
         # weights_only refuses any object that would need code to rebuild: nothing was run.
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
         raise CatnetError(
-            f"refused to load {path}: it is not a plain catnet checkpoint and would need to run "
-            f"code to load ({first})"
+            f"refused to load {path}: it holds Python objects that would run code when loaded, "
+            "which a catnet checkpoint never does"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CatnetError(
             f"{path} is not a readable checkpoint (truncated or corrupt): {exc}"
         ) from None
+    except Exception as exc:
+        raise CatnetError(f"{path} is not a catnet checkpoint ({type(exc).__name__})") from None
     return check_payload(payload, path)
 
 

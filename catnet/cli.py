@@ -26,8 +26,9 @@ app = typer.Typer(
 )
 cache_app = typer.Typer(help="Manage the decoded-picture cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-console = Console(stderr=True)  # progress and messages; stdout is for results
-stdout = Console()
+# soft_wrap: long paths stay on one line when the output goes to a pipe or a file.
+console = Console(stderr=True, soft_wrap=True)  # progress and messages; stdout is for results
+stdout = Console(soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -48,6 +49,17 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (e.g. ROC-AUC of a one-class folder) becomes null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _csv_ints(text: str | None) -> list[int] | None:
@@ -196,7 +208,7 @@ def evaluate(
 
         console.print(f"report: {write_report(result, report)}", highlight=False)
     if as_json:
-        stdout.print_json(json.dumps(result.metrics))
+        stdout.print_json(json.dumps(json_safe(result.metrics)))
     else:
         print_evaluation(result, stdout)
     if result.skipped:

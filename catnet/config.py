@@ -89,7 +89,7 @@ class TrainConfig:
             raise CatnetError(
                 f"image_size must be 0 (auto) or between 8 and 1024, not {self.image_size}"
             )
-        if not self.hidden or any(not isinstance(h, int) or h < 1 for h in self.hidden):
+        if not self.hidden or any(type(h) is not int or h < 1 for h in self.hidden):
             raise CatnetError(
                 f"hidden must list positive layer widths, e.g. 512,128, not {self.hidden}"
             )
@@ -207,8 +207,7 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
@@ -216,3 +215,16 @@ def _toml_value(value: Any) -> str:
 
 def save_config(config: TrainConfig | EvaluateConfig | PredictConfig, path: Path) -> None:
     path.write_text(to_toml(dataclasses.asdict(config)))
+
+
+def _toml_char(char: str) -> str:
+    """One character of a TOML basic string: quotes, backslashes, control characters and DEL
+    escaped; lone surrogates (undecodable file names) cannot be stored, so they become U+FFFD."""
+    code = ord(char)
+    if char in '"\\':
+        return "\\" + char
+    if code < 0x20 or code == 0x7F:
+        return f"\\u{code:04x}"
+    if 0xD800 <= code <= 0xDFFF:
+        return "\ufffd"
+    return char

@@ -183,6 +183,7 @@ def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's chatter about odd files: we judge by result
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check then uses our limit
             with Image.open(path) as img:
                 return _to_square_rgb(img, size, max_pixels)
     except DecodeError:

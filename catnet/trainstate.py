@@ -44,7 +44,8 @@ class PreparedData:
 
 def auto_image_size(samples: list[Sample], cap: int, seed: int = 0) -> int:
     """Median short side of (up to 300 of) the pictures, rounded down to a multiple of 8 and
-    kept in [32, cap]: small pictures are not blown up, large ones are not used at full size."""
+    kept in [32, cap]: tiny pictures are enlarged to 32 px (the least the CNN's stages need),
+    large ones are not used at full size."""
     chosen = random.Random(seed).sample(samples, min(300, len(samples)))
     sides = []
     for s in chosen:

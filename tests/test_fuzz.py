@@ -43,7 +43,9 @@ def check(data: bytes, suffix: str) -> None:
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(magic=st.sampled_from(MAGIC), body=st.binary(max_size=2048), suffix=st.sampled_from(SUFFIXES))
+@given(
+    magic=st.sampled_from(MAGIC), body=st.binary(max_size=2048), suffix=st.sampled_from(SUFFIXES)
+)
 def test_random_bytes_decode_or_skip(magic: bytes, body: bytes, suffix: str) -> None:
     check(magic + body, suffix)
 

@@ -15,7 +15,18 @@ import pytest
 import torch
 from conftest import make_dataset
 
-TRAIN_ARGS = ["--epochs", "40", "--width", "8", "--depth", "2", "--image-size", "24", "--batch-size", "8"]
+TRAIN_ARGS = [
+    "--epochs",
+    "40",
+    "--width",
+    "8",
+    "--depth",
+    "2",
+    "--image-size",
+    "24",
+    "--batch-size",
+    "8",
+]
 
 
 def start_training(data: Path, run: Path, env: dict[str, str]) -> subprocess.Popen:
@@ -76,7 +87,16 @@ def test_ctrl_c_saves_prints_resume_and_exits_130(tmp_path: Path, env: dict[str,
 
     # Resume with fewer total epochs than planned so the test ends quickly.
     target = done[-1] + 2
-    cmd = [sys.executable, "-m", "catnet", "train", "--resume", str(run / "last.pt"), "--epochs", str(target)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "catnet",
+        "train",
+        "--resume",
+        str(run / "last.pt"),
+        "--epochs",
+        str(target),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert epochs_in(run) == list(range(1, target + 1))  # no duplicated or missing rows
@@ -98,7 +118,16 @@ def test_sigkill_leaves_complete_checkpoints_and_resumes(
 
     saved = load_checkpoint(run / "last.pt")["epoch"]
     target = saved + 1
-    cmd = [sys.executable, "-m", "catnet", "train", "--resume", str(run / "last.pt"), "--epochs", str(target)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "catnet",
+        "train",
+        "--resume",
+        str(run / "last.pt"),
+        "--epochs",
+        str(target),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert epochs_in(run) == list(range(1, target + 1))

@@ -1,0 +1,183 @@
+"""Shared fixtures: tiny picture folders drawn on the fly, an isolated cache, and one small model
+trained once per session and reused by the evaluate / predict / checkpoint / API tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    from catnet.config import TrainConfig
+    from catnet.training import TrainResult
+
+REPO = Path(__file__).resolve().parents[1]
+POSITIVE_WORDS = ("cat", "cats", "kitties", "kitty")
+
+
+def prob_tol() -> float:
+    """Tolerance for p(cat) computed in different batches: CPU kernels give the same numbers
+    whatever the batch, GPU kernels (in bf16) may not."""
+    import torch
+
+    return 2e-2 if torch.cuda.is_available() else 1e-5
+
+
+def draw_picture(kind: str, seed: int | str, size: int = 24) -> Image.Image:
+    """A simple picture a tiny network can tell apart: cats are a bright disc with two triangle
+    ears on a dark background; everything else is dark squares on a light background."""
+    rng = random.Random(f"{kind}:{seed}")
+    big = size * 2
+    if kind.lower() in POSITIVE_WORDS:
+        img = Image.new("RGB", (big, big), tuple(rng.randint(0, 60) for _ in range(3)))
+        d = ImageDraw.Draw(img)
+        r = big * rng.uniform(0.25, 0.33)
+        cx, cy = big / 2 + rng.uniform(-2, 2), big * 0.58
+        fur = (rng.randint(200, 255), rng.randint(150, 230), rng.randint(60, 140))
+        d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fur)
+        for side in (-1, 1):
+            x0 = cx + side * r * 0.9
+            d.polygon([(x0, cy - r * 0.3), (cx + side * r * 0.2, cy - r * 0.6), (x0, cy - r * 1.5)],
+                      fill=fur)  # fmt: skip
+    else:
+        img = Image.new("RGB", (big, big), tuple(rng.randint(190, 255) for _ in range(3)))
+        d = ImageDraw.Draw(img)
+        for _ in range(3):
+            s = big * rng.uniform(0.15, 0.3)
+            x, y = rng.uniform(0, big - s), rng.uniform(0, big - s)
+            d.rectangle((x, y, x + s, y + s), fill=tuple(rng.randint(0, 80) for _ in range(3)))
+    return img.resize((size, size), Image.Resampling.BILINEAR)
+
+
+def write_class(
+    folder: Path, kind: str, n: int, size: int, fmt: str = "png", start: int = 0
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        img = draw_picture(kind, i, size)
+        if fmt == "jpg":
+            img.save(folder / f"{kind}_{i}.jpg", "JPEG", quality=90)
+        else:
+            img.save(folder / f"{kind}_{i}.png", "PNG")
+
+
+def make_dataset(
+    root: Path,
+    n_per_class: int = 12,
+    size: int = 24,
+    layout: str = "flat",
+    classes: Sequence[str] = ("cats", "dogs"),
+    splits: Sequence[str] = ("train", "val", "test"),
+    fmt: str = "png",
+) -> Path:
+    """Write a labelled picture folder and return its root.
+
+    layout="flat":  root/<class>/<class>_<i>.png, n_per_class each.
+    layout="split": root/<split>/<class>/..., n_per_class per class in train, half as many
+    (at least 2) in every other split; pass splits=("train", "validation") etc.
+    """
+    root = Path(root)
+    if layout == "flat":
+        for name in classes:
+            write_class(root / name, name, n_per_class, size, fmt)
+    elif layout == "split":
+        start = 0
+        for split in splits:
+            n = n_per_class if split == "train" else max(2, n_per_class // 2)
+            for name in classes:
+                write_class(root / split / name, name, n, size, fmt, start=start)
+            start += n  # different pictures in every split
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
+    return root
+
+
+@pytest.fixture(name="make_dataset")
+def make_dataset_fixture() -> Callable[..., Path]:
+    return make_dataset
+
+
+def tiny_config(data: Path, out: Path, cache_dir: Path, **changes: Any) -> TrainConfig:
+    """The smallest sensible training run: a 2-stage CNN of width 8 on 24 px pictures, in fp32
+    (bf16 autocast on CPU is slower for networks this small)."""
+    from catnet.config import TrainConfig
+
+    values: dict[str, Any] = {
+        "data": str(data),
+        "out": str(out),
+        "model": "cnn",
+        "width": 8,
+        "depth": 2,
+        "image_size": 24,
+        "epochs": 2,
+        "batch_size": 16,
+        "cache_dir": str(cache_dir),
+        "precision": "fp32",
+        "device": "cpu",
+        "workers": 1,
+    }
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(name="tiny_config")
+def tiny_config_fixture() -> Callable[..., TrainConfig]:
+    return tiny_config
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Every test (and every subprocess it starts) gets its own cache folder and working
+    directory, so nothing is written to ~/.cache/catnet or ./runs."""
+    cache = tmp_path / ".catnet_cache"
+    monkeypatch.setenv("CATNET_CACHE", str(cache))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".xdg_cache"))
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    data: Path  # flat cats/ dogs/ folder, with one unreadable file in cats/
+    broken: Path  # that unreadable file
+    run_dir: Path
+    best: Path
+    last: Path
+    cache_dir: Path
+    config: TrainConfig
+    result: TrainResult
+
+    def copy_run(self, dest: Path) -> Path:
+        """A private copy of the run folder, for tests that write to it (resume)."""
+        shutil.copytree(self.run_dir, dest)
+        return dest
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
+    """One tiny CNN trained for 2 epochs, shared by the whole session. Treat it as read-only."""
+    from catnet.training import train
+
+    base = tmp_path_factory.mktemp("trained")
+    data = make_dataset(base / "data", n_per_class=12, size=24)
+    broken = data / "cats" / "broken.jpg"
+    broken.write_text("this is not a JPEG\n")
+    cfg = tiny_config(data, base / "run", base / "cache")
+    result = train(dataclasses.replace(cfg))
+    return TrainedRun(
+        data=data,
+        broken=broken,
+        run_dir=result.run_dir,
+        best=result.best_checkpoint,
+        last=result.last_checkpoint,
+        cache_dir=base / "cache",
+        config=cfg,
+        result=result,
+    )
