@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from catnet.data import decode_square
+from catnet.data import decode_square, missing_reason
 from catnet.errors import DecodeError
 
 CACHE_VERSION = 1
@@ -241,7 +241,7 @@ class DiskCache:
         slots = np.full(len(paths), -1, dtype=np.int64)
         errors: dict[int, str] = {}
         for i, key in enumerate(keys):
-            entry = entries.get(key) if key else "file not found"
+            entry = entries.get(key) if key else missing_reason(Path(paths[i]))
             if isinstance(entry, int):
                 slots[i] = entry
             else:

@@ -142,7 +142,8 @@ def check(
 
     from rich.progress import Progress
 
-    from catnet.doctor import check_dataset, fix_dataset, print_check, printable, undo_fix
+    from catnet.data import printable
+    from catnet.doctor import check_dataset, fix_dataset, print_check, undo_fix
 
     if fix and undo:
         raise CatnetError("--fix and --undo cannot be used together")

@@ -5,6 +5,7 @@ No torch here: decoding runs in worker processes that should start fast.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import warnings
@@ -167,6 +168,21 @@ def _check_classes(dataset: Dataset, require_both: bool) -> None:
 # Decoding
 
 
+def missing_reason(path: Path) -> str:
+    """Why a path is not a file to read: a broken link, a link loop, a folder, or nothing."""
+    if path.is_symlink():
+        try:
+            path.stat()
+        except OSError as exc:
+            return "symbolic link loop" if exc.errno == errno.ELOOP else "broken symbolic link"
+    return "not a regular file" if path.exists() else "file not found"
+
+
+def printable(text: str) -> str:
+    """Non-UTF-8 bytes of a file name as \\xNN, so writing to a UTF-8 terminal cannot fail."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) -> np.ndarray:
     """Read any supported picture by content and return (size, size, 3) uint8 RGB.
 
@@ -177,13 +193,15 @@ def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) ->
     path = Path(path)
     try:
         if not path.is_file():
-            raise DecodeError("not a regular file" if path.exists() else "file not found")
+            raise DecodeError(missing_reason(path))
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's chatter about odd files: we judge by result
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own bomb check then uses our limit
+            # Our own check (width x height > max_pixels, right after the header is read and
+            # before any pixel is decoded) replaces Pillow's fixed 89.5 MP one, with the sizes.
+            Image.MAX_IMAGE_PIXELS = None
             with Image.open(path) as img:
                 return _to_square_rgb(img, size, max_pixels)
     except DecodeError:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catnet.data import SPLIT_NAMES, scan_dataset
+from catnet.data import SPLIT_NAMES, printable, scan_dataset
 from catnet.errors import EXIT_SOME_FAILED, CatnetError
 from catnet.phash import Progress, fingerprint_files, groups_from_pairs, near_pairs
 
@@ -245,11 +245,6 @@ SECTIONS = [  # key, title, columns, row
     ("tiny", f"Tiny pictures (side < {TINY_SIDE} px)", ["file", "size"],
      lambda e: [e["path"], f"{e['width']}x{e['height']}"]),
 ]  # fmt: skip
-
-
-def printable(text: str) -> str:
-    """Non-UTF-8 bytes of a file name as \\xNN, so writing to a UTF-8 terminal cannot fail."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def print_check(report: dict[str, Any], console: Console) -> None:

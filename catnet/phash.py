@@ -123,6 +123,7 @@ def _picture_facts(data: bytes, max_pixels: int) -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = None  # checked below against max_pixels, as in decode_square
             with Image.open(io.BytesIO(data)) as img:
                 width, height = img.size
                 facts = {"format": img.format or "", "mode": img.mode, "size": (width, height)}

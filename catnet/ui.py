@@ -149,6 +149,7 @@ def run_prediction(
 ) -> dict[str, Any]:
     import json
 
+    from catnet.data import printable
     from catnet.prediction import Prediction, RowWriter, done_paths, load_model, predict, sort_into
 
     loaded = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
@@ -170,9 +171,8 @@ def run_prediction(
         else:
             p = "" if pred.p_cat is None else f"{pred.p_cat:.4f}"
             note = f"  ({pred.error})" if pred.error else ""
-            stdout.print(
-                f"{p:>7}  {pred.label:<8} {pred.path}{note}", highlight=False, markup=False
-            )
+            line = printable(f"{p:>7}  {pred.label:<8} {pred.path}{note}")  # odd file names too
+            stdout.print(line, highlight=False, markup=False)
 
     try:
         summary = predict(checkpoint, paths, cfg, on_row, skip=skip, unsure=unsure)
@@ -204,11 +204,12 @@ def run_demo(out: Path, time_budget: float, console: Console, stdout: Console) -
     for name, r in summary["models"].items():
         table.add_row(name, f"{r['parameters']:,}", f"{r['accuracy']:.1%}", f"{r['seconds']:.0f} s")
     stdout.print(table)
-    stdout.print("Predictions on new, untagged pictures (truth in brackets):")
+    stdout.print("Predictions on new, untagged pictures:")
     for row in summary["predictions"]:
         stdout.print(
-            f"  {row['label']:<8} p(cat)={row['p_cat']:.3f}  [{row['truth']}]  {row['path']}",
+            f"  {row['label']:<8} p(cat)={row['p_cat']:.3f}  truth: {row['truth']:<18} {row['path']}",
             highlight=False,
+            markup=False,
         )
     stdout.print(f"\nEverything is in {out}/:")
     for what, where in summary["paths"].items():

@@ -101,7 +101,7 @@ UNREADABLE = {
     "train/dogs/zero.jpg": "empty file (0 bytes)",
     "train/dogs/truncated.jpg": "unreadable: truncated file",
     "train/dogs/text.jpg": "not a picture (unknown format)",
-    "train/dogs/bomb.png": "too many pixels (limit 120,000,000)",
+    "train/dogs/bomb.png": "too many pixels (40000x40000, limit 120,000,000)",
     "train/dogs/broken.jpg": "broken symbolic link",
     "train/dogs/loop.jpg": "symbolic link loop",
     "train/dogs/" + os.fsdecode(NON_UTF8_BAD): "not a picture (unknown format)",
