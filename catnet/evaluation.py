@@ -79,7 +79,7 @@ def evaluate(
         raise CatnetError(f"none of the {len(samples)} pictures under {dataset.root} could be read")
     kept = [samples[i] for i in keep]
     logits = predict_logits(
-        model.module,
+        model.inference_module,
         table.array,
         table.slots[keep],
         model.image_size,

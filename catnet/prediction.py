@@ -7,6 +7,7 @@ memory stays bounded for any number of files.
 
 from __future__ import annotations
 
+import copy
 import csv
 import glob
 import itertools
@@ -23,13 +24,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from catnet.cache import decode_stream
+from catnet.cache import decode_many
 from catnet.checkpoint import load_checkpoint
 from catnet.compute import Compute, logits_for, select_compute, setup_threads
 from catnet.config import PredictConfig
 from catnet.data import IMAGE_SUFFIXES, _to_square_rgb, list_files
 from catnet.errors import DecodeError
-from catnet.models import build_model
+from catnet.models import build_model, fuse_for_inference
 
 
 @dataclass
@@ -61,6 +62,8 @@ class CatnetModel:
         self.module: nn.Module = build_model(payload["arch"])
         self.module.load_state_dict(payload["state_dict"])
         self.module.to(self.compute.device, memory_format=torch.channels_last).eval()
+        # The same network with batch norm folded into the convs: what predict and evaluate run.
+        self.inference_module = fuse_for_inference(copy.deepcopy(self.module))
         pre = payload["preprocessing"]
         self.image_size: int = int(pre["image_size"])
         self.decode_size: int = int(pre["decode_size"])
@@ -74,7 +77,7 @@ class CatnetModel:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
         tta = self.tta if tta is None else tta
         logits = logits_for(
-            self.module, batch_u8, self.image_size, self.compute, tta, self.mean, self.std
+            self.inference_module, batch_u8, self.image_size, self.compute, tta, self.mean, self.std
         )
         return torch.sigmoid(logits / self.temperature)
 
@@ -151,12 +154,24 @@ def predict(
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
     paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
-    stream = decode_stream(paths, model.decode_size, cfg.max_image_pixels, cfg.workers)
-    while batch := list(itertools.islice(stream, cfg.batch_size)):
-        for pred in _predict_batch(model, batch, threshold, cfg.tta, unsure):
-            counts[pred.label] += 1
-            if on_row:
-                on_row(pred)
+    # Decode a window of files on every core, then run the network on it with every core, in
+    # turn: on a small machine the two stages overlapping would only fight for the same cores
+    # (torch's threads stall whenever a decoder takes their core). Memory: one window of pixels.
+    window = cfg.batch_size * 16
+    while chunk := list(itertools.islice(paths, window)):
+        decoded = list(
+            zip(
+                chunk,
+                decode_many(chunk, model.decode_size, cfg.max_image_pixels, cfg.workers),
+                strict=True,
+            )
+        )
+        for start in range(0, len(decoded), cfg.batch_size):
+            batch = decoded[start : start + cfg.batch_size]
+            for pred in _predict_batch(model, batch, threshold, cfg.tta, unsure):
+                counts[pred.label] += 1
+                if on_row:
+                    on_row(pred)
     return {
         "counts": counts,
         "errors": counts["error"],

@@ -186,13 +186,15 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     _plan(cfg, state, started, state.epoch_seconds, steps)
     stop_reason = "finished the planned epochs"
     while state.epoch < state.planned_epochs:
-        epoch_start = time.monotonic()
         cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
-        on_batch = _replanning(cfg, state, started, epoch_start, steps, cb)
-        row = train_one_epoch(model, optimizer, data, cfg, state, compute, gen, on_batch)
+        clock = BatchClock(cfg, state, started, steps, cb)
+        row = train_one_epoch(model, optimizer, data, cfg, state, compute, gen, clock.on_batch)
+        val_start = time.monotonic()
         val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
         state.epoch += 1
-        state.epoch_seconds = time.monotonic() - epoch_start
+        # Typical batch time, not this epoch's wall time: the first batches pay one-off costs
+        # (kernel selection, bf16 warm-up) that later epochs do not.
+        state.epoch_seconds = clock.median() * steps + (time.monotonic() - val_start)
         row = {"epoch": state.epoch, **row, "val_loss": val["val_loss"], "val_acc": val["val_acc"]}
         row["seconds"] = round(time.monotonic() - started, 2)
         state.history.append(row)
@@ -215,24 +217,30 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     return result
 
 
-def _replanning(
-    cfg: TrainConfig,
-    state: TrainState,
-    started: float,
-    epoch_start: float,
-    steps: int,
-    cb: TrainCallbacks,
-) -> Callable[[int, int, float], None]:
-    """Batch hook that, early in the first epoch of a budgeted run, plans the epochs from the
-    measured batch time, so that warmup and decay are laid out right from the start."""
+class BatchClock:
+    """Times batches; in the first epoch of a budgeted run it re-plans the epochs from the
+    typical (median) batch time at batches 4, 8, 16, ..., so warmup and decay are laid out
+    for the time that is really there."""
 
-    def on_batch(step: int, n_steps: int, loss: float) -> None:
-        cb.on_batch(step, n_steps, loss)
-        if cfg.time_budget > 0 and state.epoch == 0 and step == min(5, n_steps):
-            per_batch = (time.monotonic() - epoch_start) / step
-            _plan(cfg, state, started, per_batch * steps * 1.2, steps)  # +20% for validation
+    def __init__(
+        self, cfg: TrainConfig, state: TrainState, started: float, steps: int, cb: TrainCallbacks
+    ) -> None:
+        self.cfg, self.state, self.started, self.steps, self.cb = cfg, state, started, steps, cb
+        self.durations: list[float] = []
+        self.last = time.monotonic()
 
-    return on_batch
+    def median(self) -> float:
+        return float(np.median(self.durations)) if self.durations else 0.0
+
+    def on_batch(self, step: int, n_steps: int, loss: float) -> None:
+        now = time.monotonic()
+        self.durations.append(now - self.last)
+        self.last = now
+        self.cb.on_batch(step, n_steps, loss)
+        first_epoch = self.state.epoch == 0 and self.cfg.time_budget > 0
+        if first_epoch and step >= 4 and step & (step - 1) == 0:
+            recent = float(np.median(self.durations[step // 2 :]))
+            _plan(self.cfg, self.state, self.started, recent * self.steps * 1.2, self.steps)
 
 
 def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
