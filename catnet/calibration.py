@@ -6,6 +6,8 @@ pictures fixes the confidence without changing any decision at threshold 0.5.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -19,9 +21,11 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
     if len(logits) < 2 or labels.min() == labels.max():
         return 1.0  # nothing to learn from
-    grid = torch.logspace(-1.3, 1.3, 53).tolist()
+    # T >= 0.5: sharpening beyond that would claim more certainty than a few hundred
+    # validation pictures (often perfectly separated) can support.
+    grid = torch.logspace(math.log10(0.5), 1.3, 41).tolist()
     best = min(grid, key=lambda t: nll(logits, labels, t))
-    fine = (best * torch.logspace(-0.05, 0.05, 41)).tolist()
+    fine = [t for t in (best * torch.logspace(-0.05, 0.05, 41)).tolist() if t >= 0.5]
     return float(min(fine, key=lambda t: nll(logits, labels, t)))
 
 

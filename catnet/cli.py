@@ -190,6 +190,13 @@ def evaluate(
 
     if pick_threshold and not save_to:
         raise CatnetError("--pick-threshold needs --save-to PATH for the new checkpoint")
+    if pick_threshold:
+        from catnet.metrics import parse_threshold_rule
+
+        try:  # before the evaluation, not after it
+            parse_threshold_rule(pick_threshold)
+        except ValueError as exc:
+            raise CatnetError(str(exc)) from None
     values = {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache}
     cfg = load_config(EvaluateConfig, None, {**values, "unsure": _unsure_range(unsure)})
     result = run_evaluate(checkpoint, data, cfg)

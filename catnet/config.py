@@ -60,6 +60,7 @@ class TrainConfig:
     resume: str = ""  # RUN/last.pt to continue from
     init_from: str = ""  # checkpoint whose weights training starts from (catnet finetune)
     correction_weight: int = 4  # corrected pictures (see catnet correct) count this many times
+    select_best: bool = True  # best.pt = best validation epoch; False = the last (finetune)
     cache: bool = True  # keep decoded pixels on disk so later epochs and runs skip JPEG decoding
     cache_dir: str = ""  # "" = $CATNET_CACHE or ~/.cache/catnet
     workers: int = 0  # decoding processes; 0 = one per core

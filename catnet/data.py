@@ -71,6 +71,17 @@ def _class_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
 
 
+def _positive_or_absent(classes: list[str], positive: str, required: bool) -> str:
+    """The positive folder; where both classes are not required (evaluating a folder of only
+    not-cats), a missing one just means every picture is a not-cat."""
+    try:
+        return find_positive(classes, positive)
+    except CatnetError:
+        if required:
+            raise
+        return positive or "cats"
+
+
 def find_positive(classes: list[str], positive: str = "") -> str:
     """The positive class folder: --positive NAME, else the one named cat or cats (any case)."""
     if positive:
@@ -122,6 +133,7 @@ def scan_dataset(
     val_fraction: float = 0.2,
     seed: int = 0,
     require_both: bool = True,
+    allow_no_positive: bool = False,
 ) -> Dataset:
     """Find, label and split every picture under root. Raises CatnetError for unusable folders."""
     root = Path(root).expanduser()
@@ -133,7 +145,7 @@ def scan_dataset(
     split_dirs = {SPLIT_NAMES[d.name.lower()]: d for d in top if d.name.lower() in SPLIT_NAMES}
     if "train" in split_dirs:
         class_names = sorted({c.name for d in split_dirs.values() for c in _class_dirs(d)})
-        pos = find_positive(class_names, positive)
+        pos = _positive_or_absent(class_names, positive, not allow_no_positive)
         parts = {name: _collect(d, pos) for name, d in split_dirs.items()}
         train = parts.get("train", [])
         val, test = parts.get("val", []), parts.get("test", [])
@@ -142,7 +154,7 @@ def scan_dataset(
         dataset = Dataset(root, pos, class_names, "split", train, val, test)
     else:
         class_names = [d.name for d in top]
-        pos = find_positive(class_names, positive)
+        pos = _positive_or_absent(class_names, positive, not allow_no_positive)
         train, val = split_stratified(_collect(root, pos), val_fraction, seed)
         dataset = Dataset(root, pos, class_names, "flat", train, val)
     _check_classes(dataset, require_both)
@@ -206,17 +218,20 @@ def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) ->
                 return _to_square_rgb(img, size, max_pixels)
     except DecodeError:
         raise
-    except Image.UnidentifiedImageError:
-        raise DecodeError("not a picture (unknown format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DecodeError(f"too many pixels (limit {max_pixels:,})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            reason = "truncated file"
-        raise DecodeError(f"unreadable: {reason}") from None
     except Exception as exc:
-        raise DecodeError(f"unreadable: {type(exc).__name__}: {exc}") from None
+        raise DecodeError(reason_for(exc, max_pixels)) from None
+
+
+def reason_for(exc: Exception, max_pixels: int) -> str:
+    """A short, human reason for why Pillow could not read a file."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return "not a picture (unknown format)"
+    if isinstance(exc, Image.DecompressionBombError | Image.DecompressionBombWarning):
+        return f"too many pixels (limit {max_pixels:,})"
+    if isinstance(exc, OSError | SyntaxError | ValueError | EOFError):
+        reason = str(exc) or type(exc).__name__
+        return f"unreadable: {'truncated file' if 'truncated' in reason else reason}"
+    return f"unreadable: {type(exc).__name__}: {exc}"
 
 
 def _to_square_rgb(img: Image.Image, size: int, max_pixels: int) -> np.ndarray:

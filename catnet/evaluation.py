@@ -40,15 +40,16 @@ def pick_samples(dataset: Dataset) -> tuple[list[Sample], str]:
 
 def _scan(data_dir: str | Path, model: CatnetModel, positive: str) -> Dataset:
     """Prefer the positive class name the model was trained with, then cat/cats."""
-    names = [positive] if positive else [model.payload["classes"]["positive"], ""]
-    error: CatnetError | None = None
-    for name in names:
+    trained = model.payload["classes"]["positive"]
+    for name in [positive] if positive else [trained, ""]:
         try:
             return scan_dataset(data_dir, name, val_fraction=0.0, require_both=False)
-        except CatnetError as exc:
-            error = error or exc
-    assert error is not None
-    raise error
+        except CatnetError:
+            continue
+    # No cat folder at all: a folder of only not-cats is still worth scoring (false positives).
+    return scan_dataset(
+        data_dir, positive or trained, 0.0, require_both=False, allow_no_positive=True
+    )
 
 
 def evaluate(
@@ -93,7 +94,8 @@ def evaluate(
     labels = torch.tensor([s.label for s in kept])
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     metrics = binary_metrics(probs, labels, threshold)
-    metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"]
+    has_cats = bool(labels.any())
+    metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"] if has_cats else None
     metrics["ece"] = expected_calibration_error(probs, labels)
     metrics["ece_uncalibrated"] = expected_calibration_error(torch.sigmoid(logits), labels)
     metrics["temperature"] = model.temperature

@@ -112,18 +112,15 @@ def pick_threshold(probs: torch.Tensor, labels: torch.Tensor, rule: str) -> dict
     precision = s["tp"] / (s["tp"] + s["fp"])
     recall = s["tp"] / s["positives"].clamp(min=1)
     f1 = 2 * precision * recall / (precision + recall).clamp(min=1e-12)
-    name, _, value = rule.partition("=")
-    if name == "f1" and not value:
+    name, target = parse_threshold_rule(rule)
+    if name == "f1":
         i = int(f1.argmax())
-    elif name in ("precision", "recall") and value:
-        target = float(value)
+    else:
         ok = (precision if name == "precision" else recall) >= target
         if not ok.any():
             raise ValueError(f"no threshold reaches {name} {target:g} on these pictures")
         score = recall if name == "precision" else precision
         i = int(torch.where(ok, score, torch.full_like(score, -1.0)).argmax())
-    else:
-        raise ValueError(f"unknown rule {rule!r}: use f1, precision=P or recall=R")
     return {
         "threshold": float(s["thresholds"][i]),
         "precision": float(precision[i]),
@@ -146,3 +143,21 @@ def unsure_metrics(
         "sure_accuracy": float(correct) / n_sure if n_sure else 0.0,
         "n_sure": n_sure,
     }
+
+
+def parse_threshold_rule(rule: str) -> tuple[str, float]:
+    """("f1", 0) or ("precision"|"recall", target in (0, 1]); ValueError says what is wrong."""
+    name, sep, value = rule.strip().partition("=")
+    if name == "f1" and not sep:
+        return "f1", 0.0
+    if name not in ("precision", "recall") or not sep:
+        raise ValueError(f"unknown rule {rule!r}: use f1, precision=P or recall=R")
+    try:
+        target = float(value)
+    except ValueError:
+        raise ValueError(
+            f"{name} needs a number between 0 and 1, like {name}=0.95, not {value!r}"
+        ) from None
+    if not 0 < target <= 1:
+        raise ValueError(f"{name} must be above 0 and at most 1, not {target:g}")
+    return name, target

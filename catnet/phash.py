@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from catnet.data import to_rgb
+from catnet.data import reason_for, to_rgb
 from catnet.errors import DecodeError
 
 HASH_BITS = 64
@@ -138,17 +138,8 @@ def _picture_facts(data: bytes, max_pixels: int) -> dict[str, Any]:
                 return facts
     except DecodeError:
         raise
-    except Image.UnidentifiedImageError:
-        raise DecodeError("not a picture (unknown format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise DecodeError(f"too many pixels (limit {max_pixels:,})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        reason = str(exc) or type(exc).__name__
-        if "truncated" in reason:
-            reason = "truncated file"
-        raise DecodeError(f"unreadable: {reason}") from None
-    except Exception as exc:  # a Pillow plugin bug must not end the whole check
-        raise DecodeError(f"unreadable: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:
+        raise DecodeError(reason_for(exc, max_pixels)) from None
 
 
 # ---------------------------------------------------------------------------------------------

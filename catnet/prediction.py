@@ -218,6 +218,8 @@ class RowWriter:
             raise CatnetError(f"--output must end in .csv or .jsonl, not {path.name}")
         self.jsonl = suffix == ".jsonl"
         new = not (append and path.exists() and path.stat().st_size > 0)
+        if not new:
+            _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
         path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = path.open(
             "w" if new else "a", newline="", encoding="utf-8", errors="surrogateescape"
@@ -280,3 +282,12 @@ def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
             pass
     shutil.copy2(source, target)
     return target
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Truncate a file after its last newline (a killed writer may have left half a row)."""
+    with path.open("rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            fh.truncate(end)

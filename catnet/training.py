@@ -199,6 +199,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         row["seconds"] = round(time.monotonic() - started, 2)
         state.history.append(row)
         improved = state.stopper.update(row[cfg.monitor], state.epoch)
+        improved = improved or not cfg.select_best  # fine-tuning keeps the last epoch: the lesson
         save_run_checkpoints(
             run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved
         )
@@ -277,5 +278,8 @@ def finetune(
     values = dict(payload.get("train_config", {}))
     values.update(data=str(data), out=out, epochs=epochs, time_budget=0.0, resume="", patience=0)
     values.update(init_from=str(checkpoint), lr=values.get("lr", 3e-3) / 3, warmup=0.0)
+    # The corrected pictures are in training, not validation, so validation cannot tell which
+    # epoch learnt them best: keep the last epoch, after the whole (decaying) schedule.
+    values.update(select_best=False)
     cfg = from_dict(TrainConfig, values, source=str(checkpoint))
     return train(cfg, callbacks)

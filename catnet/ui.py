@@ -121,7 +121,13 @@ def print_evaluation(result: Any, console: Console) -> None:
     table.add_column("value", justify="right")
     for key in ("accuracy", "precision", "recall", "f1"):
         table.add_row(key, f"{m[key]:.2%}")
-    table.add_row("roc_auc", f"{m['roc_auc']:.4f}")
+    for key in ("roc_auc", "pr_auc", "ece", "ece_uncalibrated"):
+        value = m.get(key)
+        undefined = value is None or value != value  # NaN: one class only
+        table.add_row(key, "undefined (one class)" if undefined else f"{value:.4f}")
+    if "unsure_rate" in m:
+        table.add_row("unsure_rate", f"{m['unsure_rate']:.2%}")
+        table.add_row("sure_accuracy", f"{m['sure_accuracy']:.2%}")
     table.add_row("threshold", f"{m['threshold']:.3f}")
     console.print(table)
     c = m["confusion"]

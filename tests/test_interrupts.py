@@ -66,6 +66,22 @@ def assert_complete_checkpoints(run: Path) -> None:
             assert payload["epoch"] >= 0
 
 
+def resume_until(run: Path, target: int, env: dict[str, str]) -> None:
+    """`catnet train --resume RUN/last.pt --epochs target` must succeed."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "catnet",
+        "train",
+        "--resume",
+        str(run / "last.pt"),
+        "--epochs",
+        str(target),
+    ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "CATNET_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
@@ -87,18 +103,7 @@ def test_ctrl_c_saves_prints_resume_and_exits_130(tmp_path: Path, env: dict[str,
 
     # Resume with fewer total epochs than planned so the test ends quickly.
     target = done[-1] + 2
-    cmd = [
-        sys.executable,
-        "-m",
-        "catnet",
-        "train",
-        "--resume",
-        str(run / "last.pt"),
-        "--epochs",
-        str(target),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    resume_until(run, target, env)
     assert epochs_in(run) == list(range(1, target + 1))  # no duplicated or missing rows
 
 
@@ -117,17 +122,6 @@ def test_sigkill_leaves_complete_checkpoints_and_resumes(
     from catnet.checkpoint import load_checkpoint
 
     saved = load_checkpoint(run / "last.pt")["epoch"]
+    resume_until(run, saved + 1, env)
     target = saved + 1
-    cmd = [
-        sys.executable,
-        "-m",
-        "catnet",
-        "train",
-        "--resume",
-        str(run / "last.pt"),
-        "--epochs",
-        str(target),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
     assert epochs_in(run) == list(range(1, target + 1))
