@@ -107,6 +107,9 @@ def train(
         None, help="Largest brightness/contrast/saturation change."
     ),
     label_smoothing: float | None = typer.Option(None, help="Soften the 0/1 targets by this much."),
+    ema: float | None = typer.Option(
+        None, help="Decay of a moving average of the weights (0 = off)."
+    ),
     hidden: str | None = typer.Option(None, help="MLP hidden layers, e.g. 512,128."),
     activation: str | None = typer.Option(None, help="relu, gelu, silu, tanh or sigmoid."),
     width: int | None = typer.Option(None, help="CNN channels in the first stage."),
@@ -130,7 +133,7 @@ def train(
         "weight_decay": weight_decay, "dropout": dropout, "patience": patience,
         "min_delta": min_delta, "monitor": monitor, "lr_schedule": lr_schedule, "warmup": warmup,
         "augment": augment, "crop_scale": crop_scale, "rotation": rotation,
-        "color_jitter": color_jitter, "label_smoothing": label_smoothing,
+        "color_jitter": color_jitter, "label_smoothing": label_smoothing, "ema": ema,
         "hidden": _csv_ints(hidden), "activation": activation, "width": width,
         "depth": depth, "seed": seed, "val_fraction": val_fraction, "positive": positive,
         "precision": precision, "device": device, "cache": cache,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from catnet.augment import AugmentSettings, augment, prepare_eval
 from catnet.compute import (
@@ -77,6 +78,7 @@ def train_one_epoch(
     compute: Compute,
     gen: torch.Generator,
     on_batch: Callable[[int, int, float], None] | None = None,
+    ema: AveragedModel | None = None,
 ) -> dict[str, float]:
     """One pass over the training pictures in a fresh random order. The loss tells the network
     how wrong it was; backward() sends that error back through every layer as gradients."""
@@ -112,6 +114,8 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update_parameters(model)
         state.step += 1
         loss_sum += loss.item() * len(idx)
         correct += int(((logits.detach().float() > 0).long() == labels).sum())
@@ -173,6 +177,12 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     data = prepare_data(cfg, run_dir, cb.on_message, cb.on_decode)
     model = _build(cfg, data, compute)
     optimizer = build_optimizer(model, cfg)
+    # The exponential moving average of the weights: what validation sees and best.pt keeps.
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+        if cfg.ema
+        else None
+    )
     state = TrainState(
         stopper=EarlyStopping(
             cfg.patience, cfg.min_delta, "min" if cfg.monitor == "val_loss" else "max"
@@ -180,17 +190,24 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     )
     if resume:
         state.load(resume, model, optimizer, gen)
+        if ema is not None:  # the average so far is what state_dict holds
+            ema.module.load_state_dict(resume["state_dict"])
+            ema.n_averaged.fill_(max(state.step, 1))
         cb.on_message(f"resuming from epoch {state.epoch} of {run_dir}")
-    save_run_checkpoints(run_dir, cfg, data, model, optimizer, state, gen, compute, best=False)
+    save_run_checkpoints(
+        run_dir, cfg, data, model, optimizer, state, gen, compute, best=False, ema=ema
+    )
     steps = math.ceil(len(data.train_slots) / cfg.batch_size)
     _plan(cfg, state, started, state.epoch_seconds, steps)
     stop_reason = "finished the planned epochs"
     while state.epoch < state.planned_epochs:
         cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
         clock = BatchClock(cfg, state, started, steps, cb)
-        row = train_one_epoch(model, optimizer, data, cfg, state, compute, gen, clock.on_batch)
+        row = train_one_epoch(model, optimizer, data, cfg, state, compute, gen, clock.on_batch, ema)
         val_start = time.monotonic()
-        val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+        val = evaluate_split(
+            ema.module if ema else model, data, compute, cfg.batch_size * 2, cfg.tta
+        )
         state.epoch += 1
         # Typical batch time, not this epoch's wall time: the first batches pay one-off costs
         # (kernel selection, bf16 warm-up) that later epochs do not.
@@ -201,7 +218,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         improved = state.stopper.update(row[cfg.monitor], state.epoch)
         improved = improved or not cfg.select_best  # fine-tuning keeps the last epoch: the lesson
         save_run_checkpoints(
-            run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved
+            run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved, ema=ema
         )
         write_metrics(run_dir / "metrics.csv", state.history)
         cb.on_epoch_end({**row, "best": improved, "planned_epochs": state.planned_epochs})

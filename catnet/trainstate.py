@@ -213,8 +213,11 @@ def save_run_checkpoints(
     gen: torch.Generator,
     compute: Compute,
     best: bool,
+    ema: nn.Module | None = None,
 ) -> None:
-    """last.pt every epoch (with the state to resume); best.pt when validation improved."""
+    """last.pt every epoch (with the state to resume); best.pt when validation improved.
+    With an EMA of the weights, the average is the model (state_dict) and the raw weights are
+    kept in last.pt's train_weights to resume from."""
     from catnet.models import architecture_from_config
 
     fields = {
@@ -244,9 +247,9 @@ def save_run_checkpoints(
         "epoch": state.epoch,
         "compute": compute.name,
     }
-    weights = model.state_dict()
+    weights = ema.module.state_dict() if ema is not None else model.state_dict()
     last = make_checkpoint(weights, **fields, resume=state.to_dict(optimizer, gen))
-    last["train_weights"] = last["state_dict"]
+    last["train_weights"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     save_checkpoint(last, run_dir / "last.pt")
     if best:
         save_checkpoint(make_checkpoint(weights, **fields), run_dir / "best.pt")
