@@ -54,7 +54,7 @@ class TrainConfig:
     rotation: float = 10.0  # max random rotation in degrees
     color_jitter: float = 0.3  # max relative change of brightness, contrast and saturation
     label_smoothing: float = 0.0  # targets become 1-s/2 and s/2
-    ema: float = 0.99  # decay of a moving average of the weights, used for validation; 0 = off
+    ema: float = 0.0  # decay of a moving average of the weights, used for validation; 0 = off
     tta: bool = True  # validate (and by default predict) on the mean of picture and mirror
     # --- machinery ---
     out: str = ""  # run folder; "" = runs/<timestamp>

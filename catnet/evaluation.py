@@ -39,17 +39,22 @@ def pick_samples(dataset: Dataset) -> tuple[list[Sample], str]:
 
 
 def _scan(data_dir: str | Path, model: CatnetModel, positive: str) -> Dataset:
-    """Prefer the positive class name the model was trained with, then cat/cats."""
+    """Prefer the positive class name the model was trained with, then cat/cats. A folder
+    without that class is scored (every picture a not-cat, to count false positives) only when
+    --positive names it: otherwise a cat folder under another name (kittens/) would silently
+    count as not-cats."""
     trained = model.payload["classes"]["positive"]
-    for name in [positive] if positive else [trained, ""]:
-        try:
-            return scan_dataset(data_dir, name, val_fraction=0.0, require_both=False)
-        except CatnetError:
-            continue
-    # No cat folder at all: a folder of only not-cats is still worth scoring (false positives).
-    return scan_dataset(
-        data_dir, positive or trained, 0.0, require_both=False, allow_no_positive=True
-    )
+    if positive:
+        return scan_dataset(data_dir, positive, 0.0, require_both=False, allow_no_positive=True)
+    try:
+        return scan_dataset(data_dir, trained, val_fraction=0.0, require_both=False)
+    except CatnetError:
+        pass
+    try:
+        return scan_dataset(data_dir, "", val_fraction=0.0, require_both=False)
+    except CatnetError as exc:
+        exc.hint = f"name the cat folder with --positive NAME (--positive {trained}: none, all not-cats)"
+        raise
 
 
 def evaluate(

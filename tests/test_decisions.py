@@ -138,7 +138,7 @@ def test_evaluate_json_on_a_not_cat_only_folder(synth: SynthRun, tmp_path: Path)
     (only / "dogs").mkdir(parents=True)
     for path in sorted((synth.fresh / "cars").iterdir())[:4]:
         (only / "dogs" / path.name).write_bytes(path.read_bytes())
-    result = invoke("evaluate", synth.best, only, "--json")
+    result = invoke("evaluate", synth.best, only, "--json", "--positive", "cats")
     assert result.exit_code == 0, result.output
     m = strict_json(result.stdout)
     assert m["roc_auc"] is None and m["n"] == 4
