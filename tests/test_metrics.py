@@ -125,7 +125,8 @@ def test_fit_temperature_without_information_is_one() -> None:
 def test_fit_temperature_stays_in_its_range() -> None:
     logits = torch.tensor([-1.0, 1.0, -1.0, 1.0])
     labels = torch.tensor([0, 1, 0, 1])  # perfectly separable: wants T -> 0
-    assert 0.04 <= fit_temperature(logits, labels) <= 0.06
+    # ... but a handful of separable pictures does not justify sharpening below T = 0.5
+    assert 0.5 <= fit_temperature(logits, labels) <= 0.53
 
 
 def test_ece_of_calibrated_data_is_small() -> None:
