@@ -4,8 +4,11 @@ trained once per session and reused by the evaluate / predict / checkpoint / API
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -181,3 +184,28 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
         config=cfg,
         result=result,
     )
+
+
+def catnet_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python -m catnet ARGS` in a fresh interpreter (the autouse fixture has already put
+    CATNET_CACHE and the working directory in a temporary folder). Without COLUMNS/LINES Rich
+    lays tables out for 80 columns, as in a pipe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    env["PYTHONWARNINGS"] = "ignore"
+    return subprocess.run(
+        [sys.executable, "-m", "catnet", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """The same numbers whatever else the machine is doing: catnet sizes its thread pool by the
+    idle cores, and sums split over another number of threads round differently."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CATNET_THREADS", "1")
+        yield

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun, draw_picture, write_class
+from conftest import TrainedRun, catnet_cli, draw_picture, write_class
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -22,19 +21,6 @@ from catnet.runs import read_metrics
 
 MakeDataset = Callable[..., Path]
 PREDICT_COLUMNS = ["path", "label", "p_cat", "error"]
-
-
-def catnet_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `python -m catnet ARGS` in a fresh interpreter (the autouse fixture has already put
-    CATNET_CACHE and the working directory in a temporary folder)."""
-    return subprocess.run(
-        [sys.executable, "-m", "catnet", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        check=False,
-    )
 
 
 def flat(text: str) -> str:

@@ -10,9 +10,6 @@ import csv
 import json
 import os
 import random
-import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,25 +17,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import catnet_cli, tiny_config
 from PIL import Image, ImageDraw
 from typer.testing import CliRunner
 
 from catnet.cli import app
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROW_KEYS = {"path", "label", "p_cat", "error", "model", "threshold"}
-
-
-def catnet_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`python -m catnet ARGS` in a fresh interpreter (cache and cwd are the test's own)."""
-    return subprocess.run(
-        [sys.executable, "-m", "catnet", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-        check=False,
-    )
 
 
 def strict_json(text: str) -> Any:
@@ -65,15 +51,6 @@ def flat(text: str) -> str:
 
 def one_error_line(stderr: str) -> bool:
     return sum(line.startswith("error:") for line in stderr.splitlines()) == 1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The same numbers whatever else the machine is doing: catnet sizes its thread pool by the
-    idle cores, and sums split over another number of threads round differently."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CATNET_THREADS", "1")
-        yield
 
 
 @dataclass(frozen=True)

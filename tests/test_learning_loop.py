@@ -11,14 +11,12 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun, draw_picture, make_dataset, tiny_config, write_class
+from conftest import TrainedRun, catnet_cli, draw_picture, make_dataset, tiny_config, write_class
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
@@ -26,25 +24,12 @@ from typer.testing import CliRunner
 
 from catnet.cli import app
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 MakeDataset = Callable[..., Path]
 TUNE_COLUMNS = [
     "trial", "round", "size", "parameters", "train_acc", "val_acc", "gap", "verdict", "seconds",
 ]  # fmt: skip
 VERDICTS = {"underfit", "good", "overfit"}
-
-
-def catnet_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """`python -m catnet ARGS` in a fresh interpreter (cache and cwd are the test's own)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env["PYTHONWARNINGS"] = "ignore"  # Rich then lays out tables for 80 columns, as in a pipe
-    return subprocess.run(
-        [sys.executable, "-m", "catnet", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        check=False,
-    )
 
 
 def flat(text: str) -> str:
@@ -70,15 +55,6 @@ def tree(root: Path) -> dict[str, str]:
         for p in sorted(root.rglob("*"))
         if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """The same numbers whatever else the machine is doing: catnet sizes its thread pool by the
-    idle cores, and sums split over another number of threads round differently."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CATNET_THREADS", "1")
-        yield
 
 
 @pytest.fixture(name="runner")
