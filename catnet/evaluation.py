@@ -53,7 +53,9 @@ def _scan(data_dir: str | Path, model: CatnetModel, positive: str) -> Dataset:
     try:
         return scan_dataset(data_dir, "", val_fraction=0.0, require_both=False)
     except CatnetError as exc:
-        exc.hint = f"name the cat folder with --positive NAME (--positive {trained}: none, all not-cats)"
+        exc.hint = (
+            f"name the cat folder with --positive NAME (--positive {trained}: none, all not-cats)"
+        )
         raise
 
 
