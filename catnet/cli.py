@@ -89,6 +89,9 @@ def train(
         None, help="Seconds for the whole command; fits the schedule."
     ),
     image_size: int | None = typer.Option(None, help="Input side in px (0 = from the data)."),
+    eval_image_size: int | None = typer.Option(
+        None, help="Side in px for validation/inference (0 = the decoded size, ~1.125x)."
+    ),
     batch_size: int | None = typer.Option(None),
     lr: float | None = typer.Option(None, help="Peak learning rate."),
     weight_decay: float | None = typer.Option(None, help="AdamW weight decay."),
@@ -129,7 +132,8 @@ def train(
 
     overrides = {
         "data": data or None, "out": out, "model": model, "epochs": epochs,
-        "time_budget": time_budget, "image_size": image_size, "batch_size": batch_size, "lr": lr,
+        "time_budget": time_budget, "image_size": image_size, "eval_image_size": eval_image_size,
+        "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "dropout": dropout, "patience": patience,
         "min_delta": min_delta, "monitor": monitor, "lr_schedule": lr_schedule, "warmup": warmup,
         "augment": augment, "crop_scale": crop_scale, "rotation": rotation,

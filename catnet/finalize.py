@@ -32,7 +32,7 @@ def clean_train_accuracy(
         model,
         data.pixels,
         data.train_slots[pick],
-        data.image_size,
+        data.eval_size,
         compute,
         cfg.batch_size * 2,
         cfg.tta,

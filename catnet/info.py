@@ -92,6 +92,9 @@ def describe(path: str | Path) -> dict[str, Any]:
         "total_parameters": total,
         "input": {
             "image_size": payload["preprocessing"]["image_size"],
+            "train_image_size": payload["preprocessing"].get(
+                "train_image_size", payload["preprocessing"]["image_size"]
+            ),
             "decode_size": payload["preprocessing"]["decode_size"],
             "mean": payload["preprocessing"]["mean"],
             "std": payload["preprocessing"]["std"],

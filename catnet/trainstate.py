@@ -30,8 +30,9 @@ from catnet.schedule import EarlyStopping
 @dataclass
 class PreparedData:
     dataset: Dataset
-    image_size: int  # model input side (px)
+    image_size: int  # model input side in training (px): the random crops
     decode_size: int  # side of the decoded, cached pictures (px), a little larger
+    eval_size: int  # side of the whole-picture view for validation and inference (px)
     pixels: np.ndarray  # (n_slots, decode_size, decode_size, 3) uint8, maybe memory-mapped
     train_slots: np.ndarray  # (n_train,) rows of pixels
     train_labels: np.ndarray  # (n_train,) int64, 1 = cat
@@ -60,6 +61,13 @@ def auto_image_size(samples: list[Sample], cap: int, seed: int = 0) -> int:
     return int(max(32, min(cap, median // 8 * 8)))
 
 
+def eval_size_for(cfg: TrainConfig) -> int:
+    """The inference-time side (px); see TrainConfig.eval_image_size."""
+    if cfg.model == "mlp":
+        return cfg.image_size  # one input neuron per pixel: the size is part of the network
+    return cfg.eval_image_size or cache_size_for(cfg.image_size)
+
+
 def prepare_data(
     cfg: TrainConfig,
     run_dir: Path,
@@ -79,7 +87,8 @@ def prepare_data(
         dataset.train = dataset.train + moved
     cfg.image_size = cfg.image_size or auto_image_size(dataset.train, cfg.max_image_size, cfg.seed)
     save_config(cfg, run_dir / "config.toml")  # the resolved config, image size included
-    decode_size = cache_size_for(cfg.image_size)
+    eval_size = eval_size_for(cfg)
+    decode_size = max(cache_size_for(cfg.image_size), eval_size)
     samples = dataset.train + dataset.val
     cache_root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
     on_message(f"reading {len(samples)} pictures from {dataset.root} at {decode_size} px")
@@ -123,6 +132,7 @@ def prepare_data(
         dataset,
         cfg.image_size,
         decode_size,
+        eval_size,
         table.array,
         table.slots[train_idx],
         labels[train_idx],
@@ -229,7 +239,8 @@ def save_run_checkpoints(
         },
         "preprocessing": {
             "decode_size": data.decode_size,
-            "image_size": data.image_size,
+            "image_size": data.eval_size,  # what inference feeds the network
+            "train_image_size": data.image_size,  # the random crops it learnt from
             "mean": list(MEAN),
             "std": list(STD),
             "resize": "short side to decode_size, centre square, bilinear to image_size",

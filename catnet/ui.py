@@ -234,7 +234,8 @@ def print_info(d: dict[str, Any], console: Console) -> None:
     layers.add_row("total", "", "", "", "", f"{d['total_parameters']:,}", style="bold")
     console.print(layers)
     inp = d["input"]
-    console.print(f"input: {inp['image_size']}x{inp['image_size']} RGB (decoded at {inp['decode_size']} px), "
+    console.print(f"input: {inp['image_size']}x{inp['image_size']} RGB (decoded at {inp['decode_size']} px; "
+                  f"trained on {inp['train_image_size']} px crops), "
                   f"normalised with mean {inp['mean']} and std {inp['std']}", highlight=False)  # fmt: skip
     counts = d["data"].get("counts", {})
     for split, per_class in counts.items():

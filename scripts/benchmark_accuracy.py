@@ -129,8 +129,12 @@ def main() -> None:
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark-accuracy"))
     parser.add_argument("--device", default="", help="cpu or cuda (default: catnet's choice)")
-    parser.add_argument("--train-per-class", type=int, default=0, help="cut training photos per class")
-    parser.add_argument("--downscale", type=int, default=0, help="use PX x PX copies (small-data check)")
+    parser.add_argument(
+        "--train-per-class", type=int, default=0, help="cut training photos per class"
+    )
+    parser.add_argument(
+        "--downscale", type=int, default=0, help="use PX x PX copies (small-data check)"
+    )
     parser.add_argument(
         "--train-args", action="append", default=[], help="extra `catnet train` flags"
     )

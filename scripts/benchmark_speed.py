@@ -32,7 +32,7 @@ from catnet.data import decode_square, list_files, scan_dataset
 from catnet.models import CNN, fuse_for_inference
 from catnet.schedule import EarlyStopping
 from catnet.training import build_optimizer, train_one_epoch
-from catnet.trainstate import PreparedData, TrainState
+from catnet.trainstate import PreparedData, TrainState, eval_size_for
 
 
 def baseline_epoch_seconds(data: Path, cfg: TrainConfig, epochs: int = 2) -> float:
@@ -83,7 +83,7 @@ def catnet_epochs(
     ok = np.flatnonzero(table.ok)
     labels = np.array([samples[i].label for i in ok], dtype=np.int64)
     prepared = PreparedData(
-        dataset, cfg.image_size, decode_size, table.array, table.slots[ok], labels,
+        dataset, cfg.image_size, decode_size, decode_size, table.array, table.slots[ok], labels,
         table.slots[ok[:1]], labels[:1], {}, [],
     )  # fmt: skip
     model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout).to(
@@ -100,15 +100,15 @@ def catnet_epochs(
     return {"cache_build": cache_seconds, "epoch": min(times[1:]), "n": len(ok)}
 
 
-def pure_compute(cfg: TrainConfig, compute: Compute, train: bool, steps: int = 12) -> float:
-    """Images/s of forward (+ backward + step) on random tensors already in memory."""
+def pure_compute(
+    cfg: TrainConfig, compute: Compute, train: bool, size: int, steps: int = 12
+) -> float:
+    """Images/s of forward (+ backward + step) on random (size x size) tensors in memory."""
     model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout).to(
         memory_format=torch.channels_last
     )
     optimizer = build_optimizer(model, cfg)
-    x = torch.randn(cfg.batch_size, 3, cfg.image_size, cfg.image_size).contiguous(
-        memory_format=torch.channels_last
-    )
+    x = torch.randn(cfg.batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (cfg.batch_size,)).float()
     model.train(train)
     if not train:  # the fastest form of the same network: batch norm folded, as predict runs it
@@ -167,8 +167,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours = catnet_epochs(args.data, cfg, Path(tmp) / "cache", compute)
         train_ips = ours["n"] / ours["epoch"]
-        compute_ips = pure_compute(cfg, compute, train=True)
-        forward_ips = pure_compute(cfg, compute, train=False)
+        compute_ips = pure_compute(cfg, compute, train=True, size=cfg.image_size)
+        # Inference runs at the evaluation size (the decoded size, ~1.125x), as a trained
+        # checkpoint does; see TrainConfig.eval_image_size.
+        forward_ips = pure_compute(cfg, compute, train=False, size=eval_size_for(cfg))
         files = list_files(args.data)
         decode_ips = pure_decode(files, cache_size_for(cfg.image_size))
         ckpt = _tiny_checkpoint(args.data, cfg, Path(tmp))
@@ -223,7 +225,7 @@ def _tiny_checkpoint(data: Path, cfg: TrainConfig, tmp: Path) -> Path:
         model.state_dict(),
         arch=architecture_from_config(cfg, cfg.image_size),
         classes={"positive": "cats", "names": ["cats", "dogs"], "labels": ["not_cat", "cat"]},
-        preprocessing={"decode_size": cache_size_for(cfg.image_size), "image_size": cfg.image_size,
+        preprocessing={"decode_size": cache_size_for(cfg.image_size), "image_size": eval_size_for(cfg),
                        "mean": list(MEAN), "std": list(STD)},
         threshold=0.5, temperature=1.0, tta=False, train_config={}, metrics={},
     )  # fmt: skip

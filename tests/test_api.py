@@ -33,7 +33,9 @@ def test_import_catnet_is_light() -> None:
 
 def test_load_model(trained: TrainedRun) -> None:
     model = catnet.load_model(trained.best)
-    assert isinstance(model.image_size, int) and model.image_size == 24
+    # Trained on 24 px crops, shown whole pictures at the decoded size (FixRes): 28 px.
+    assert isinstance(model.image_size, int) and model.image_size == 28 == model.decode_size
+    assert model.payload["preprocessing"]["train_image_size"] == 24
     assert isinstance(model.threshold, float) and 0 < model.threshold < 1
     assert model.temperature > 0
     assert isinstance(model.module, torch.nn.Module)
@@ -46,7 +48,7 @@ def test_load_model(trained: TrainedRun) -> None:
 
 
 def test_load_model_accepts_str_paths(trained: TrainedRun) -> None:
-    assert catnet.load_model(str(trained.best)).image_size == 24
+    assert catnet.load_model(str(trained.best)).image_size == 28
 
 
 def test_model_predict_images_and_paths(trained: TrainedRun, tmp_path: Path) -> None:

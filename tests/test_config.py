@@ -194,6 +194,7 @@ def test_to_toml_escapes_control_characters() -> None:
         {"val_fraction": 0.95},
         {"dropout": 1.0},
         {"image_size": 4},
+        {"eval_image_size": 2000},
         {"depth": 0},
         {"hidden": []},
         {"hidden": [64, 0]},
