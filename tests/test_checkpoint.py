@@ -49,7 +49,8 @@ def test_best_loads_with_plain_weights_only_torch_load(trained: TrainedRun) -> N
     assert payload["arch"]["type"] == "cnn"
     assert payload["classes"]["positive"] == "cats"
     assert payload["classes"]["labels"] == ["not_cat", "cat"]
-    assert payload["preprocessing"]["image_size"] == 24
+    assert payload["preprocessing"]["image_size"] == 28  # the evaluation size
+    assert payload["preprocessing"]["train_image_size"] == 24
     assert payload["preprocessing"]["decode_size"] >= 24
     assert 0.0 < payload["threshold"] < 1.0
     assert payload["temperature"] > 0
