@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from catnet import cpuload as _cpuload  # noqa: F401  (starts the CPU-load sample, see there)
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "evaluate", "load_model", "predict", "train"]
 

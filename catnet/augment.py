@@ -104,3 +104,25 @@ def augment(
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     x = _jitter(x, settings.color_jitter, gen)
     return normalize(x, mean, std).contiguous(memory_format=torch.channels_last)
+
+
+def cutmix(
+    x: torch.Tensor, targets: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (Yun et al. 2019): paste one random box from a shuffled copy of the batch into
+    every picture and mix the targets by the pasted area. x: (B, 3, H, W); targets: (B,) float.
+
+    Why: with ~2,000 photos the network soon memorises whole pictures; a picture that is part
+    cat, part dog, labelled by the share of each, keeps every part of it informative."""
+    b, _, h, w = x.shape
+    perm = torch.randperm(b, generator=gen).to(x.device)
+    keep = float(torch.rand(1, generator=gen))  # share of the picture kept, Uniform = Beta(1, 1)
+    cut_h, cut_w = round(h * math.sqrt(1 - keep)), round(w * math.sqrt(1 - keep))
+    top = int(torch.randint(0, h - cut_h + 1, (1,), generator=gen))
+    left = int(torch.randint(0, w - cut_w + 1, (1,), generator=gen))
+    mixed = x.clone()
+    mixed[:, :, top : top + cut_h, left : left + cut_w] = x[
+        perm, :, top : top + cut_h, left : left + cut_w
+    ]
+    pasted = cut_h * cut_w / (h * w)
+    return mixed, targets * (1 - pasted) + targets[perm] * pasted

@@ -126,6 +126,41 @@ def decode_stream(
             yield from zip(chunk, future.result(), strict=True)
 
 
+class Decoder:
+    """A pool of decoding processes that lives for a whole command, for callers that decode
+    window after window (predict): new processes per window would cost a fork and a join each.
+    Use as a context manager; `decode` returns results in input order."""
+
+    def __init__(self, size: int, max_pixels: int, workers: int = 0) -> None:
+        self.size, self.max_pixels = size, max_pixels
+        self.n_workers = cpu_workers(workers)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Decoder:
+        if self.n_workers > 1:
+            self.pool = ProcessPoolExecutor(
+                self.n_workers, mp_context=_pool_context(), initializer=_ignore_sigint
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def decode(self, paths: Sequence[Path]) -> list[bytes | str]:
+        """Pixels as bytes, or '!reason', for every path, using every worker."""
+        tasks = [(str(p), self.size, self.max_pixels) for p in paths]
+        if self.pool is None or len(tasks) < 32:  # a handful: not worth the round trips
+            return [_decode_task(t) for t in tasks]
+        # ~8 chunks per worker: even load at the end of a window, few round trips.
+        chunk = max(1, min(64, len(tasks) // (8 * self.n_workers)))
+        futures = [
+            self.pool.submit(_decode_chunk, tasks[i : i + chunk])
+            for i in range(0, len(tasks), chunk)
+        ]
+        return [result for f in futures for result in f.result()]
+
+
 def decode_many(
     paths: Sequence[str | Path], size: int, max_pixels: int, workers: int = 0
 ) -> Iterator[bytes | str]:

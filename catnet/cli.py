@@ -110,6 +110,7 @@ def train(
         None, help="Largest brightness/contrast/saturation change."
     ),
     label_smoothing: float | None = typer.Option(None, help="Soften the 0/1 targets by this much."),
+    cutmix: float | None = typer.Option(None, help="Share of batches mixed with CutMix (0 = off)."),
     ema: float | None = typer.Option(
         None, help="Decay of a moving average of the weights (0 = off)."
     ),
@@ -138,6 +139,7 @@ def train(
         "min_delta": min_delta, "monitor": monitor, "lr_schedule": lr_schedule, "warmup": warmup,
         "augment": augment, "crop_scale": crop_scale, "rotation": rotation,
         "color_jitter": color_jitter, "label_smoothing": label_smoothing, "ema": ema,
+        "cutmix": cutmix,
         "hidden": _csv_ints(hidden), "activation": activation, "width": width,
         "depth": depth, "seed": seed, "val_fraction": val_fraction, "positive": positive,
         "precision": precision, "device": device, "cache": cache,

@@ -6,7 +6,6 @@ import contextlib
 import functools
 import os
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import torch
 from torch import nn
 
 from catnet.augment import MEAN, STD, prepare_eval
+from catnet.cpuload import idle_cpus
 from catnet.errors import CatnetError
 
 
@@ -58,23 +58,6 @@ def select_compute(device: str = "auto", precision: str = "auto") -> Compute:
     return Compute(dev, torch.bfloat16 if supported else None)
 
 
-def idle_cpus(seconds: float = 0.2) -> float | None:
-    """How many CPUs were idle over a short sample of /proc/stat (None where unavailable)."""
-
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as fh:
-            values = [int(v) for v in fh.readline().split()[1:9]]
-        return values[3] + values[4], sum(values)  # idle + iowait, everything
-
-    try:
-        idle0, total0 = sample()
-        time.sleep(seconds)
-        idle1, total1 = sample()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (idle1 - idle0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
-
-
 def setup_threads(reserve: int = 0) -> int:
     """Threads for torch: the cores we may use that are not busy with other work, minus
     `reserve` (cores our own decode workers will use). CATNET_THREADS overrides.
@@ -90,7 +73,7 @@ def setup_threads(reserve: int = 0) -> int:
             if hasattr(os, "sched_getaffinity")
             else os.cpu_count() or 1
         )
-        idle = idle_cpus()
+        idle = idle_cpus()  # since catnet was imported: no extra wait
         free = cores if idle is None else min(cores, max(1, round(idle)))
         threads = max(1, free - reserve)
     torch.set_num_threads(threads)

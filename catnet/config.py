@@ -59,6 +59,7 @@ class TrainConfig:
     rotation: float = 10.0  # max random rotation in degrees
     color_jitter: float = 0.3  # max relative change of brightness, contrast and saturation
     label_smoothing: float = 0.0  # targets become 1-s/2 and s/2
+    cutmix: float = 0.0  # share of batches that get a box pasted from other pictures (CutMix)
     ema: float = 0.0  # decay of a moving average of the weights, used for validation; 0 = off
     tta: bool = True  # validate (and by default predict) on the mean of picture and mirror
     # --- machinery ---
@@ -87,6 +88,7 @@ class TrainConfig:
         _range("warmup", self.warmup, 0.0, 0.5)
         _range("crop_scale", self.crop_scale, 0.05, 1.0)
         _range("label_smoothing", self.label_smoothing, 0.0, 0.5)
+        _range("cutmix", self.cutmix, 0.0, 1.0)
         _range("ema", self.ema, 0.0, 0.99999)
         _range("batch_size", self.batch_size, 1, 8192)
         _range("epochs", self.epochs, 1, 100_000)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from catnet.augment import AugmentSettings, augment, prepare_eval
+from catnet.augment import AugmentSettings, augment, cutmix, prepare_eval
 from catnet.compute import (
     Compute,
     batches_of,
@@ -65,6 +65,7 @@ class TrainResult:
 
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """labels: (B,) 0/1, or soft targets in [0, 1] (CutMix)."""
     targets = labels.float() * (1 - smoothing) + smoothing / 2
     return F.binary_cross_entropy_with_logits(logits.float(), targets)
 
@@ -99,12 +100,15 @@ def train_one_epoch(
             x = augment(pixels, data.image_size, settings, gen)
         else:
             x = prepare_eval(pixels, data.image_size)
+        targets = labels.float()
+        if cfg.cutmix and float(torch.rand(1, generator=gen)) < cfg.cutmix:
+            x, targets = cutmix(x, targets, gen)
         lr = cfg.lr * lr_factor(cfg.lr_schedule, state.step / max(state.total_steps, 1), cfg.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with compute.autocast():
             logits = model(x)
-        loss = bce_loss(logits, labels, cfg.label_smoothing)
+        loss = bce_loss(logits, targets, cfg.label_smoothing)
         if not torch.isfinite(loss):
             raise CatnetError(
                 f"the loss became {loss.item()} at epoch {state.epoch + 1}, step {i + 1}: training "

@@ -181,7 +181,7 @@ def run_prediction(
             stdout.print(line, highlight=False, markup=False)
 
     try:
-        summary = predict(checkpoint, paths, cfg, on_row, skip=skip, unsure=unsure)
+        summary = predict(loaded, paths, cfg, on_row, skip=skip, unsure=unsure)
     finally:
         if writer:
             writer.close()

@@ -1,0 +1,36 @@
+"""The thread count comes from how busy the CPUs are: our own work must not count as load."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from catnet import cpuload
+
+
+def test_own_cpu_time_is_not_counted_as_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 CPUs over 1 s = 200 ticks: 50 idle, and we ourselves were busy 1 CPU-second (100
+    # ticks, e.g. importing torch), so 50 ticks were someone else's: 1.5 CPUs are ours to use.
+    samples = iter([(1_000, 10_000, 5.0, 100.0)])
+    monkeypatch.setattr(cpuload, "_start", (950, 9_800, 4.0, 99.0))
+    monkeypatch.setattr(cpuload, "_read", lambda: next(samples))
+    monkeypatch.setattr(cpuload.time, "monotonic", lambda: 100.0)
+    monkeypatch.setattr(cpuload.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpuload.os, "sysconf", lambda name: 100)
+    assert cpuload.idle_cpus() == pytest.approx(1.5)
+
+
+def test_a_stale_first_sample_is_taken_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = iter([(0, 0, 0.0, 200.0), (200, 200, 0.0, 201.0)])  # all idle since the re-sample
+    monkeypatch.setattr(cpuload, "_start", (0, 0, 0.0, 0.0))  # 200 s old: says nothing now
+    monkeypatch.setattr(cpuload, "_read", lambda: next(reads))
+    monkeypatch.setattr(cpuload.time, "monotonic", lambda: 201.0)
+    monkeypatch.setattr(cpuload.os, "cpu_count", lambda: 4)
+    assert cpuload.idle_cpus() == pytest.approx(4.0)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="Linux only")
+def test_real_measurement_is_within_the_machine() -> None:
+    idle = cpuload.idle_cpus()
+    assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1)
