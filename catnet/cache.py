@@ -147,18 +147,22 @@ class Decoder:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def decode(self, paths: Sequence[Path]) -> list[bytes | str]:
-        """Pixels as bytes, or '!reason', for every path, using every worker."""
+    def submit(self, paths: Sequence[Path]) -> Callable[[], list[bytes | str]]:
+        """Start decoding; the returned function waits for and returns the results (pixels
+        as bytes, or '!reason') in input order."""
         tasks = [(str(p), self.size, self.max_pixels) for p in paths]
         if self.pool is None or len(tasks) < 32:  # a handful: not worth the round trips
-            return [_decode_task(t) for t in tasks]
+            return lambda: [_decode_task(t) for t in tasks]
         # ~8 chunks per worker: even load at the end of a window, few round trips.
         chunk = max(1, min(64, len(tasks) // (8 * self.n_workers)))
         futures = [
             self.pool.submit(_decode_chunk, tasks[i : i + chunk])
             for i in range(0, len(tasks), chunk)
         ]
-        return [result for f in futures for result in f.result()]
+        return lambda: [result for f in futures for result in f.result()]
+
+    def decode(self, paths: Sequence[Path]) -> list[bytes | str]:
+        return self.submit(paths)()
 
 
 def decode_many(

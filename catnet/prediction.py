@@ -156,18 +156,27 @@ def predict(
     paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
     # Decode a window of files on every core, then run the network on it with every core, in
     # turn: on a small machine the two stages overlapping would only fight for the same cores
-    # (torch's threads stall whenever a decoder takes their core). Memory: one window of pixels
-    # (4,096 x 72 x 72 x 3 bytes = 64 MB at the default size).
-    window = cfg.batch_size * 32
+    # (torch's threads stall whenever a decoder takes their core). Only the light part, turning
+    # results into rows, overlaps with decoding the next window. Memory: two windows of pixels
+    # (2 x 2,048 x 72 x 72 x 3 bytes = 64 MB at the default size).
+    window = max(cfg.batch_size * 16, 256)
     with Decoder(model.decode_size, cfg.max_image_pixels, cfg.workers) as decoder:
-        while chunk := list(itertools.islice(paths, window)):
-            decoded = list(zip(chunk, decoder.decode(chunk), strict=True))
-            for start in range(0, len(decoded), cfg.batch_size):
-                batch = decoded[start : start + cfg.batch_size]
-                for pred in _predict_batch(model, batch, threshold, cfg.tta, unsure):
-                    counts[pred.label] += 1
-                    if on_row:
-                        on_row(pred)
+        chunk = list(itertools.islice(paths, window))
+        job = decoder.submit(chunk)
+        while chunk:
+            results = job()
+            probs = _probabilities(model, results, cfg.batch_size, cfg.tta)
+            next_chunk = list(itertools.islice(paths, window))
+            job = decoder.submit(next_chunk)
+            for path, result, p in zip(chunk, results, probs, strict=True):
+                if p is None:
+                    pred = Prediction(str(path), "error", None, str(result)[1:])
+                else:
+                    pred = Prediction(str(path), model.label_for(p, threshold, unsure), p)
+                counts[pred.label] += 1
+                if on_row:
+                    on_row(pred)
+            chunk = next_chunk
     return {
         "counts": counts,
         "errors": counts["error"],
@@ -176,28 +185,24 @@ def predict(
     }
 
 
-def _predict_batch(
-    model: CatnetModel,
-    batch: list[tuple[Path, bytes | str]],
-    threshold: float,
-    tta: bool | None,
-    unsure: tuple[float, float] | None,
-) -> list[Prediction]:
+def _probabilities(
+    model: CatnetModel, results: list[bytes | str], batch_size: int, tta: bool | None
+) -> list[float | None]:
+    """p(cat) for each decoded result, None where decoding failed ('!reason')."""
     s = model.decode_size
-    good = [(p, r) for p, r in batch if not isinstance(r, str)]
-    probs: list[float] = []
-    if good:
-        pixels = np.stack([np.frombuffer(r, dtype=np.uint8).reshape(s, s, 3) for _, r in good])
-        probs = model.probabilities(torch.from_numpy(pixels), tta).tolist()
-    p_of = {id(r): p for (_, r), p in zip(good, probs, strict=True)}
-    out = []
-    for path, result in batch:
-        if isinstance(result, str):
-            out.append(Prediction(str(path), "error", None, result[1:]))
-        else:
-            p = p_of[id(result)]
-            out.append(Prediction(str(path), model.label_for(p, threshold, unsure), p))
-    return out
+    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    probs: list[float | None] = [None] * len(results)
+    if not good:
+        return probs
+    # (n_good, s, s, 3) uint8: one copy out of the decoders' byte strings
+    pixels = np.stack([np.frombuffer(results[i], dtype=np.uint8) for i in good])
+    pixels = torch.from_numpy(pixels.reshape(len(good), s, s, 3))
+    values: list[float] = []
+    for start in range(0, len(good), batch_size):
+        values += model.probabilities(pixels[start : start + batch_size], tta).tolist()
+    for i, p in zip(good, values, strict=True):
+        probs[i] = p
+    return probs
 
 
 class RowWriter:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from catnet.augment import MEAN, STD
 from catnet.cache import cache_size_for, cpu_workers, load_pixels
 from catnet.compute import Compute, select_compute, setup_threads
-from catnet.config import TrainConfig
+from catnet.config import PredictConfig, TrainConfig
 from catnet.data import decode_square, list_files, scan_dataset
 from catnet.models import CNN, fuse_for_inference
 from catnet.schedule import EarlyStopping
@@ -101,15 +101,15 @@ def catnet_epochs(
 
 
 def pure_compute(
-    cfg: TrainConfig, compute: Compute, train: bool, size: int, steps: int = 12
+    cfg: TrainConfig, compute: Compute, train: bool, size: int, batch: int, steps: int = 12
 ) -> float:
-    """Images/s of forward (+ backward + step) on random (size x size) tensors in memory."""
+    """Images/s of forward (+ backward + step) on random (batch, 3, size, size) tensors."""
     model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout).to(
         memory_format=torch.channels_last
     )
     optimizer = build_optimizer(model, cfg)
-    x = torch.randn(cfg.batch_size, 3, size, size).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 2, (cfg.batch_size,)).float()
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 2, (batch,)).float()
     model.train(train)
     if not train:  # the fastest form of the same network: batch norm folded, as predict runs it
         model = fuse_for_inference(model)
@@ -124,7 +124,7 @@ def pure_compute(
             loss.backward()
             optimizer.step()
         times.append(time.monotonic() - started)
-    return cfg.batch_size / float(np.median(times[2:]))
+    return batch / float(np.median(times[2:]))
 
 
 def _decode(path: str, size: int = 0) -> None:
@@ -167,10 +167,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ours = catnet_epochs(args.data, cfg, Path(tmp) / "cache", compute)
         train_ips = ours["n"] / ours["epoch"]
-        compute_ips = pure_compute(cfg, compute, train=True, size=cfg.image_size)
+        compute_ips = pure_compute(
+            cfg, compute, train=True, size=cfg.image_size, batch=cfg.batch_size
+        )
         # Inference runs at the evaluation size (the decoded size, ~1.125x), as a trained
         # checkpoint does; see TrainConfig.eval_image_size.
-        forward_ips = pure_compute(cfg, compute, train=False, size=eval_size_for(cfg))
+        forward_ips = pure_compute(
+            cfg, compute, train=False, size=eval_size_for(cfg), batch=PredictConfig().batch_size
+        )
         files = list_files(args.data)
         decode_ips = pure_decode(files, cache_size_for(cfg.image_size))
         ckpt = _tiny_checkpoint(args.data, cfg, Path(tmp))
