@@ -260,7 +260,7 @@ def predict(
 ) -> None:
     """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
     from catnet.config import PredictConfig, load_config
-    from catnet.ui import run_prediction
+    from catnet.ui_predict import run_prediction
 
     cfg = load_config(
         PredictConfig, None, {"threshold": threshold, "tta": tta, "batch_size": batch_size}

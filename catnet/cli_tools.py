@@ -92,7 +92,7 @@ def export(
     from itertools import islice
 
     from catnet.export import export as run_export
-    from catnet.prediction import expand_inputs
+    from catnet.outputs import expand_inputs
 
     pictures = list(islice(expand_inputs(check), 64)) if check else None
     result = run_export(checkpoint, format, out, pictures)

@@ -30,9 +30,23 @@ def _read() -> tuple[int, int, float, float] | None:
 _start = _read()
 
 
+_measured: tuple[float | None, float] | None = None  # (idle CPUs, when), kept for later
+
+
+def measure_now() -> None:
+    """Measure now and keep the answer for the next idle_cpus() call: for a command that is
+    about to start worker processes of its own, which would look like someone else's load."""
+    global _measured
+    _measured = (idle_cpus(), time.monotonic())
+
+
 def idle_cpus() -> float | None:
     """CPUs idle (or used by this process) since the last sample; None where unknown."""
-    global _start
+    global _start, _measured
+    if _measured is not None:
+        kept, _measured = _measured, None
+        if time.monotonic() - kept[1] <= MAX_AGE:
+            return kept[0]
     first = _start
     if first is None or time.monotonic() - first[3] > MAX_AGE:
         first = _read()

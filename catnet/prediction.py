@@ -8,14 +8,7 @@ bounded for any number of files.
 from __future__ import annotations
 
 import copy
-import csv
-import glob
-import itertools
-import json
-import os
-import shutil
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,32 +17,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from catnet.cache import Decoder
 from catnet.checkpoint import load_checkpoint
 from catnet.compute import Compute, logits_for, select_compute, setup_threads
 from catnet.config import PredictConfig
-from catnet.data import IMAGE_SUFFIXES, _to_square_rgb, list_files
+from catnet.data import _to_square_rgb
 from catnet.errors import DecodeError
 from catnet.models import build_model, fuse_for_inference
-
-
-@dataclass
-class Prediction:
-    path: str
-    label: str  # cat, not_cat, unsure or error
-    p_cat: float | None
-    error: str = ""
-
-    def as_row(self, model_hash: str, threshold: float | None = None) -> dict[str, Any]:
-        p = None if self.p_cat is None else round(self.p_cat, 6)
-        return {
-            "path": self.path,
-            "label": self.label,
-            "p_cat": p,
-            "error": self.error,
-            "model": model_hash,
-            "threshold": threshold,  # with p_cat, recovers the model's answer after edits
-        }
+from catnet.outputs import Prediction
+from catnet.readahead import DecodeAhead
 
 
 class CatnetModel:
@@ -123,21 +98,6 @@ def load_model(path: str | Path, device: str = "auto") -> CatnetModel:
     return CatnetModel(load_checkpoint(path), path, device)
 
 
-def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
-    """Files as given, folders searched recursively for pictures, globs expanded."""
-    for item in inputs:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            yield from list_files(path, IMAGE_SUFFIXES)
-        elif path.exists() or path.is_symlink():
-            yield path
-        elif glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            yield from (Path(m) for m in matches if not Path(m).is_dir())
-        else:
-            yield path  # reported as an error row: the run goes on
-
-
 def predict(
     checkpoint: str | Path | CatnetModel,
     inputs: Iterable[str],
@@ -145,29 +105,29 @@ def predict(
     on_row: Callable[[Prediction], None] | None = None,
     skip: set[str] | None = None,
     unsure: tuple[float, float] | None = None,
+    reader: DecodeAhead | None = None,
 ) -> dict[str, Any]:
     """Tag every picture in inputs; each result goes to on_row as soon as it exists.
+    `reader`: decoding already started (readahead.start_early), else it starts here.
     Returns a summary: counts per label, number of errors, model hash."""
     cfg = cfg or PredictConfig()
     model = checkpoint if isinstance(checkpoint, CatnetModel) else load_model(checkpoint)
     setup_threads()
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
-    paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
+    reader = reader or DecodeAhead(inputs, model.decode_size, cfg, skip)
+    reader.resize(model.decode_size)
     # Decode a window of files on every core, then run the network on it with every core, in
     # turn: on a small machine the two stages overlapping would only fight for the same cores
     # (torch's threads stall whenever a decoder takes their core). Only the light part, turning
-    # results into rows, overlaps with decoding the next window. Memory: two windows of pixels
-    # (2 x 2,048 x 72 x 72 x 3 bytes = 64 MB at the default size).
-    window = max(cfg.batch_size * 16, 256)
-    with Decoder(model.decode_size, cfg.max_image_pixels, cfg.workers) as decoder:
-        chunk = list(itertools.islice(paths, window))
-        job = decoder.submit(chunk)
-        while chunk:
-            results = job()
+    # results into rows, overlaps with decoding the next window.
+    with reader:
+        while True:
+            chunk, results = reader.take()
+            if not chunk:
+                break
             probs = _probabilities(model, results, cfg.batch_size, cfg.tta)
-            next_chunk = list(itertools.islice(paths, window))
-            job = decoder.submit(next_chunk)
+            reader.start_next()
             for path, result, p in zip(chunk, results, probs, strict=True):
                 if p is None:
                     pred = Prediction(str(path), "error", None, str(result)[1:])
@@ -176,7 +136,6 @@ def predict(
                 counts[pred.label] += 1
                 if on_row:
                     on_row(pred)
-            chunk = next_chunk
     return {
         "counts": counts,
         "errors": counts["error"],
@@ -203,92 +162,3 @@ def _probabilities(
     for i, p in zip(good, values, strict=True):
         probs[i] = p
     return probs
-
-
-class RowWriter:
-    """Writes prediction rows to .csv or .jsonl as they come, flushed per row, so a killed
-    run leaves a valid file that --skip-done can resume from."""
-
-    COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold")
-
-    def __init__(self, path: Path, append: bool = False) -> None:
-        suffix = path.suffix.lower()
-        if suffix not in (".csv", ".jsonl"):
-            from catnet.errors import CatnetError
-
-            raise CatnetError(f"--output must end in .csv or .jsonl, not {path.name}")
-        self.jsonl = suffix == ".jsonl"
-        new = not (append and path.exists() and path.stat().st_size > 0)
-        if not new:
-            _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = path.open(
-            "w" if new else "a", newline="", encoding="utf-8", errors="surrogateescape"
-        )
-        self.csv = None if self.jsonl else csv.DictWriter(self.fh, fieldnames=self.COLUMNS)
-        if self.csv and new:
-            self.csv.writeheader()
-
-    def write(self, row: dict[str, Any]) -> None:
-        if self.csv:
-            self.csv.writerow({k: "" if row[k] is None else row[k] for k in self.COLUMNS})
-        else:
-            self.fh.write(json.dumps(row) + "\n")
-        self.fh.flush()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-def done_paths(path: Path) -> set[str]:
-    """Paths already in an output file (rows cut off mid-line by a kill are ignored)."""
-    if not path.exists():
-        return set()
-    done = set()
-    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        if path.suffix.lower() == ".jsonl":
-            for line in fh:
-                try:
-                    done.add(json.loads(line)["path"])
-                except (ValueError, KeyError, TypeError):
-                    continue
-        else:
-            done.update(row["path"] for row in csv.DictReader(fh) if row.get("label"))
-    return done
-
-
-def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
-    """Copy (or hard-link) a predicted picture into dest/cat, dest/not_cat or dest/unsure.
-    Never overwrites: a different file of the same name gets a numbered name."""
-    if pred.label == "error":
-        return None
-    source = Path(pred.path)
-    folder = dest / pred.label
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / source.name
-    n = 1
-    while target.exists():
-        if (
-            target.stat().st_size == source.stat().st_size
-            and target.read_bytes() == source.read_bytes()
-        ):
-            return target  # already sorted (e.g. a resumed run)
-        target = folder / f"{source.stem}-{n}{source.suffix}"
-        n += 1
-    if link:
-        try:
-            os.link(source, target)
-            return target
-        except OSError:  # another filesystem: fall back to a copy
-            pass
-    shutil.copy2(source, target)
-    return target
-
-
-def _cut_partial_line(path: Path) -> None:
-    """Truncate a file after its last newline (a killed writer may have left half a row)."""
-    with path.open("rb+") as fh:
-        data = fh.read()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):
-            fh.truncate(end)

@@ -11,8 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from catnet.config import PredictConfig, TrainConfig
-from catnet.errors import CatnetError
+from catnet.config import TrainConfig
 from catnet.training import TrainCallbacks, TrainResult, train
 
 
@@ -138,62 +137,6 @@ def print_evaluation(result: Any, console: Console) -> None:
     confusion.add_row("cat", str(c["tp"]), str(c["fn"]))
     confusion.add_row("not_cat", str(c["fp"]), str(c["tn"]))
     console.print(confusion)
-
-
-def run_prediction(
-    checkpoint: Path,
-    paths: list[str],
-    cfg: PredictConfig,
-    output: Path | None,
-    as_json: bool,
-    stdout: Console,
-    console: Console,
-    skip_done: bool = False,
-    unsure: tuple[float, float] | None = None,
-    sort_dest: Path | None = None,
-    link: bool = False,
-) -> dict[str, Any]:
-    import json
-
-    from catnet.data import printable
-    from catnet.prediction import Prediction, RowWriter, done_paths, load_model, predict, sort_into
-
-    loaded = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
-    model_hash = loaded.hash
-    threshold = loaded.threshold if cfg.threshold < 0 else cfg.threshold
-    skip = done_paths(output) if (output and skip_done) else set()
-    writer = RowWriter(output, append=skip_done) if output else None
-    if not writer and not as_json:
-        stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
-
-    def on_row(pred: Prediction) -> None:
-        if sort_dest:
-            sort_into(pred, sort_dest, link)
-        row = pred.as_row(model_hash, threshold)
-        if writer:
-            writer.write(row)
-        elif as_json:
-            print(json.dumps(row), flush=True)
-        else:
-            p = "" if pred.p_cat is None else f"{pred.p_cat:.4f}"
-            note = f"  ({pred.error})" if pred.error else ""
-            line = printable(f"{p:>7}  {pred.label:<8} {pred.path}{note}")  # odd file names too
-            stdout.print(line, highlight=False, markup=False)
-
-    try:
-        summary = predict(loaded, paths, cfg, on_row, skip=skip, unsure=unsure)
-    finally:
-        if writer:
-            writer.close()
-    counts = summary["counts"]
-    total = sum(counts.values())
-    if total == 0 and not skip:
-        raise CatnetError("no pictures found in the given paths")
-    parts = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
-    console.print(
-        f"{total} pictures: {parts}" + (f"; rows in {output}" if output else ""), highlight=False
-    )
-    return summary
 
 
 def run_demo(out: Path, time_budget: float, console: Console, stdout: Console) -> None:

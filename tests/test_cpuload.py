@@ -34,3 +34,10 @@ def test_a_stale_first_sample_is_taken_again(monkeypatch: pytest.MonkeyPatch) ->
 def test_real_measurement_is_within_the_machine() -> None:
     idle = cpuload.idle_cpus()
     assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1)
+
+
+def test_a_kept_measurement_is_used_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # predict measures before starting its decoders, so that they do not count as load later
+    monkeypatch.setattr(cpuload, "_measured", (1.25, cpuload.time.monotonic()))
+    assert cpuload.idle_cpus() == 1.25
+    assert cpuload._measured is None  # the next command measures afresh

@@ -110,7 +110,7 @@ def test_mistakes_csv_most_confident_first(report: Path) -> None:
 
 
 def test_csv_starts_with_predict_output_columns() -> None:
-    from catnet.prediction import RowWriter
+    from catnet.outputs import RowWriter
 
     assert CSV_COLUMNS[: len(RowWriter.COLUMNS)] == RowWriter.COLUMNS
 

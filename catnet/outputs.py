@@ -1,0 +1,140 @@
+"""What predict hands back and writes: prediction rows, the CSV/JSONL writer that --skip-done
+resumes from, --sort-into, and the expansion of the user's inputs into files. No torch here:
+the CLI uses these before the network is loaded."""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from catnet.data import IMAGE_SUFFIXES, list_files
+
+
+@dataclass
+class Prediction:
+    path: str
+    label: str  # cat, not_cat, unsure or error
+    p_cat: float | None
+    error: str = ""
+
+    def as_row(self, model_hash: str, threshold: float | None = None) -> dict[str, Any]:
+        p = None if self.p_cat is None else round(self.p_cat, 6)
+        return {
+            "path": self.path,
+            "label": self.label,
+            "p_cat": p,
+            "error": self.error,
+            "model": model_hash,
+            "threshold": threshold,  # with p_cat, recovers the model's answer after edits
+        }
+
+
+def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
+    """Files as given, folders searched recursively for pictures, globs expanded."""
+    for item in inputs:
+        path = Path(item).expanduser()
+        if path.is_dir():
+            yield from list_files(path, IMAGE_SUFFIXES)
+        elif path.exists() or path.is_symlink():
+            yield path
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            yield from (Path(m) for m in matches if not Path(m).is_dir())
+        else:
+            yield path  # reported as an error row: the run goes on
+
+
+class RowWriter:
+    """Writes prediction rows to .csv or .jsonl as they come, flushed per row, so a killed
+    run leaves a valid file that --skip-done can resume from."""
+
+    COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold")
+
+    def __init__(self, path: Path, append: bool = False) -> None:
+        suffix = path.suffix.lower()
+        if suffix not in (".csv", ".jsonl"):
+            from catnet.errors import CatnetError
+
+            raise CatnetError(f"--output must end in .csv or .jsonl, not {path.name}")
+        self.jsonl = suffix == ".jsonl"
+        new = not (append and path.exists() and path.stat().st_size > 0)
+        if not new:
+            _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = path.open(
+            "w" if new else "a", newline="", encoding="utf-8", errors="surrogateescape"
+        )
+        self.csv = None if self.jsonl else csv.DictWriter(self.fh, fieldnames=self.COLUMNS)
+        if self.csv and new:
+            self.csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.csv:
+            self.csv.writerow({k: "" if row[k] is None else row[k] for k in self.COLUMNS})
+        else:
+            self.fh.write(json.dumps(row) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def done_paths(path: Path) -> set[str]:
+    """Paths already in an output file (rows cut off mid-line by a kill are ignored)."""
+    if not path.exists():
+        return set()
+    done = set()
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        if path.suffix.lower() == ".jsonl":
+            for line in fh:
+                try:
+                    done.add(json.loads(line)["path"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        else:
+            done.update(row["path"] for row in csv.DictReader(fh) if row.get("label"))
+    return done
+
+
+def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
+    """Copy (or hard-link) a predicted picture into dest/cat, dest/not_cat or dest/unsure.
+    Never overwrites: a different file of the same name gets a numbered name."""
+    if pred.label == "error":
+        return None
+    source = Path(pred.path)
+    folder = dest / pred.label
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    n = 1
+    while target.exists():
+        if (
+            target.stat().st_size == source.stat().st_size
+            and target.read_bytes() == source.read_bytes()
+        ):
+            return target  # already sorted (e.g. a resumed run)
+        target = folder / f"{source.stem}-{n}{source.suffix}"
+        n += 1
+    if link:
+        try:
+            os.link(source, target)
+            return target
+        except OSError:  # another filesystem: fall back to a copy
+            pass
+    shutil.copy2(source, target)
+    return target
+
+
+def _cut_partial_line(path: Path) -> None:
+    """Truncate a file after its last newline (a killed writer may have left half a row)."""
+    with path.open("rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            fh.truncate(end)

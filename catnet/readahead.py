@@ -1,0 +1,91 @@
+"""Decode the pictures predict needs a window ahead, in worker processes, starting before torch
+is even imported: `catnet predict` spends about a second importing torch on one core, time in
+which the other cores can already decode the first window of files."""
+
+from __future__ import annotations
+
+import itertools
+import pickletools
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from catnet.cache import Decoder
+from catnet.config import PredictConfig
+from catnet.outputs import expand_inputs
+
+INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
+
+
+def peek_decode_size(checkpoint: str | Path) -> int | None:
+    """The checkpoint's preprocessing decode_size, read without torch and without unpickling:
+    pickletools only lists the opcodes, nothing is run. None where it cannot be found; then
+    decoding simply starts after the model is loaded. A wrong answer would cost time, never
+    correctness: predict compares it with the loaded model's and decodes again if they differ."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            name = next(n for n in archive.namelist() if n.endswith("/data.pkl"))
+            if archive.getinfo(name).file_size > 50_000_000:
+                return None
+            data = archive.read(name)
+        after_key = False
+        for opcode, arg, _ in pickletools.genops(data):
+            if after_key and opcode.name in INT_OPCODES:
+                return arg if isinstance(arg, int) and 8 <= arg <= 4096 else None
+            after_key = after_key or arg == "decode_size"
+    except Exception:  # not a zip, no pickle, a broken pickle...: only a hint is lost
+        return None
+    return None
+
+
+class DecodeAhead:
+    """Windows of input files and their decoded pixels (bytes, or '!reason'). `take` waits for
+    the current window; `start_next` puts the workers on the following one. Memory: two
+    windows at most."""
+
+    def __init__(
+        self, inputs: Iterable[str], size: int, cfg: PredictConfig, skip: set[str] | None = None
+    ) -> None:
+        self.paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
+        self.window = max(cfg.batch_size * 16, 256)
+        self.decoder = Decoder(size, cfg.max_image_pixels, cfg.workers).__enter__()
+        self.chunk = list(itertools.islice(self.paths, self.window))
+        self.job = self.decoder.submit(self.chunk)
+
+    def resize(self, size: int) -> None:
+        """The model decodes at another size than the one guessed: decode this window again."""
+        if size != self.decoder.size:
+            self.job()  # let the workers finish what they hold
+            self.decoder.size = size
+            self.job = self.decoder.submit(self.chunk)
+
+    def take(self) -> tuple[list[Path], list[bytes | str]]:
+        return self.chunk, self.job() if self.chunk else []
+
+    def start_next(self) -> None:
+        self.chunk = list(itertools.islice(self.paths, self.window))
+        self.job = self.decoder.submit(self.chunk)
+
+    def close(self) -> None:
+        self.decoder.__exit__(None, None, None)
+
+    def __enter__(self) -> DecodeAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def start_early(
+    checkpoint: str | Path, inputs: Iterable[str], cfg: PredictConfig, skip: set[str]
+) -> DecodeAhead | None:
+    """Start decoding at the checkpoint's size before torch is loaded (None if unknown). The
+    idle-CPU sample that sets torch's threads is taken first: our own decoders would make the
+    machine look busy."""
+    size = peek_decode_size(checkpoint)
+    if size is None:
+        return None
+    from catnet import cpuload
+
+    cpuload.measure_now()
+    return DecodeAhead(inputs, size, cfg, skip)

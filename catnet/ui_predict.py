@@ -1,0 +1,89 @@
+"""Rich at the edge for `catnet predict`: rows to the terminal, a CSV/JSONL file or JSON lines,
+and a one-line summary. Importing this does not import torch, so that decoding can start
+(catnet.readahead) while torch loads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from catnet.config import PredictConfig
+from catnet.data import printable
+from catnet.errors import CatnetError
+from catnet.outputs import Prediction, RowWriter, done_paths, sort_into
+from catnet.readahead import start_early
+
+
+def run_prediction(
+    checkpoint: Path,
+    paths: list[str],
+    cfg: PredictConfig,
+    output: Path | None,
+    as_json: bool,
+    stdout: Console,
+    console: Console,
+    skip_done: bool = False,
+    unsure: tuple[float, float] | None = None,
+    sort_dest: Path | None = None,
+    link: bool = False,
+) -> dict[str, Any]:
+    skip = done_paths(output) if (output and skip_done) else set()
+    # Decoding starts now, in worker processes, while torch is imported below (~1 s).
+    reader = start_early(checkpoint, paths, cfg, skip)
+    writer = None
+    try:
+        from catnet.prediction import load_model, predict  # imports torch
+
+        model = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
+        threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
+        writer = RowWriter(output, append=skip_done) if output else None
+        if not writer and not as_json:
+            stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
+        on_row = _row_handler(model.hash, threshold, writer, as_json, stdout, sort_dest, link)
+        summary = predict(model, paths, cfg, on_row, skip, unsure, reader)
+    finally:
+        if writer:
+            writer.close()
+        if reader:
+            reader.close()
+    counts = summary["counts"]
+    total = sum(counts.values())
+    if total == 0 and not skip:
+        raise CatnetError("no pictures found in the given paths")
+    parts = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    console.print(
+        f"{total} pictures: {parts}" + (f"; rows in {output}" if output else ""), highlight=False
+    )
+    return summary
+
+
+def _row_handler(
+    model_hash: str,
+    threshold: float,
+    writer: RowWriter | None,
+    as_json: bool,
+    stdout: Console,
+    sort_dest: Path | None,
+    link: bool,
+) -> Callable[[Prediction], None]:
+    """Where each prediction goes: the output file, JSON lines, or a table on the terminal."""
+
+    def on_row(pred: Prediction) -> None:
+        if sort_dest:
+            sort_into(pred, sort_dest, link)
+        row = pred.as_row(model_hash, threshold)
+        if writer:
+            writer.write(row)
+        elif as_json:
+            print(json.dumps(row), flush=True)
+        else:
+            p = "" if pred.p_cat is None else f"{pred.p_cat:.4f}"
+            note = f"  ({pred.error})" if pred.error else ""
+            line = printable(f"{p:>7}  {pred.label:<8} {pred.path}{note}")  # odd file names too
+            stdout.print(line, highlight=False, markup=False)
+
+    return on_row

@@ -1,0 +1,53 @@
+"""predict starts decoding before torch loads, at a size read from the checkpoint without
+unpickling; a wrong or missing size costs time, never a different answer."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import TrainedRun
+
+from catnet.config import PredictConfig
+from catnet.outputs import Prediction
+from catnet.prediction import load_model, predict
+from catnet.readahead import DecodeAhead, peek_decode_size, start_early
+
+
+def test_peek_reads_the_decode_size_of_a_real_checkpoint(trained: TrainedRun) -> None:
+    assert peek_decode_size(trained.best) == load_model(trained.best).decode_size
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip", b"PK\x03\x04garbage"])
+def test_peek_gives_no_hint_for_junk(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "junk.pt"
+    path.write_bytes(content)
+    assert peek_decode_size(path) is None
+    assert peek_decode_size(tmp_path / "missing.pt") is None
+
+
+def test_peek_gives_no_hint_for_a_zip_without_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "other.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"\x80\x04K\x07.")  # pickle of the int 7
+    assert peek_decode_size(path) is None
+
+
+def rows(trained: TrainedRun, reader: DecodeAhead | None) -> list[tuple[str, str, float | None]]:
+    out: list[Prediction] = []
+    predict(trained.best, [str(trained.data)], on_row=out.append, reader=reader)
+    return [(r.path, r.label, None if r.p_cat is None else round(r.p_cat, 5)) for r in out]
+
+
+def test_a_wrong_size_guess_is_decoded_again(trained: TrainedRun) -> None:
+    size = load_model(trained.best).decode_size
+    cfg = PredictConfig(batch_size=4)  # windows of 256: one window, decoded twice
+    wrong = DecodeAhead([str(trained.data)], size + 8, cfg)
+    assert rows(trained, wrong) == rows(trained, None)
+
+
+def test_an_early_start_gives_the_same_rows(trained: TrainedRun) -> None:
+    early = start_early(trained.best, [str(trained.data)], PredictConfig(), set())
+    assert early is not None
+    assert rows(trained, early) == rows(trained, None)
