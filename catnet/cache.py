@@ -153,8 +153,8 @@ class Decoder:
         tasks = [(str(p), self.size, self.max_pixels) for p in paths]
         if self.pool is None or len(tasks) < 32:  # a handful: not worth the round trips
             return lambda: [_decode_task(t) for t in tasks]
-        # ~8 chunks per worker: even load at the end of a window, few round trips.
-        chunk = max(1, min(64, len(tasks) // (8 * self.n_workers)))
+        # ~16 chunks per worker: little idle time at the end of a window, few round trips.
+        chunk = max(1, min(64, len(tasks) // (16 * self.n_workers)))
         futures = [
             self.pool.submit(_decode_chunk, tasks[i : i + chunk])
             for i in range(0, len(tasks), chunk)

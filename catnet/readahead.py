@@ -47,7 +47,9 @@ class DecodeAhead:
         self, inputs: Iterable[str], size: int, cfg: PredictConfig, skip: set[str] | None = None
     ) -> None:
         self.paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
-        self.window = max(cfg.batch_size * 16, 256)
+        # 2,048 files (at 72 px, 32 MB of pixels): the first window keeps the decoders busy for
+        # about as long as torch takes to import.
+        self.window = max(cfg.batch_size * 32, 256)
         self.decoder = Decoder(size, cfg.max_image_pixels, cfg.workers).__enter__()
         self.chunk = list(itertools.islice(self.paths, self.window))
         self.job = self.decoder.submit(self.chunk)
