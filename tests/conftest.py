@@ -173,7 +173,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     broken = data / "cats" / "broken.jpg"
     broken.write_text("this is not a JPEG\n")
     cfg = tiny_config(data, base / "run", base / "cache")
-    result = train(dataclasses.replace(cfg))
+    # One thread, so that tests retraining with the same seed can expect the same weights bit
+    # for bit on a busy machine too (see `one_thread`).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CATNET_THREADS", "1")
+        result = train(dataclasses.replace(cfg))
     return TrainedRun(
         data=data,
         broken=broken,

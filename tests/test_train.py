@@ -99,7 +99,10 @@ def test_train_result(trained: TrainedRun) -> None:
 # --- reproducibility and resuming ---------------------------------------------------------------
 
 
-def test_same_seed_same_results(trained: TrainedRun, tmp_path: Path) -> None:
+def test_same_seed_same_results(
+    trained: TrainedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATNET_THREADS", "1")  # as the `trained` fixture ran
     again = train(dataclasses.replace(trained.config, out=str(tmp_path / "again")))
     first = csv_rows(trained.run_dir / "metrics.csv")
     second = csv_rows(again.run_dir / "metrics.csv")
