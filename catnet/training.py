@@ -220,7 +220,8 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         row["seconds"] = round(time.monotonic() - started, 2)
         state.history.append(row)
         improved = state.stopper.update(row[cfg.monitor], state.epoch)
-        improved = improved or not cfg.select_best  # fine-tuning keeps the last epoch: the lesson
+        keep_best = cfg.select_best or cfg.patience > 0
+        improved = improved or not keep_best  # else best.pt follows the last epoch
         save_run_checkpoints(
             run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved, ema=ema
         )
