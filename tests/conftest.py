@@ -3,6 +3,7 @@ trained once per session and reused by the evaluate / predict / checkpoint / API
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -173,10 +174,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     broken = data / "cats" / "broken.jpg"
     broken.write_text("this is not a JPEG\n")
     cfg = tiny_config(data, base / "run", base / "cache")
-    # One thread, so that tests retraining with the same seed can expect the same weights bit
-    # for bit on a busy machine too (see `one_thread`).
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CATNET_THREADS", "1")
+    with single_thread():  # tests that retrain with the same seed expect the same weights
         result = train(dataclasses.replace(cfg))
     return TrainedRun(
         data=data,
@@ -206,10 +204,17 @@ def catnet_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedP
     )
 
 
-@pytest.fixture(scope="module")
-def one_thread() -> Iterator[None]:
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
     """The same numbers whatever else the machine is doing: catnet sizes its thread pool by the
     idle cores, and sums split over another number of threads round differently."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CATNET_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """`single_thread` for every test of a module."""
+    with single_thread():
         yield

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import TrainedRun, write_class
+from conftest import TrainedRun, single_thread, write_class
 from PIL import Image
 
 import catnet.training
@@ -99,11 +99,9 @@ def test_train_result(trained: TrainedRun) -> None:
 # --- reproducibility and resuming ---------------------------------------------------------------
 
 
-def test_same_seed_same_results(
-    trained: TrainedRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("CATNET_THREADS", "1")  # as the `trained` fixture ran
-    again = train(dataclasses.replace(trained.config, out=str(tmp_path / "again")))
+def test_same_seed_same_results(trained: TrainedRun, tmp_path: Path) -> None:
+    with single_thread():  # as the `trained` fixture ran
+        again = train(dataclasses.replace(trained.config, out=str(tmp_path / "again")))
     first = csv_rows(trained.run_dir / "metrics.csv")
     second = csv_rows(again.run_dir / "metrics.csv")
     assert without_seconds(first) == without_seconds(second)
