@@ -204,6 +204,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     steps = math.ceil(len(data.train_slots) / cfg.batch_size)
     _plan(cfg, state, started, state.epoch_seconds, steps)
     stop_reason = "finished the planned epochs"
+    keep_best = cfg.select_best or cfg.patience > 0  # else best.pt follows the last epoch
     while state.epoch < state.planned_epochs:
         cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
         clock = BatchClock(cfg, state, started, steps, cb)
@@ -220,8 +221,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         row["seconds"] = round(time.monotonic() - started, 2)
         state.history.append(row)
         improved = state.stopper.update(row[cfg.monitor], state.epoch)
-        keep_best = cfg.select_best or cfg.patience > 0
-        improved = improved or not keep_best  # else best.pt follows the last epoch
+        improved = improved or not keep_best
         save_run_checkpoints(
             run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved, ema=ema
         )

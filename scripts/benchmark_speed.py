@@ -73,9 +73,8 @@ def baseline_epoch_seconds(data: Path, cfg: TrainConfig, epochs: int = 2) -> flo
 def fresh_baseline_seconds(args: argparse.Namespace) -> float:
     """The baseline in a new Python process, as a user's script would run it."""
     cmd = [sys.executable, __file__, "--data", str(args.data), "--baseline-only"]
-    out = subprocess.run(
-        [*cmd, "--image-size", str(args.image_size)], check=True, capture_output=True, text=True
-    )
+    cmd += ["--image-size", str(args.image_size)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
 
 
