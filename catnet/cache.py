@@ -147,14 +147,19 @@ class Decoder:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(self, paths: Sequence[Path]) -> Callable[[], list[bytes | str]]:
+    def submit(
+        self, paths: Sequence[Path], spare_one_core: bool = False
+    ) -> Callable[[], list[bytes | str]]:
         """Start decoding; the returned function waits for and returns the results (pixels
-        as bytes, or '!reason') in input order."""
+        as bytes, or '!reason') in input order. spare_one_core: leave one core to the caller
+        (busy importing torch, say) by handing the work to one worker fewer, in big chunks."""
         tasks = [(str(p), self.size, self.max_pixels) for p in paths]
         if self.pool is None or len(tasks) < 32:  # a handful: not worth the round trips
             return lambda: [_decode_task(t) for t in tasks]
-        # ~16 chunks per worker: little idle time at the end of a window, few round trips.
-        chunk = max(1, min(64, len(tasks) // (16 * self.n_workers)))
+        if spare_one_core:
+            chunk = -(-len(tasks) // max(1, self.n_workers - 1))  # ceil: one chunk per worker
+        else:  # ~16 chunks per worker: little idle time at the end of a window, few round trips
+            chunk = max(1, min(64, len(tasks) // (16 * self.n_workers)))
         futures = [
             self.pool.submit(_decode_chunk, tasks[i : i + chunk])
             for i in range(0, len(tasks), chunk)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterable
 
 # A sample older than this says little about the load now (a long-lived Python session).
 MAX_AGE = 5.0  # seconds
@@ -30,26 +31,48 @@ def _read() -> tuple[int, int, float, float] | None:
 _start = _read()
 
 
-_measured: tuple[float | None, float] | None = None  # (idle CPUs, when), kept for later
+_helpers: dict[int, int] = {}  # pid -> its CPU ticks when noted: our own worker processes
 
 
-def measure_now() -> None:
-    """Measure now and keep the answer for the next idle_cpus() call: for a command that is
-    about to start worker processes of its own, which would look like someone else's load."""
-    global _measured
-    _measured = (idle_cpus(), time.monotonic())
+def count_as_own(pids: Iterable[int]) -> None:
+    """Worker processes this command just started (predict's decoders, which start before torch
+    is imported): their CPU time is ours, not someone else's load. Without this, predict would
+    have to measure before starting them, which means waiting for a long enough window."""
+    for pid in pids:
+        _helpers[pid] = _cpu_ticks(pid) or 0
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    """User + system CPU ticks of a process so far (fields 14 and 15 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()  # the name in (...) may hold spaces
+        return int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None  # gone, or not Linux: its time then looks like load, a safe error
+
+
+def _helper_ticks() -> int:
+    """Ticks our noted workers used since they were noted or last counted; restarts the count."""
+    used = 0
+    for pid, start in list(_helpers.items()):
+        now = _cpu_ticks(pid)
+        if now is None:  # exited: nothing more to count
+            del _helpers[pid]
+            continue
+        used += max(0, now - start)
+        _helpers[pid] = now
+    return used
 
 
 def idle_cpus() -> float | None:
-    """CPUs idle (or used by this process) since the last sample; None where unknown."""
-    global _start, _measured
-    if _measured is not None:
-        kept, _measured = _measured, None
-        if time.monotonic() - kept[1] <= MAX_AGE:
-            return kept[0]
+    """CPUs idle (or used by this process and its noted workers) since the last sample; None
+    where unknown."""
+    global _start
     first = _start
     if first is None or time.monotonic() - first[3] > MAX_AGE:
         first = _read()
+        _helper_ticks()  # their earlier time is outside the new window
         if first is None:
             return None
     wait = MIN_WINDOW - (time.monotonic() - first[3])
@@ -61,6 +84,7 @@ def idle_cpus() -> float | None:
         return None
     total = max(now[1] - first[1], 1)
     ticks_per_second = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    own = (now[2] - first[2]) * ticks_per_second  # our own busy ticks: not someone else's load
+    # our own busy ticks, and our workers': not someone else's load
+    own = (now[2] - first[2]) * ticks_per_second + _helper_ticks()
     free = min(total, (now[0] - first[0]) + own) / total
     return free * (os.cpu_count() or 1)

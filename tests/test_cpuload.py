@@ -36,8 +36,24 @@ def test_real_measurement_is_within_the_machine() -> None:
     assert idle is not None and 0.0 <= idle <= (os.cpu_count() or 1)
 
 
-def test_a_kept_measurement_is_used_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    # predict measures before starting its decoders, so that they do not count as load later
-    monkeypatch.setattr(cpuload, "_measured", (1.25, cpuload.time.monotonic()))
-    assert cpuload.idle_cpus() == 1.25
-    assert cpuload._measured is None  # the next command measures afresh
+def test_noted_workers_time_is_not_counted_as_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    # 2 CPUs over 1 s = 200 ticks: 50 idle, 50 ours (0.5 s), 50 by a decoding worker we
+    # started (pid 7, noted at 10 ticks, now at 60): 1.5 CPUs are ours to use. Pid 8 exited.
+    ticks = {7: 10, 8: 3}
+    monkeypatch.setattr(cpuload, "_cpu_ticks", lambda pid: ticks.get(pid))
+    monkeypatch.setattr(cpuload, "_helpers", {})
+    cpuload.count_as_own([7, 8])
+    ticks.update({7: 60, 8: None})  # type: ignore[dict-item]
+    monkeypatch.setattr(cpuload, "_start", (950, 9_800, 4.5, 99.0))
+    monkeypatch.setattr(cpuload, "_read", lambda: (1_000, 10_000, 5.0, 100.0))
+    monkeypatch.setattr(cpuload.time, "monotonic", lambda: 100.0)
+    monkeypatch.setattr(cpuload.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(cpuload.os, "sysconf", lambda name: 100)
+    assert cpuload.idle_cpus() == pytest.approx(1.5)
+    assert cpuload._helpers == {7: 60}  # counted up to now; the exited one is forgotten
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux only")
+def test_cpu_ticks_of_real_processes() -> None:
+    assert isinstance(cpuload._cpu_ticks(os.getpid()), int)
+    assert cpuload._cpu_ticks(2**22 + 12345) is None  # above Linux's largest pid

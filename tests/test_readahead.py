@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import TrainedRun
+from PIL import Image
 
+from catnet.cache import Decoder, _decode_task
 from catnet.config import PredictConfig
 from catnet.outputs import Prediction
 from catnet.prediction import load_model, predict
@@ -51,3 +53,18 @@ def test_an_early_start_gives_the_same_rows(trained: TrainedRun) -> None:
     early = start_early(trained.best, [str(trained.data)], PredictConfig(), set())
     assert early is not None
     assert rows(trained, early) == rows(trained, None)
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_sparing_a_core_for_the_import_gives_the_same_results(tmp_path: Path, workers: int) -> None:
+    # predict's first window goes to one worker fewer, in big chunks, while torch imports
+    paths = []
+    for i in range(40):  # more than the 32 below which a window is decoded in-process
+        paths.append(tmp_path / f"p{i}.png")
+        Image.new("RGB", (10, 10), (i * 6, 255 - i * 6, i)).save(paths[-1])
+    (tmp_path / "p3.png").write_bytes(b"not a picture")
+    with Decoder(8, 10**8, workers) as decoder:
+        spared = decoder.submit(paths, spare_one_core=True)()
+        usual = decoder.submit(paths)()
+    assert spared == usual == [_decode_task((str(p), 8, 10**8)) for p in paths]
+    assert isinstance(spared[3], str) and spared[3].startswith("!")
