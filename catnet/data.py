@@ -10,6 +10,7 @@ import os
 import random
 import warnings
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,17 +55,20 @@ def is_hidden(path: Path) -> bool:
 
 def list_files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
     """Regular files below folder, recursively, sorted; skips hidden entries and symlink loops."""
-    found: list[Path] = []
+    return list(iter_files(folder, suffixes))
+
+
+def iter_files(folder: Path, suffixes: set[str] | None = None) -> Iterator[Path]:
+    """list_files one folder at a time, in the same order: predict starts on the first
+    folders of a big tree while the rest is still being listed."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = Path(dirpath) / name
-            if suffixes is not None and path.suffix.lower() not in suffixes:
-                continue
-            found.append(path)
-    return found
+            if suffixes is None or path.suffix.lower() in suffixes:
+                yield path
 
 
 def _class_dirs(folder: Path) -> list[Path]:

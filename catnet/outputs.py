@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catnet.data import IMAGE_SUFFIXES, list_files
+from catnet.data import IMAGE_SUFFIXES, iter_files
 
 
 @dataclass
@@ -41,7 +41,7 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
     for item in inputs:
         path = Path(item).expanduser()
         if path.is_dir():
-            yield from list_files(path, IMAGE_SUFFIXES)
+            yield from iter_files(path, IMAGE_SUFFIXES)
         elif path.exists() or path.is_symlink():
             yield path
         elif glob.has_magic(item):
