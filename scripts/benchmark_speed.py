@@ -153,6 +153,44 @@ def pure_decode(files: list[Path], size: int, passes: int = 3) -> float:
     return len(files) / best
 
 
+def predict_against_limit(
+    args: argparse.Namespace, cfg: TrainConfig, compute: Compute, tmp: Path, rounds: int = 3
+) -> dict:
+    """(c): `catnet predict` on args.predict_files JPEGs against 1 / (1/decode + 1/forward).
+    Each round measures the limit just before its predict run, so that the two share the
+    machine's state (its speed drifts by ~5-10 % over minutes here); the round with the
+    median ratio is reported."""
+    files = list_files(args.data)
+    ckpt = _tiny_checkpoint(args.data, cfg, tmp)
+    # Enough files that the command's start-up (~1 s: importing torch) is a small share.
+    many = tmp / "many"
+    for i in range(args.predict_files):
+        link = many / f"part{i % 16}" / f"{i}{files[i % len(files)].suffix}"
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(files[i % len(files)].resolve())
+    results = []
+    for _ in range(rounds):
+        # Inference runs at the evaluation size (the decoded size, ~1.125x), as a trained
+        # checkpoint does; see TrainConfig.eval_image_size.
+        forward = pure_compute(
+            cfg, compute, train=False, size=eval_size_for(cfg), batch=PredictConfig().batch_size
+        )
+        decode = pure_decode(files, cache_size_for(cfg.image_size))
+        limit = 1 / (1 / decode + 1 / forward)
+        seconds = cli_seconds(["predict", str(ckpt), str(many), "-o", str(tmp / "p.csv")])
+        predict = args.predict_files / seconds
+        results.append({"forward": forward, "decode": decode, "limit": limit,
+                        "predict": predict, "ratio": predict / limit})  # fmt: skip
+    results.sort(key=lambda r: r["ratio"])
+    median = results[len(results) // 2]
+    median["ratios"] = ", ".join(f"{r['ratio']:.2f}" for r in results)
+    median["rounds"] = rounds
+    # The fixed cost of any command (starting Python, importing torch, loading the model).
+    one = ["predict", str(ckpt), str(files[0]), "-o", str(tmp / "one.csv")]
+    median["startup"] = min(cli_seconds(one) for _ in range(2))
+    return median
+
+
 def cli_seconds(args: list[str]) -> float:
     started = time.monotonic()
     subprocess.run([sys.executable, "-m", "catnet", *args], check=True, capture_output=True)
@@ -187,32 +225,7 @@ def main() -> None:
         compute_ips = pure_compute(
             cfg, compute, train=True, size=cfg.image_size, batch=cfg.batch_size
         )
-        # Inference runs at the evaluation size (the decoded size, ~1.125x), as a trained
-        # checkpoint does; see TrainConfig.eval_image_size.
-        forward_ips = pure_compute(
-            cfg, compute, train=False, size=eval_size_for(cfg), batch=PredictConfig().batch_size
-        )
-        files = list_files(args.data)
-        decode_ips = pure_decode(files, cache_size_for(cfg.image_size))
-        ckpt = _tiny_checkpoint(args.data, cfg, Path(tmp))
-        # Enough files that the command's start-up (~2 s: importing torch) is a small share.
-        many = Path(tmp) / "many"
-        for i in range(args.predict_files):
-            link = many / f"part{i % 16}" / f"{i}{files[i % len(files)].suffix}"
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(files[i % len(files)].resolve())
-        # The median of three runs: one run swings by ~10 % with how the OS schedules it.
-        predict_runs = [
-            cli_seconds(["predict", str(ckpt), str(many), "-o", str(Path(tmp) / "p.csv")])
-            for _ in range(3)
-        ]
-        predict_seconds = float(np.median(predict_runs))
-        # The fixed cost of any command (starting Python, importing torch, loading the model).
-        one = ["predict", str(ckpt), str(files[0]), "-o", str(Path(tmp) / "one.csv")]
-        startup = min(cli_seconds(one) for _ in range(2))
-    predict_ips = args.predict_files / predict_seconds
-    steady_ips = (args.predict_files - 1) / max(predict_seconds - startup, 1e-9)
-    limit = 1 / (1 / decode_ips + 1 / forward_ips)
+        c = predict_against_limit(args, cfg, compute, Path(tmp))
     help_seconds = min(cli_seconds(["--help"]) for _ in range(3))
     print(f"\n{'':4}{'measurement':<62}{'value':>12}{'target':>10}")
     if not args.skip_baseline:
@@ -233,14 +246,14 @@ def main() -> None:
         f"{train_ips / compute_ips:>11.2f}{'>= 0.8':>10}"
     )
     print(
-        f"(c) predict {predict_ips:.0f} img/s / limit {limit:.0f} (decode {decode_ips:.0f}, forward "
-        f"{forward_ips:.0f}){'':3}{predict_ips / limit:>9.2f}{'>= 0.8':>10}"
+        f"(c) predict {c['predict']:.0f} img/s / limit {c['limit']:.0f} (decode {c['decode']:.0f}, "
+        f"forward {c['forward']:.0f}){'':3}{c['ratio']:>9.2f}{'>= 0.8':>10}"
     )
-    runs = ", ".join(f"{args.predict_files / s:.0f}" for s in predict_runs)
-    print(f"    (the median of three predict runs: {runs} img/s)")
+    print(f"    (the median of {c['rounds']} rounds; each round's ratio: {c['ratios']})")
+    steady = (args.predict_files - 1) / max(args.predict_files / c["predict"] - c["startup"], 1e-9)
     print(
-        f"(c') predict without its {startup:.1f} s start-up: {steady_ips:.0f} img/s / limit {limit:.0f}"
-        f"{'':14}{steady_ips / limit:>9.2f}{'>= 0.8':>10}"
+        f"(c') predict without its {c['startup']:.1f} s start-up: {steady:.0f} img/s / limit "
+        f"{c['limit']:.0f}{'':14}{steady / c['limit']:>9.2f}{'>= 0.8':>10}"
     )
     print(
         f"(d) cache build {ours['cache_build']:.1f} s for {ours['n']} pictures; "
