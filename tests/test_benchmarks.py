@@ -1,0 +1,35 @@
+"""The benchmark scripts run end to end on a tiny folder, so that they cannot rot unnoticed.
+Only that they run and print every row is checked: timings are never asserted."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import make_dataset
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def test_speed_benchmark_prints_every_row(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_speed.py"), "--data", str(data)]
+    cmd += ["--skip-baseline", "--predict-files", "48"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    for row in ("(b)", "(c)", "(c')"):
+        line = next(x for x in out.stdout.splitlines() if x.startswith(row + " "))
+        assert re.search(r"\d+\.\d\d\s+>= 0\.8$", line), line  # a ratio was computed
+    assert "(d) cache build" in out.stdout and "for 40 pictures" in out.stdout
+
+
+def test_accuracy_benchmark_trains_and_scores_each_model(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_accuracy.py"), "--data", str(data)]
+    cmd += ["--time-budget", "4", "--repeats", "1", "--models", "mlp"]
+    cmd += ["--out", str(tmp_path / "runs"), "--train-args=--epochs 2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^mlp\s+1\s+\d+\.\d ± \d+\.\d %", out.stdout, re.M), out.stdout
