@@ -33,6 +33,7 @@ CACHE_VERSION = 1
 # Pictures are decoded a little larger than the model input so that random crops have margin.
 CACHE_MARGIN = 1.15
 Progress = Callable[[int, int], None]  # (done, total)
+Task = tuple[str, int, int]  # (path, decoded size in px, largest picture in pixels)
 
 
 def cache_size_for(image_size: int) -> int:
@@ -135,39 +136,76 @@ class Decoder:
         self.size, self.max_pixels = size, max_pixels
         self.n_workers = cpu_workers(workers)
         self.pool: ProcessPoolExecutor | None = None
+        self.pids: list[int] = []  # the worker processes
 
     def __enter__(self) -> Decoder:
         if self.n_workers > 1:
+            before = {p.pid for p in multiprocessing.active_children()}
             self.pool = ProcessPoolExecutor(
                 self.n_workers, mp_context=_pool_context(), initializer=_ignore_sigint
             )
+            self.pool.submit(int).result()  # starts the workers now (all of them, with fork)
+            now = multiprocessing.active_children()
+            self.pids = [p.pid for p in now if p.pid is not None and p.pid not in before]
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
-    def submit(
-        self, paths: Sequence[Path], spare_one_core: bool = False
-    ) -> Callable[[], list[bytes | str]]:
-        """Start decoding; the returned function waits for and returns the results (pixels
-        as bytes, or '!reason') in input order. spare_one_core: leave one core to the caller
-        (busy importing torch, say) by handing the work to one worker fewer, in big chunks."""
+    def submit(self, paths: Sequence[Path], lead: int = 0) -> DecodeJob:
+        """Start decoding; calling the returned job waits for and returns the results (pixels
+        as bytes, or '!reason') in input order. lead > 0: only the first `lead` files start
+        now, on workers that leave one core free, as one chunk per worker (no round trips
+        through this process, which may be too busy to answer); the rest waits for
+        job.release(). For a caller that needs a core meanwhile: predict imports torch."""
         tasks = [(str(p), self.size, self.max_pixels) for p in paths]
         if self.pool is None or len(tasks) < 32:  # a handful: not worth the round trips
-            return lambda: [_decode_task(t) for t in tasks]
-        if spare_one_core:
-            chunk = -(-len(tasks) // max(1, self.n_workers - 1))  # ceil: one chunk per worker
-        else:  # ~16 chunks per worker: little idle time at the end of a window, few round trips
-            chunk = max(1, min(64, len(tasks) // (16 * self.n_workers)))
-        futures = [
-            self.pool.submit(_decode_chunk, tasks[i : i + chunk])
-            for i in range(0, len(tasks), chunk)
-        ]
-        return lambda: [result for f in futures for result in f.result()]
+            return DecodeJob(None, [tasks])
+        # ~16 chunks per worker: little idle time at the end of a window, few round trips.
+        chunk = max(1, min(64, len(tasks) // (16 * self.n_workers)))
+        cores = cpu_workers()
+        spread = self.n_workers if self.n_workers < cores else cores - 1  # a core stays free
+        if not lead or spread < 1:
+            return DecodeJob(self.pool, _chunks(tasks, chunk))
+        first = _chunks(tasks[:lead], -(-lead // spread))  # ceil: one chunk per worker
+        return DecodeJob(self.pool, first, _chunks(tasks[lead:], chunk))
 
     def decode(self, paths: Sequence[Path]) -> list[bytes | str]:
         return self.submit(paths)()
+
+
+def _chunks(tasks: list[Task], size: int) -> list[list[Task]]:
+    return [tasks[i : i + size] for i in range(0, len(tasks), size)]
+
+
+class DecodeJob:
+    """One window's chunks on the pool, in input order. `held` chunks go out only at
+    release() (or when the results are asked for): see Decoder.submit's lead."""
+
+    def __init__(
+        self,
+        pool: ProcessPoolExecutor | None,
+        chunks: list[list[Task]],
+        held: list[list[Task]] | None = None,
+    ) -> None:
+        self.pool, self.held = pool, held or []
+        if pool is None:
+            self.tasks = [t for chunk in chunks + self.held for t in chunk]
+            self.futures: list[Future] = []
+        else:
+            self.futures = [pool.submit(_decode_chunk, chunk) for chunk in chunks]
+
+    def release(self) -> None:
+        if self.pool is not None:
+            self.futures += [self.pool.submit(_decode_chunk, chunk) for chunk in self.held]
+        self.held = []
+
+    def __call__(self) -> list[bytes | str]:
+        if self.pool is None:  # a handful of files, decoded here
+            return [_decode_task(t) for t in self.tasks]
+        self.release()
+        return [result for f in self.futures for result in f.result()]
 
 
 def decode_many(

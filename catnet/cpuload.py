@@ -42,6 +42,12 @@ def count_as_own(pids: Iterable[int]) -> None:
         _helpers[pid] = _cpu_ticks(pid) or 0
 
 
+def forget(pids: Iterable[int]) -> None:
+    """Workers that have exited: their pids may come back as someone else's process."""
+    for pid in pids:
+        _helpers.pop(pid, None)
+
+
 def _cpu_ticks(pid: int) -> int | None:
     """User + system CPU ticks of a process so far (fields 14 and 15 of /proc/PID/stat)."""
     try:

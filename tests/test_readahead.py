@@ -10,7 +10,8 @@ import pytest
 from conftest import TrainedRun
 from PIL import Image
 
-from catnet.cache import Decoder, _decode_task
+from catnet import cpuload, readahead
+from catnet.cache import Decoder, _decode_task, cpu_workers
 from catnet.config import PredictConfig
 from catnet.outputs import Prediction
 from catnet.prediction import load_model, predict
@@ -55,16 +56,49 @@ def test_an_early_start_gives_the_same_rows(trained: TrainedRun) -> None:
     assert rows(trained, early) == rows(trained, None)
 
 
-@pytest.mark.parametrize("workers", [2, 3])
-def test_sparing_a_core_for_the_import_gives_the_same_results(tmp_path: Path, workers: int) -> None:
-    # predict's first window goes to one worker fewer, in big chunks, while torch imports
-    paths = []
-    for i in range(40):  # more than the 32 below which a window is decoded in-process
-        paths.append(tmp_path / f"p{i}.png")
+def small_pictures(folder: Path, n: int = 40) -> list[Path]:
+    paths = []  # 40: more than the 32 below which a window is decoded in-process
+    for i in range(n):
+        paths.append(folder / f"p{i}.png")
         Image.new("RGB", (10, 10), (i * 6, 255 - i * 6, i)).save(paths[-1])
-    (tmp_path / "p3.png").write_bytes(b"not a picture")
+    (folder / "p3.png").write_bytes(b"not a picture")
+    return paths
+
+
+@pytest.mark.parametrize("workers", [2, 3])
+def test_a_lead_starts_alone_and_the_rest_on_release(tmp_path: Path, workers: int) -> None:
+    # predict's first window while torch imports: a lead on one worker fewer, the rest held
+    paths = small_pictures(tmp_path)
     with Decoder(8, 10**8, workers) as decoder:
-        spared = decoder.submit(paths, spare_one_core=True)()
+        job = decoder.submit(paths, lead=10)
+        cores = cpu_workers()
+        spread = workers if workers < cores else cores - 1
+        assert sum(len(chunk) for chunk in job.held) == (30 if spread else 0)
+        if spread:
+            assert len(job.futures) == spread  # the lead, one chunk per worker
+        led = job()
+        assert job.held == []
         usual = decoder.submit(paths)()
-    assert spared == usual == [_decode_task((str(p), 8, 10**8)) for p in paths]
-    assert isinstance(spared[3], str) and spared[3].startswith("!")
+    assert led == usual == [_decode_task((str(p), 8, 10**8)) for p in paths]
+    assert isinstance(led[3], str) and led[3].startswith("!")
+
+
+def test_the_lead_is_about_a_second_of_jpeg_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = small_pictures(tmp_path, 4)
+    sizes = [p.stat().st_size for p in paths]
+    monkeypatch.setattr(readahead, "LEAD_BYTES", sizes[0] + sizes[1])
+    assert readahead._lead_files(paths) == 3  # the file that crosses the budget is in
+    monkeypatch.setattr(readahead, "LEAD_BYTES", 10**9)
+    assert readahead._lead_files([*paths, tmp_path / "missing.jpg"]) == 5
+
+
+def test_the_early_reader_counts_its_workers_then_forgets_them(trained: TrainedRun) -> None:
+    early = start_early(trained.best, [str(trained.data)], PredictConfig(), set())
+    assert early is not None
+    pids = early.decoder.pids
+    assert len(pids) == early.decoder.n_workers or early.decoder.n_workers == 1
+    assert set(pids) <= set(cpuload._helpers)
+    early.close()
+    assert not set(pids) & set(cpuload._helpers)
