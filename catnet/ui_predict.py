@@ -5,7 +5,8 @@ and a one-line summary. Importing this does not import torch, so that decoding c
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from rich.console import Console
 from catnet.config import PredictConfig
 from catnet.data import printable
 from catnet.errors import CatnetError
-from catnet.outputs import Prediction, RowWriter, done_paths, sort_into
+from catnet.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
 from catnet.readahead import start_early
 
 
@@ -32,8 +33,9 @@ def run_prediction(
     link: bool = False,
 ) -> dict[str, Any]:
     skip = done_paths(output) if (output and skip_done) else set()
+    inputs: Iterable[str] = _outside(paths, sort_dest) if sort_dest else paths
     # Decoding starts now, in worker processes, while torch is imported below (~1 s).
-    reader = start_early(checkpoint, paths, cfg, skip)
+    reader = start_early(checkpoint, inputs, cfg, skip)
     writer = None
     try:
         from catnet.prediction import load_model, predict  # imports torch
@@ -44,7 +46,7 @@ def run_prediction(
         if not writer and not as_json:
             stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
         on_row = _row_handler(model.hash, threshold, writer, as_json, stdout, sort_dest, link)
-        summary = predict(model, paths, cfg, on_row, skip, unsure, reader)
+        summary = predict(model, inputs, cfg, on_row, skip, unsure, reader)
     finally:
         if writer:
             writer.close()
@@ -59,6 +61,15 @@ def run_prediction(
         f"{total} pictures: {parts}" + (f"; rows in {output}" if output else ""), highlight=False
     )
     return summary
+
+
+def _outside(paths: list[str], folder: Path) -> Iterator[str]:
+    """The input pictures not under folder: where --sort-into's folder lies inside an input
+    folder, the copies it holds (from this run or an earlier one) are not inputs."""
+    root = os.path.join(os.path.abspath(folder), "")
+    for path in expand_inputs(paths):
+        if not os.path.abspath(path).startswith(root):
+            yield str(path)
 
 
 def _row_handler(

@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,6 +417,22 @@ def test_sort_into_cat_not_cat_unsure_with_hard_links(synth: SynthRun, tmp_path:
     again = invoke("predict", synth.best, synth.pics, "--sort-into", dest, *options)
     assert again.exit_code == 0, again.output
     assert sorted_files(dest) == found  # no duplicates on a second run
+
+
+def test_sort_into_a_folder_inside_the_input_predicts_no_copies(
+    synth: SynthRun, tmp_path: Path
+) -> None:
+    pics = tmp_path / "pics"
+    shutil.copytree(synth.pics, pics)
+    dest = pics / "sorted"  # inside the folder being predicted, as `--sort-into ./sorted` in it
+    first = invoke("predict", synth.best, pics, "--sort-into", dest, "--json")
+    assert first.exit_code == 0, first.output
+    again = invoke("predict", synth.best, pics, "--sort-into", dest, "--json")
+    assert again.exit_code == 0, again.output
+    for result in (first, again):
+        paths = [row["path"] for row in json_rows(result.stdout)]
+        assert len(paths) == 10 and not [p for p in paths if str(dest) in p]
+    assert sum(len(v) for v in sorted_files(dest).values()) == 10
 
 
 # --- exit codes and JSON lines ----------------------------------------------------------------
