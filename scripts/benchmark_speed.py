@@ -181,9 +181,8 @@ def predict_against_limit(
         predict = args.predict_files / seconds
         results.append({"forward": forward, "decode": decode, "limit": limit,
                         "predict": predict, "ratio": predict / limit})  # fmt: skip
-    results.sort(key=lambda r: r["ratio"])
-    median = results[len(results) // 2]
-    median["ratios"] = ", ".join(f"{r['ratio']:.2f}" for r in results)
+    median = sorted(results, key=lambda r: r["ratio"])[len(results) // 2]
+    median["ratios"] = ", ".join(f"{r['ratio']:.2f}" for r in results)  # in round order
     median["rounds"] = rounds
     # The fixed cost of any command (starting Python, importing torch, loading the model).
     one = ["predict", str(ckpt), str(files[0]), "-o", str(tmp / "one.csv")]
