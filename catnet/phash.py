@@ -159,7 +159,7 @@ def fingerprint_files(
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from catnet.cache import cpu_workers
+    from catnet.decoding import cpu_workers
     from catnet.errors import CatnetError
 
     n_workers = min(cpu_workers(workers), max(1, len(paths) // CHUNK))

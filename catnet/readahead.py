@@ -11,8 +11,8 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from catnet.cache import Decoder
 from catnet.config import PredictConfig
+from catnet.decoding import Decoder
 from catnet.outputs import expand_inputs
 
 INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}

@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from catnet.augment import MEAN, STD
-from catnet.cache import cache_size_for, cpu_workers, load_pixels
+from catnet.cache import cache_size_for, load_pixels
 from catnet.compute import Compute, select_compute, setup_threads
 from catnet.config import PredictConfig, TrainConfig
 from catnet.data import decode_square, list_files, scan_dataset
+from catnet.decoding import cpu_workers
 from catnet.models import CNN, fuse_for_inference
 from catnet.schedule import EarlyStopping
 from catnet.training import build_optimizer, train_one_epoch

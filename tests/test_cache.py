@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import catnet.cache
+import catnet.decoding
 from catnet.cache import (
     CACHE_VERSION,
     PixelTable,
@@ -31,13 +31,13 @@ class DecodeSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        real = catnet.cache._decode_task
+        real = catnet.decoding._decode_task
 
         def spy(task: tuple[str, int, int]) -> bytes | str:
             self.paths.append(task[0])
             return real(task)
 
-        monkeypatch.setattr(catnet.cache, "_decode_task", spy)
+        monkeypatch.setattr(catnet.decoding, "_decode_task", spy)
 
     def take(self) -> list[str]:
         out, self.paths = self.paths, []

@@ -11,8 +11,8 @@ from conftest import TrainedRun
 from PIL import Image
 
 from catnet import cpuload, readahead
-from catnet.cache import Decoder, _decode_task, cpu_workers
 from catnet.config import PredictConfig
+from catnet.decoding import Decoder, _decode_task, cpu_workers
 from catnet.outputs import Prediction
 from catnet.prediction import load_model, predict
 from catnet.readahead import DecodeAhead, peek_decode_size, start_early
