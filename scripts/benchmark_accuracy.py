@@ -126,6 +126,7 @@ def main() -> None:
         "--time-budget", type=float, default=600.0, help="seconds per training command"
     )
     parser.add_argument("--repeats", type=int, default=3, help="seeds 0..N-1")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds FIRST..FIRST+N-1")
     parser.add_argument("--models", default="mlp,cnn")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmark-accuracy"))
     parser.add_argument("--device", default="", help="cpu or cuda (default: catnet's choice)")
@@ -140,7 +141,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = []
-    for seed in range(args.repeats):
+    for seed in range(args.first_seed, args.first_seed + args.repeats):
         train_dir, test_dir = split_folder(
             args.data, args.out / f"split-seed{seed}", seed, args.train_per_class, args.downscale
         )
