@@ -2,7 +2,8 @@
 
 catnet/__init__.py takes the first sample when the package is imported, before torch is: the
 second sample, when threads are set up, is then ~1 s later (torch's import) and no sleep is
-needed. Our own CPU time in between is added back, so our import does not count as load.
+needed. Our own CPU time in between is added back, so our import does not count as load, and
+so is that of worker processes we started meanwhile (count_as_own: predict's decoders).
 """
 
 from __future__ import annotations
