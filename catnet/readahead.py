@@ -11,6 +11,7 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from catnet import cpuload
 from catnet.config import PredictConfig
 from catnet.decoding import Decoder
 from catnet.outputs import expand_inputs
@@ -82,8 +83,6 @@ class DecodeAhead:
 
     def close(self) -> None:
         self.decoder.__exit__(None, None, None)
-        from catnet import cpuload
-
         cpuload.forget(self.decoder.pids)  # their pids may be reused by other processes
 
     def __enter__(self) -> DecodeAhead:
@@ -118,8 +117,6 @@ def start_early(
     size = peek_decode_size(checkpoint)
     if size is None:
         return None
-    from catnet import cpuload
-
     reader = DecodeAhead(inputs, size, cfg, skip, while_importing=True)
     cpuload.count_as_own(reader.decoder.pids)
     return reader

@@ -7,11 +7,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun
-from PIL import Image
+from conftest import TrainedRun, write_class
 
 from catnet import cpuload, readahead
 from catnet.config import PredictConfig
+from catnet.data import list_files
 from catnet.decoding import Decoder, _decode_task, cpu_workers
 from catnet.outputs import Prediction
 from catnet.prediction import load_model, predict
@@ -57,11 +57,11 @@ def test_an_early_start_gives_the_same_rows(trained: TrainedRun) -> None:
 
 
 def small_pictures(folder: Path, n: int = 40) -> list[Path]:
-    paths = []  # 40: more than the 32 below which a window is decoded in-process
-    for i in range(n):
-        paths.append(folder / f"p{i}.png")
-        Image.new("RGB", (10, 10), (i * 6, 255 - i * 6, i)).save(paths[-1])
-    (folder / "p3.png").write_bytes(b"not a picture")
+    """n tiny pictures (40: more than the 32 below which a window is decoded in-process),
+    the fourth of them corrupt."""
+    write_class(folder, "cats", n, 10)
+    paths = list_files(folder)
+    paths[3].write_bytes(b"not a picture")
     return paths
 
 
