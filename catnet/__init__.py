@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from catnet import cpuload as _cpuload  # noqa: F401  (starts the CPU-load sample, see there)
+from catnet.runtime import cpuload as _cpuload  # noqa: F401  (starts the CPU-load sample, see there)
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "evaluate", "load_model", "predict", "train"]
 
 _LAZY = {
-    "train": "catnet.training",
-    "evaluate": "catnet.evaluation",
-    "predict": "catnet.prediction",
-    "load_model": "catnet.prediction",
+    "train": "catnet.training.loop",
+    "evaluate": "catnet.inference.evaluation",
+    "predict": "catnet.inference.prediction",
+    "load_model": "catnet.inference.prediction",
 }
 
 

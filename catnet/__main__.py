@@ -1,3 +1,3 @@
-from catnet.cli import main
+from catnet.cli.main import main
 
 main()

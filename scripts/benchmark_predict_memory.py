@@ -32,11 +32,11 @@ def write_files(folder: Path, n: int) -> None:
 
 
 def untrained_checkpoint(path: Path) -> Path:
-    from catnet.augment import MEAN, STD
-    from catnet.cache import cache_size_for
-    from catnet.checkpoint import make_checkpoint, save_checkpoint
     from catnet.config import TrainConfig
-    from catnet.models import architecture_from_config, build_model
+    from catnet.data.augment import MEAN, STD
+    from catnet.data.cache import cache_size_for
+    from catnet.models.checkpoint import make_checkpoint, save_checkpoint
+    from catnet.models.networks import architecture_from_config, build_model
 
     cfg = TrainConfig(image_size=64)
     arch = architecture_from_config(cfg, 64)

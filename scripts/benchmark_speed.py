@@ -24,16 +24,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from catnet.augment import MEAN, STD
-from catnet.cache import cache_size_for, load_pixels
-from catnet.compute import Compute, select_compute, setup_threads
 from catnet.config import PredictConfig, TrainConfig
-from catnet.data import decode_square, list_files, scan_dataset
-from catnet.decoding import cpu_workers
-from catnet.models import CNN, fuse_for_inference
-from catnet.schedule import EarlyStopping
-from catnet.training import build_optimizer, train_one_epoch
-from catnet.trainstate import PreparedData, TrainState, eval_size_for
+from catnet.data.augment import MEAN, STD
+from catnet.data.cache import cache_size_for, load_pixels
+from catnet.data.decoding import cpu_workers
+from catnet.data.folders import list_files, scan_dataset
+from catnet.data.pixels import decode_square
+from catnet.models.networks import CNN, fuse_for_inference
+from catnet.runtime.compute import Compute, select_compute, setup_threads
+from catnet.training.loop import build_optimizer, train_one_epoch
+from catnet.training.schedule import EarlyStopping
+from catnet.training.state import PreparedData, TrainState, eval_size_for
 
 
 def baseline_epoch_seconds(data: Path, cfg: TrainConfig, epochs: int = 2) -> float:
@@ -263,8 +264,8 @@ def main() -> None:
 
 def _tiny_checkpoint(data: Path, cfg: TrainConfig, tmp: Path) -> Path:
     """A checkpoint of the benchmarked architecture (weights untrained: speed does not care)."""
-    from catnet.checkpoint import make_checkpoint, save_checkpoint
-    from catnet.models import architecture_from_config
+    from catnet.models.checkpoint import make_checkpoint, save_checkpoint
+    from catnet.models.networks import architecture_from_config
 
     model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout)
     payload = make_checkpoint(

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
     from catnet.config import TrainConfig
-    from catnet.training import TrainResult
+    from catnet.training.loop import TrainResult
 
 REPO = Path(__file__).resolve().parents[1]
 POSITIVE_WORDS = ("cat", "cats", "kitties", "kitty")
@@ -167,7 +167,7 @@ class TrainedRun:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     """One tiny CNN trained for 2 epochs, shared by the whole session. Treat it as read-only."""
-    from catnet.training import train
+    from catnet.training.loop import train
 
     base = tmp_path_factory.mktemp("trained")
     data = make_dataset(base / "data", n_per_class=12, size=24)

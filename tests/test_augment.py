@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from catnet.augment import cutmix
 from catnet.config import TrainConfig
-from catnet.training import train
+from catnet.data.augment import cutmix
+from catnet.training.loop import train
 
 
 def two_colour_batch() -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,7 +28,7 @@ import pytest
 from conftest import draw_picture, make_dataset
 from PIL import Image, ImageDraw
 
-from catnet.data import decode_square
+from catnet.data.pixels import decode_square
 from catnet.errors import DecodeError
 
 NON_UTF8_NAME = b"caf\xe9.jpg"  # Latin-1 é: not valid UTF-8

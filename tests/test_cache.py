@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import catnet.decoding
-from catnet.cache import (
+import catnet.data.decoding
+from catnet.data.cache import (
     CACHE_VERSION,
     PixelTable,
     cache_size_for,
@@ -31,13 +31,13 @@ class DecodeSpy:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.paths: list[str] = []
-        real = catnet.decoding._decode_task
+        real = catnet.data.decoding._decode_task
 
         def spy(task: tuple[str, int, int]) -> bytes | str:
             self.paths.append(task[0])
             return real(task)
 
-        monkeypatch.setattr(catnet.decoding, "_decode_task", spy)
+        monkeypatch.setattr(catnet.data.decoding, "_decode_task", spy)
 
     def take(self) -> list[str]:
         out, self.paths = self.paths, []

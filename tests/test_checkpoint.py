@@ -12,15 +12,15 @@ import torch
 from conftest import TrainedRun
 
 import catnet
-from catnet.checkpoint import (
+from catnet.errors import CatnetError
+from catnet.models.checkpoint import (
     FORMAT_VERSION,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
     weights_checksum,
 )
-from catnet.errors import CatnetError
-from catnet.models import CNN, MLP, build_model
+from catnet.models.networks import CNN, MLP, build_model
 
 REQUIRED = (
     "arch",

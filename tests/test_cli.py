@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from catnet.cli import app
-from catnet.runs import read_metrics
+from catnet.training.runs import read_metrics
 
 MakeDataset = Callable[..., Path]
 PREDICT_COLUMNS = ["path", "label", "p_cat", "error"]

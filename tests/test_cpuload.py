@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from catnet import cpuload
+from catnet.runtime import cpuload
 
 
 def test_own_cpu_time_is_not_counted_as_load(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Finding, labelling, splitting and decoding pictures (catnet.data)."""
+"""Finding, labelling, splitting and decoding pictures (catnet.data.folders)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from conftest import write_class
 from PIL import Image
 
-from catnet.data import decode_square, list_files, scan_dataset, to_rgb
+from catnet.data.folders import list_files, scan_dataset
+from catnet.data.pixels import decode_square, to_rgb
 from catnet.errors import CatnetError, DecodeError
 
 MakeDataset = Callable[..., Path]

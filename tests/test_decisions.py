@@ -63,8 +63,8 @@ class SynthRun:
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> SynthRun:
-    from catnet.synthetic import generate_dataset, generate_unlabeled
-    from catnet.training import train
+    from catnet.demo.synthetic import generate_dataset, generate_unlabeled
+    from catnet.training.loop import train
 
     base = tmp_path_factory.mktemp("synth")
     generate_dataset(base / "data", n_per_class=60, size=32, seed=0)
@@ -128,7 +128,7 @@ def test_evaluate_json_on_a_not_cat_only_folder(synth: SynthRun, tmp_path: Path)
 def test_pick_threshold_f1_saves_a_checkpoint_that_predict_uses(
     synth: SynthRun, tmp_path: Path
 ) -> None:
-    from catnet.checkpoint import load_checkpoint
+    from catnet.models.checkpoint import load_checkpoint
 
     plain = strict_json(invoke("evaluate", synth.best, synth.fresh, "--json").stdout)
     new = tmp_path / "f1.pt"
@@ -216,7 +216,7 @@ def test_pick_threshold_needs_save_to(synth: SynthRun) -> None:
 
 def test_unsure_band_in_evaluate_and_predict(synth: SynthRun) -> None:
     from catnet.config import EvaluateConfig
-    from catnet.evaluation import evaluate
+    from catnet.inference.evaluation import evaluate
 
     result = invoke("evaluate", synth.best, synth.fresh, "--unsure", "0.3,0.7", "--json")
     assert result.exit_code == 0, result.output
@@ -496,7 +496,7 @@ def p_cats(checkpoint: Path, folder: Path, *options: str) -> dict[str, float]:
 
 
 def test_tta_switches_in_predict_and_evaluate(synth: SynthRun, tmp_path: Path) -> None:
-    from catnet.checkpoint import load_checkpoint, save_checkpoint
+    from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 
     assert torch.load(synth.best, weights_only=True)["tta"] is True
     with_tta = p_cats(synth.best, synth.pics, "--tta")

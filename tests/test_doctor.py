@@ -15,10 +15,11 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from catnet.data import decode_square, list_files
-from catnet.doctor import check_dataset, fix_dataset, print_check, undo_fix
+from catnet.curation.check import check_dataset, fix_dataset, print_check, undo_fix
+from catnet.curation.fingerprints import dhash, near_pairs
+from catnet.data.folders import list_files
+from catnet.data.pixels import decode_square
 from catnet.errors import CatnetError, DecodeError
-from catnet.phash import dhash, near_pairs
 
 NON_UTF8 = b"caf\xe9.png"  # Latin-1 é: not valid UTF-8
 NON_UTF8_BAD = b"bad\xff.jpg"

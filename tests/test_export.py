@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from catnet.data import list_files
-from catnet.export import export, picture_batch, run_export
-from catnet.prediction import load_model
+from catnet.data.folders import list_files
+from catnet.inference.prediction import load_model
+from catnet.models.export import export, picture_batch, run_export
 
 
 def test_torchscript_matches_pytorch_and_carries_metadata(trained, tmp_path: Path) -> None:

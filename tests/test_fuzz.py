@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from catnet.data import decode_square
+from catnet.data.pixels import decode_square
 from catnet.errors import DecodeError
 
 MAGIC = [

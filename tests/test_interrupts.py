@@ -57,7 +57,7 @@ def epochs_in(run: Path) -> list[int]:
 
 def assert_complete_checkpoints(run: Path) -> None:
     """Every checkpoint present loads safely and passes its checksum."""
-    from catnet.checkpoint import load_checkpoint
+    from catnet.models.checkpoint import load_checkpoint
 
     for name in ("best.pt", "last.pt"):
         if (run / name).exists():
@@ -119,7 +119,7 @@ def test_sigkill_leaves_complete_checkpoints_and_resumes(
     proc.kill()
     proc.communicate()
     assert_complete_checkpoints(run)
-    from catnet.checkpoint import load_checkpoint
+    from catnet.models.checkpoint import load_checkpoint
 
     saved = load_checkpoint(run / "last.pt")["epoch"]
     resume_until(run, saved + 1, env)

@@ -74,7 +74,7 @@ class MlpRun:
 @pytest.fixture(scope="module")
 def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> MlpRun:
     """A 2-hidden-layer MLP (16 and 8 tanh neurons) trained for one epoch."""
-    from catnet.training import train
+    from catnet.training.loop import train
 
     base = tmp_path_factory.mktemp("mlp")
     data = make_dataset(base / "data", n_per_class=8, size=24)
@@ -89,7 +89,7 @@ def mlp_run(tmp_path_factory: pytest.TempPathFactory) -> MlpRun:
 def check_info(info: dict, checkpoint: Path) -> None:
     """What every `catnet info --json` must say, whatever the model."""
     import catnet
-    from catnet.models import count_parameters
+    from catnet.models.networks import count_parameters
 
     model = catnet.load_model(checkpoint)
     total = count_parameters(model.module)
@@ -264,7 +264,7 @@ def odd_cat(seed: int, size: int = 24) -> Image.Image:
 
 def held_out_accuracy(checkpoint: Path, folder: Path) -> float:
     from catnet.config import EvaluateConfig
-    from catnet.evaluation import evaluate
+    from catnet.inference.evaluation import evaluate
 
     return float(evaluate(checkpoint, folder, EvaluateConfig(workers=1)).metrics["accuracy"])
 
@@ -282,8 +282,8 @@ def learn_from_mistakes(tmp_path: Path, seed: int) -> tuple[list[str], float, fl
     model learnt the wrong tags, correct them, finetune 10 epochs (corrections weighted x4).
     Returns the finetuned model's labels for the odd pictures and held-out accuracy before
     and after."""
-    from catnet.corrections import correct
-    from catnet.training import finetune, train
+    from catnet.curation.corrections import correct
+    from catnet.training.loop import finetune, train
 
     data = tmp_path / "data"
     write_class(data / "cats", "cats", 16, 24)
@@ -379,7 +379,7 @@ class FakeResult:
 def test_tune_keeps_to_its_time_budget(
     make_dataset: MakeDataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import catnet.tune
+    import catnet.training.tune
     from catnet.config import TrainConfig
 
     budgets: list[float] = []
@@ -391,9 +391,9 @@ def test_tune_keeps_to_its_time_budget(
                    "majority_accuracy": 0.5}  # fmt: skip
         return FakeResult(metrics, cfg.time_budget)
 
-    monkeypatch.setattr(catnet.tune, "train", fake_train)
+    monkeypatch.setattr(catnet.training.tune, "train", fake_train)
     base = TrainConfig(data=str(make_dataset(tmp_path / "data", n_per_class=2)), model="mlp")
-    summary = catnet.tune.tune(base, 20.0, tmp_path / "tune")
+    summary = catnet.training.tune.tune(base, 20.0, tmp_path / "tune")
     assert len(budgets) == len(summary["rows"]) == 10
     assert sum(budgets) <= 20.0 + 1e-6, budgets
 
@@ -415,7 +415,7 @@ def test_tune_keeps_to_its_time_budget(
 def test_tune_verdict(
     train_acc: float, val_acc: float, best_val: float, majority: float, expected: str
 ) -> None:
-    from catnet.tune import verdict
+    from catnet.training.tune import verdict
 
     assert verdict(train_acc, val_acc, best_val, majority) == expected
 
@@ -424,7 +424,7 @@ def test_tune_verdict(
 def test_tune_verdict_a_big_gap_is_always_overfit(
     train_acc: float, gap: float, majority: float
 ) -> None:
-    from catnet.tune import verdict
+    from catnet.training.tune import verdict
 
     val_acc = train_acc - gap
     assert verdict(train_acc, val_acc, max(val_acc, 0.0), majority) == "overfit"
@@ -463,7 +463,7 @@ def test_finetune_cli_starts_from_the_checkpoint(trained: TrainedRun, tmp_path: 
     assert proc.returncode == 0, proc.stderr
     assert (out / "best.pt").is_file() and (out / "curves.png").is_file()
     assert "next:" in proc.stderr
-    from catnet.checkpoint import load_checkpoint
+    from catnet.models.checkpoint import load_checkpoint
 
     payload = load_checkpoint(out / "best.pt")
     original = load_checkpoint(trained.best)

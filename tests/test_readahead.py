@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import TrainedRun, write_class
 
-from catnet import cpuload, readahead
 from catnet.config import PredictConfig
-from catnet.data import list_files
-from catnet.decoding import Decoder, _decode_task, cpu_workers
-from catnet.outputs import Prediction
-from catnet.prediction import load_model, predict
-from catnet.readahead import DecodeAhead, peek_decode_size, start_early
+from catnet.data.decoding import Decoder, _decode_task, cpu_workers
+from catnet.data.folders import list_files
+from catnet.inference.outputs import Prediction
+from catnet.inference.prediction import load_model, predict
+from catnet.inference.readahead import DecodeAhead, peek_decode_size, start_early
+from catnet.runtime import cpuload, readahead
 
 
 def test_peek_reads_the_decode_size_of_a_real_checkpoint(trained: TrainedRun) -> None:

@@ -14,10 +14,10 @@ import pytest
 import torch
 from PIL import Image
 
-from catnet.data import Sample
-from catnet.evaluation import EvaluationResult
-from catnet.metrics import binary_metrics
-from catnet.report import CSV_COLUMNS, find_mistakes, write_report
+from catnet.data.folders import Sample
+from catnet.inference.evaluation import EvaluationResult
+from catnet.inference.metrics import binary_metrics
+from catnet.inference.report import CSV_COLUMNS, find_mistakes, write_report
 
 TEMPERATURE = 2.0
 # (class folder, file name, p(cat)): three false positives, two false negatives, four right.
@@ -110,14 +110,14 @@ def test_mistakes_csv_most_confident_first(report: Path) -> None:
 
 
 def test_csv_starts_with_predict_output_columns() -> None:
-    from catnet.outputs import RowWriter
+    from catnet.inference.outputs import RowWriter
 
     assert CSV_COLUMNS[: len(RowWriter.COLUMNS)] == RowWriter.COLUMNS
 
 
 def test_csv_feeds_catnet_correct(tmp_path: Path) -> None:
     """Edit `label` to the truth, feed the file back: only the rows that need it move."""
-    from catnet.corrections import correct_from_file
+    from catnet.curation.corrections import correct_from_file
 
     write_report(make_result(tmp_path, PICTURES), tmp_path / "report")
     rows = read_csv(tmp_path / "report" / "mistakes.csv")

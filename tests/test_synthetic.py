@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from catnet.synthetic import CLASSES, draw_image, generate_dataset, generate_unlabeled
+from catnet.demo.synthetic import CLASSES, draw_image, generate_dataset, generate_unlabeled
 
 
 def _bytes_by_name(root: Path) -> dict[str, bytes]:
@@ -105,6 +105,6 @@ def test_generate_unlabeled_returns_paths_and_true_kinds(tmp_path: Path) -> None
 
 
 def test_generator_does_not_import_torch() -> None:
-    code = "import sys, catnet.synthetic; sys.exit('torch' in sys.modules)"
+    code = "import sys, catnet.demo.synthetic; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -15,14 +15,14 @@ import torch
 from conftest import TrainedRun, single_thread, write_class
 from PIL import Image
 
-import catnet.training
-from catnet.checkpoint import load_checkpoint
+import catnet.training.loop
 from catnet.config import TrainConfig, from_dict, read_toml
 from catnet.errors import CatnetError
-from catnet.runs import METRIC_COLUMNS, read_metrics
-from catnet.schedule import EarlyStopping, epochs_that_fit, lr_factor
-from catnet.training import TrainCallbacks, train
-from catnet.trainstate import auto_image_size, resume_config
+from catnet.models.checkpoint import load_checkpoint
+from catnet.training.loop import TrainCallbacks, train
+from catnet.training.runs import METRIC_COLUMNS, read_metrics
+from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
+from catnet.training.state import auto_image_size, resume_config
 
 MakeDataset = Callable[..., Path]
 TinyConfig = Callable[..., TrainConfig]
@@ -196,12 +196,12 @@ def test_nan_loss_is_a_clear_error(
     tiny_config: TinyConfig,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = catnet.training.bce_loss
+    real = catnet.training.loop.bce_loss
 
     def poisoned(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> Any:
         return real(logits, labels, smoothing) * float("nan")
 
-    monkeypatch.setattr(catnet.training, "bce_loss", poisoned)
+    monkeypatch.setattr(catnet.training.loop, "bce_loss", poisoned)
     data = make_dataset(tmp_path / "d", n_per_class=4, size=16)
     with pytest.raises(CatnetError, match="diverged") as info:
         train(tiny_config(data, tmp_path / "run", tmp_path / "c", image_size=16))
@@ -231,7 +231,7 @@ def test_callbacks_are_called(
 
 
 def test_auto_image_size(tmp_path: Path) -> None:
-    from catnet.data import Sample
+    from catnet.data.folders import Sample
 
     samples = []
     for i, (w, h) in enumerate([(100, 60), (120, 64), (90, 70)]):

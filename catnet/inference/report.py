@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 
-from catnet.calibration import expected_calibration_error
-from catnet.data import Sample, decode_square
-from catnet.metrics import pr_curve, roc_curve
+from catnet.data.folders import Sample
+from catnet.data.pixels import decode_square
+from catnet.inference.calibration import expected_calibration_error
+from catnet.inference.metrics import pr_curve, roc_curve
 
 if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads its result
     from matplotlib.figure import Figure
 
-    from catnet.evaluation import EvaluationResult
+    from catnet.inference.evaluation import EvaluationResult
 
 BINS = 15  # expected_calibration_error's default, so the diagram shows what the ECE measures
 THUMB = 128

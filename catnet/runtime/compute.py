@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from catnet.augment import MEAN, STD, prepare_eval
-from catnet.cpuload import idle_cpus
+from catnet.data.augment import MEAN, STD, prepare_eval
 from catnet.errors import CatnetError
+from catnet.runtime.cpuload import idle_cpus
 
 
 @dataclass

@@ -11,15 +11,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from catnet.calibration import fit_temperature
-from catnet.checkpoint import load_checkpoint, save_checkpoint
-from catnet.compute import Compute, predict_logits
 from catnet.config import TrainConfig
-from catnet.diagnosis import diagnose
-from catnet.metrics import binary_metrics
-from catnet.models import build_model, count_parameters
-from catnet.training import TrainResult, evaluate_split
-from catnet.trainstate import PreparedData, TrainState
+from catnet.inference.calibration import fit_temperature
+from catnet.inference.metrics import binary_metrics
+from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+from catnet.models.networks import build_model, count_parameters
+from catnet.runtime.compute import Compute, predict_logits
+from catnet.training.diagnosis import diagnose
+from catnet.training.results import TrainResult, evaluate_split
+from catnet.training.state import PreparedData, TrainState
 
 
 def clean_train_accuracy(
@@ -78,7 +78,7 @@ def finalize_run(
         max(share, 1 - share),
     )
     try:
-        from catnet.plots import plot_curves
+        from catnet.training.plots import plot_curves
 
         plot_curves(state.history, state.stopper.best_epoch, run_dir / "curves.png")
     except ImportError:  # matplotlib missing: the run is still complete without the picture

@@ -7,8 +7,8 @@ from typing import Any
 
 from torch import nn
 
-from catnet.checkpoint import load_checkpoint
-from catnet.models import CNN, MLP, build_model, count_parameters
+from catnet.models.checkpoint import load_checkpoint
+from catnet.models.networks import CNN, MLP, build_model, count_parameters
 
 REGULARIZERS = (
     "weight_decay",

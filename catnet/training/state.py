@@ -15,16 +15,16 @@ import torch
 from PIL import Image
 from torch import nn
 
-from catnet.augment import MEAN, STD
-from catnet.cache import cache_size_for, default_cache_root, load_pixels
-from catnet.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
-from catnet.compute import Compute
 from catnet.config import TrainConfig, from_dict, save_config
-from catnet.corrections import corrected_paths
-from catnet.data import Dataset, Sample, scan_dataset
+from catnet.curation.corrections import corrected_paths
+from catnet.data.augment import MEAN, STD
+from catnet.data.cache import cache_size_for, default_cache_root, load_pixels
+from catnet.data.folders import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
-from catnet.runs import write_skipped
-from catnet.schedule import EarlyStopping
+from catnet.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from catnet.runtime.compute import Compute
+from catnet.training.runs import write_skipped
+from catnet.training.schedule import EarlyStopping
 
 
 @dataclass
@@ -228,7 +228,7 @@ def save_run_checkpoints(
     """last.pt every epoch (with the state to resume); best.pt when validation improved.
     With an EMA of the weights, the average is the model (state_dict) and the raw weights are
     kept in last.pt's train_weights to resume from."""
-    from catnet.models import architecture_from_config
+    from catnet.models.networks import architecture_from_config
 
     fields = {
         "arch": architecture_from_config(cfg, data.image_size),

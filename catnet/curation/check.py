@@ -15,9 +15,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catnet.data import SPLIT_NAMES, printable, scan_dataset
+from catnet.curation.fingerprints import Progress, fingerprint_files, groups_from_pairs, near_pairs
+from catnet.data.folders import SPLIT_NAMES, printable, scan_dataset
 from catnet.errors import EXIT_SOME_FAILED, CatnetError
-from catnet.phash import Progress, fingerprint_files, groups_from_pairs, near_pairs
 
 if TYPE_CHECKING:
     from rich.console import Console

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
-from catnet.data import decode_square
+from catnet.data.pixels import decode_square
 from catnet.errors import DecodeError
 
 Task = tuple[str, int, int]  # (path, decoded size in px, largest picture in pixels)

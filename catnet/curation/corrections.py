@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from catnet.data import POSITIVE_NAMES, is_hidden, list_files
+from catnet.data.folders import POSITIVE_NAMES, is_hidden, list_files
 from catnet.errors import CatnetError
 
 LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")

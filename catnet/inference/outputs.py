@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from catnet.data import IMAGE_SUFFIXES, iter_files
+from catnet.data.folders import IMAGE_SUFFIXES, iter_files
 
 
 @dataclass

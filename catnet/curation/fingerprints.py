@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from catnet.data import reason_for, to_rgb
+from catnet.data.pixels import reason_for, to_rgb
 from catnet.errors import DecodeError
 
 HASH_BITS = 64
@@ -159,7 +159,7 @@ def fingerprint_files(
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    from catnet.decoding import cpu_workers
+    from catnet.data.decoding import cpu_workers
     from catnet.errors import CatnetError
 
     n_workers = min(cpu_workers(workers), max(1, len(paths) // CHUNK))

@@ -1,5 +1,5 @@
 """CLI commands beyond train/evaluate/predict: the learning loop (correct, finetune, tune), a
-look inside (info), the dataset doctor (check) and export. Same rules as cli.py: parse options,
+look inside (info), the dataset doctor (check) and export. Same rules as commands.py: parse options,
 call the library, show the result."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from catnet.cli import app, console, friendly_errors, stdout
+from catnet.cli.app import app, console, friendly_errors, stdout
 from catnet.errors import EXIT_SOME_FAILED, CatnetError
 
 
@@ -24,8 +24,8 @@ def correct(
     ),
 ) -> None:
     """Record corrections: put pictures in the right class folder and log them."""
-    from catnet.corrections import correct as run_correct
-    from catnet.corrections import correct_from_file
+    from catnet.curation.corrections import correct as run_correct
+    from catnet.curation.corrections import correct_from_file
 
     if from_file:
         done = correct_from_file(data, from_file)
@@ -48,8 +48,8 @@ def finetune(
     out: str = typer.Option("", help="Run folder [default: runs/<timestamp>]."),
 ) -> None:
     """Continue training on corrected data, corrected pictures weighted up; writes a new run."""
-    from catnet.training import finetune as run_finetune
-    from catnet.ui import RichTrainCallbacks, print_train_summary
+    from catnet.cli.render import RichTrainCallbacks, print_train_summary
+    from catnet.training.loop import finetune as run_finetune
 
     callbacks = RichTrainCallbacks(console)
     with callbacks.progress:
@@ -67,9 +67,9 @@ def tune(
     config: Path | None = typer.Option(None, "--config", "-c", help="Base settings (TOML)."),
 ) -> None:
     """Find the right network size: train a range of sizes, keep the better half, repeat."""
+    from catnet.cli.render import print_tune
     from catnet.config import TrainConfig, load_config
-    from catnet.tune import tune as run_tune
-    from catnet.ui import print_tune
+    from catnet.training.tune import tune as run_tune
 
     base = load_config(TrainConfig, config, {"data": str(data), "model": model})
     console.print(f"searching {model} sizes for {time_budget:.0f} s (successive halving)")
@@ -91,8 +91,8 @@ def export(
     """Export the network (ONNX or TorchScript) with preprocessing in its metadata."""
     from itertools import islice
 
-    from catnet.export import export as run_export
-    from catnet.outputs import expand_inputs
+    from catnet.inference.outputs import expand_inputs
+    from catnet.models.export import export as run_export
 
     pictures = list(islice(expand_inputs(check), 64)) if check else None
     result = run_export(checkpoint, format, out, pictures)
@@ -112,8 +112,8 @@ def info(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """See inside a checkpoint: layers and neurons, input, data, regularizers, metrics."""
-    from catnet.info import describe
-    from catnet.ui import print_info
+    from catnet.cli.render import print_info
+    from catnet.models.info import describe
 
     details = describe(checkpoint)
     if as_json:
@@ -142,8 +142,8 @@ def check(
 
     from rich.progress import Progress
 
-    from catnet.data import printable
-    from catnet.doctor import check_dataset, fix_dataset, print_check, undo_fix
+    from catnet.curation.check import check_dataset, fix_dataset, print_check, undo_fix
+    from catnet.data.folders import printable
 
     if fix and undo:
         raise CatnetError("--fix and --undo cannot be used together")

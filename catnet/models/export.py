@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from catnet.errors import CatnetError
-from catnet.prediction import CatnetModel, load_model
+from catnet.inference.prediction import CatnetModel, load_model
 
 
 def metadata(model: CatnetModel) -> dict[str, str]:
@@ -121,8 +121,8 @@ def check_equivalence(
 
 def picture_batch(model: CatnetModel, paths: list[Path]) -> torch.Tensor:
     """Normalised (B, 3, S, S) float pixels of real pictures, exactly as predict prepares them."""
-    from catnet.augment import prepare_eval
-    from catnet.data import decode_square
+    from catnet.data.augment import prepare_eval
+    from catnet.data.pixels import decode_square
 
     pixels = torch.from_numpy(np.stack([decode_square(p, model.decode_size) for p in paths]))
     return prepare_eval(pixels, model.image_size, model.mean, model.std).contiguous().float()

@@ -1,15 +1,12 @@
-"""The explicit training loop: train_one_epoch and evaluate_split return metric dicts; `train`
-ties them to data, checkpoints, early stopping and the time budget."""
+"""The explicit training loop: train_one_epoch returns a metric dict; `train` ties it to data,
+checkpoints, early stopping, the time budget and the end of the run (finalize)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -17,51 +14,27 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from catnet.augment import AugmentSettings, augment, cutmix, prepare_eval
-from catnet.compute import (
+from catnet.config import TrainConfig
+from catnet.data.augment import AugmentSettings, augment, cutmix, prepare_eval
+from catnet.errors import CatnetError
+from catnet.runtime.compute import (
     Compute,
     batches_of,
-    predict_logits,
     seed_everything,
     select_compute,
     setup_threads,
 )
-from catnet.config import TrainConfig
-from catnet.errors import CatnetError
-from catnet.runs import new_run_dir, write_metrics
-from catnet.schedule import EarlyStopping, epochs_that_fit, lr_factor
-from catnet.trainstate import (
+from catnet.training.finalize import finalize_run
+from catnet.training.results import TrainCallbacks, TrainResult, evaluate_split
+from catnet.training.runs import new_run_dir, write_metrics
+from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
+from catnet.training.state import (
     PreparedData,
     TrainState,
     prepare_data,
     restore_state,
     save_run_checkpoints,
 )
-
-
-class TrainCallbacks:
-    """Hooks for progress display; the CLI subclasses this with Rich, tests use it as is."""
-
-    def on_message(self, text: str) -> None: ...
-    def on_decode(self, done: int, total: int) -> None: ...
-    def on_epoch_start(self, epoch: int, planned_epochs: int, steps: int) -> None: ...
-    def on_batch(self, step: int, steps: int, loss: float) -> None: ...
-    def on_epoch_end(self, row: dict[str, Any]) -> None: ...
-
-
-@dataclass
-class TrainResult:
-    run_dir: Path
-    best_checkpoint: Path
-    last_checkpoint: Path
-    best_epoch: int
-    epochs_run: int
-    metrics: dict[str, Any]  # final validation metrics of the best checkpoint
-    history: list[dict[str, Any]]
-    skipped: int
-    stop_reason: str
-    seconds: float
-    diagnosis: dict[str, str] = field(default_factory=dict)
 
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
@@ -127,19 +100,6 @@ def train_one_epoch(
         if on_batch:
             on_batch(i + 1, steps, loss_sum / seen)
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1), "lr": lr}
-
-
-def evaluate_split(
-    model: nn.Module, data: PreparedData, compute: Compute, batch_size: int, tta: bool
-) -> dict[str, Any]:
-    """Validation loss, accuracy and the raw logits (for calibration) on the held-out pictures."""
-    logits = predict_logits(
-        model, data.pixels, data.val_slots, data.eval_size, compute, batch_size, tta
-    )
-    labels = torch.from_numpy(data.val_labels)
-    loss = F.binary_cross_entropy_with_logits(logits, labels.float()).item()
-    acc = float(((logits > 0).long() == labels).float().mean())
-    return {"val_loss": loss, "val_acc": acc, "logits": logits}
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -233,8 +193,6 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         _plan(cfg, state, started, state.epoch_seconds, steps)
         if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
             stop_reason = f"time budget of {cfg.time_budget:g} s reached"
-    from catnet.finalize import finalize_run
-
     result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message)
     result.stop_reason = stop_reason
     return result
@@ -267,21 +225,17 @@ class BatchClock:
 
 
 def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
-    from catnet.models import architecture_from_config, build_model
+    from catnet.models.networks import architecture_from_config, build_model
 
     model = build_model(architecture_from_config(cfg, data.image_size))
     if cfg.init_from:  # fine-tuning: start from a trained network of the same architecture
-        from catnet.checkpoint import load_checkpoint
+        from catnet.models.checkpoint import load_checkpoint
 
         payload = load_checkpoint(cfg.init_from)
         if payload["arch"] != architecture_from_config(cfg, data.image_size):
             raise CatnetError(f"{cfg.init_from} has another architecture than this config")
         model.load_state_dict(payload["state_dict"])
     return model.to(compute.device, memory_format=torch.channels_last)
-
-
-def config_dict(cfg: TrainConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def finetune(
@@ -293,8 +247,8 @@ def finetune(
 ) -> TrainResult:
     """Continue training a checkpoint on (corrected) data: same architecture and recipe, a
     third of the learning rate, corrected pictures weighted up."""
-    from catnet.checkpoint import load_checkpoint
     from catnet.config import from_dict
+    from catnet.models.checkpoint import load_checkpoint
 
     payload = load_checkpoint(checkpoint)
     values = dict(payload.get("train_config", {}))

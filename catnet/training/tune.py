@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from catnet.config import TrainConfig, save_config
-from catnet.training import TrainCallbacks, train
+from catnet.training.loop import TrainCallbacks, train
 
 CNN_SIZES = [(8, 2), (16, 2), (16, 3), (32, 3), (64, 3), (64, 4)]  # (width, depth)
 MLP_SIZES = [[16], [64], [256], [512, 128], [2048, 512], [4096, 1024, 256]]

@@ -1,78 +1,28 @@
-"""The command line: parse options, call library functions, show results with Rich.
+"""The main job: train, evaluate, predict, and the offline demo; the cache commands.
 
-Heavy modules (torch, the library) are imported inside the commands, so `catnet --help` and
-argument errors answer in a fraction of a second.
+Each command parses options and calls the library; heavy modules (torch, the library) are
+imported inside the commands, so `catnet --help` and argument errors answer in a fraction of a
+second.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
-import os
-import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
-from catnet.errors import EXIT_INTERRUPTED, EXIT_SOME_FAILED, CatnetError
-
-app = typer.Typer(
-    help="Teach a neural network to tell cat pictures from everything else.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from catnet.cli.app import (
+    _csv_ints,
+    _unsure_range,
+    app,
+    cache_app,
+    console,
+    friendly_errors,
+    json_safe,
+    stdout,
 )
-cache_app = typer.Typer(help="Manage the decoded-picture cache.", no_args_is_help=True)
-app.add_typer(cache_app, name="cache")
-# soft_wrap: long paths stay on one line when the output goes to a pipe or a file.
-console = Console(stderr=True, soft_wrap=True)  # progress and messages; stdout is for results
-stdout = Console(soft_wrap=True)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def friendly_errors(func: F) -> F:
-    """A user's mistake becomes one red line and an exit code, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except CatnetError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
-            if exc.hint:
-                console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def json_safe(value: Any) -> Any:
-    """NaN (e.g. ROC-AUC of a one-class folder) becomes null: strict JSON has no NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [json_safe(v) for v in value]
-    return value
-
-
-def _csv_ints(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CatnetError(
-            f"--hidden takes comma-separated layer widths like 512,128, not {text!r}"
-        ) from None
+from catnet.errors import EXIT_SOME_FAILED, CatnetError
 
 
 @app.command()
@@ -147,26 +97,14 @@ def train(
         "precision": precision, "device": device, "cache": cache,
     }  # fmt: skip
     if resume:
-        from catnet.trainstate import resume_config
+        from catnet.training.state import resume_config
 
         cfg = resume_config(str(resume), overrides)
     else:
         cfg = load_config(TrainConfig, config, overrides)
-    from catnet.ui import run_training
+    from catnet.cli.render import run_training
 
     run_training(cfg, console, out)
-
-
-def _unsure_range(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        low, high = (float(x) for x in text.split(","))
-    except ValueError:
-        raise CatnetError(f"--unsure takes LOW,HIGH such as 0.3,0.7, not {text!r}") from None
-    if not 0 <= low <= high <= 1:
-        raise CatnetError(f"--unsure needs 0 <= LOW <= HIGH <= 1, got {text}")
-    return [low, high]
 
 
 @app.command()
@@ -195,14 +133,14 @@ def evaluate(
     report: Path | None = typer.Option(None, help="Write DIR/index.html and DIR/mistakes.csv."),
 ) -> None:
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
+    from catnet.cli.render import print_evaluation
     from catnet.config import EvaluateConfig, load_config
-    from catnet.evaluation import evaluate as run_evaluate
-    from catnet.ui import print_evaluation
+    from catnet.inference.evaluation import evaluate as run_evaluate
 
     if pick_threshold and not save_to:
         raise CatnetError("--pick-threshold needs --save-to PATH for the new checkpoint")
     if pick_threshold:
-        from catnet.metrics import parse_threshold_rule
+        from catnet.inference.metrics import parse_threshold_rule
 
         try:  # before the evaluation, not after it
             parse_threshold_rule(pick_threshold)
@@ -212,7 +150,7 @@ def evaluate(
     cfg = load_config(EvaluateConfig, None, {**values, "unsure": _unsure_range(unsure)})
     result = run_evaluate(checkpoint, data, cfg)
     if pick_threshold and save_to:
-        from catnet.evaluation import save_with_threshold
+        from catnet.inference.evaluation import save_with_threshold
 
         picked = save_with_threshold(checkpoint, result, pick_threshold, save_to)
         result.metrics["picked_threshold"] = picked
@@ -222,7 +160,7 @@ def evaluate(
             highlight=False,
         )
     if report:
-        from catnet.report import write_report
+        from catnet.inference.report import write_report
 
         console.print(f"report: {write_report(result, report)}", highlight=False)
     if as_json:
@@ -261,8 +199,8 @@ def predict(
     ),
 ) -> None:
     """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
+    from catnet.cli.predict_view import run_prediction
     from catnet.config import PredictConfig, load_config
-    from catnet.ui_predict import run_prediction
 
     cfg = load_config(
         PredictConfig, None, {"threshold": threshold, "tta": tta, "batch_size": batch_size}
@@ -288,7 +226,7 @@ def demo(
     time_budget: float = typer.Option(60.0, help="Seconds for training the CNN."),
 ) -> None:
     """Offline demo: draw a synthetic dataset, train, evaluate and predict, all in ~2 minutes."""
-    from catnet.ui import run_demo
+    from catnet.cli.render import run_demo
 
     run_demo(out, time_budget, console, stdout)
 
@@ -297,7 +235,7 @@ def demo(
 @friendly_errors
 def cache_clear() -> None:
     """Delete every cached picture."""
-    from catnet.cache import clear_cache
+    from catnet.data.cache import clear_cache
 
     root, freed = clear_cache()
     console.print(f"removed {root} ({freed / 1e6:.1f} MB)")
@@ -307,43 +245,7 @@ def cache_clear() -> None:
 @friendly_errors
 def cache_info() -> None:
     """Where the cache is and how big."""
-    from catnet.cache import cache_usage
+    from catnet.data.cache import cache_usage
 
     root, size, pictures = cache_usage()
     stdout.print(f"{root}: {pictures} pictures, {size / 1e6:.1f} MB")
-
-
-# The learning-loop and tool commands (correct, finetune, tune, info, check, export) register
-# themselves on `app` when imported.
-from catnet import cli_tools  # noqa: E402, F401
-
-
-def main() -> None:
-    """The `catnet` entry point (not used by in-process tests, which call `app`)."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        _exit(EXIT_INTERRUPTED)
-    except SystemExit as done:
-        _exit(done.code)
-    _exit(0)
-
-
-def _exit(code: int | str | None) -> None:
-    """Exit without tearing torch down. Unloading torch's libraries takes ~0.45 s here (`python
-    -c "import torch"` 1.6 s vs 1.1 s with os._exit), a quarter of a small predict. Every file
-    catnet writes is closed by the time a command returns, worker pools are shut down by their
-    `with` blocks, and stdio is flushed here, so nothing is lost. Without torch: a normal exit."""
-    if isinstance(code, str):  # SystemExit("message"): Python prints it and exits 1
-        print(code, file=sys.stderr)
-        code = 1
-    if "torch" not in sys.modules:
-        sys.exit(code)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe: `catnet ... | head`
-            stream.flush()
-    os._exit(code or 0)
-
-
-if __name__ == "__main__":
-    main()

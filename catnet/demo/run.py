@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from catnet.config import TrainConfig
-from catnet.evaluation import evaluate
-from catnet.prediction import load_model
-from catnet.synthetic import generate_dataset, generate_unlabeled
-from catnet.training import TrainCallbacks, train
+from catnet.inference.evaluation import evaluate
+from catnet.inference.prediction import load_model
+from catnet.demo.synthetic import generate_dataset, generate_unlabeled
+from catnet.training.loop import TrainCallbacks, train
 
 # Pictures per class and split: 5 classes, so 1,000 / 250 / 500 pictures.
 SPLITS = {"train": 200, "val": 50, "test": 100}
@@ -89,6 +89,6 @@ def run_demo(
 
 
 def _parameters(checkpoint: Path) -> int:
-    from catnet.models import count_parameters
+    from catnet.models.networks import count_parameters
 
     return count_parameters(load_model(checkpoint).module)

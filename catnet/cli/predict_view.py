@@ -1,6 +1,6 @@
 """Rich at the edge for `catnet predict`: rows to the terminal, a CSV/JSONL file or JSON lines,
 and a one-line summary. Importing this does not import torch, so that decoding can start
-(catnet.readahead) while torch loads."""
+(catnet.inference.readahead) while torch loads."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 from rich.console import Console
 
 from catnet.config import PredictConfig
-from catnet.data import printable
+from catnet.data.folders import printable
 from catnet.errors import CatnetError
-from catnet.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
-from catnet.readahead import start_early
+from catnet.inference.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
+from catnet.inference.readahead import start_early
 
 
 def run_prediction(
@@ -38,7 +38,7 @@ def run_prediction(
     reader = start_early(checkpoint, inputs, cfg, skip)
     writer = None
     try:
-        from catnet.prediction import load_model, predict  # imports torch
+        from catnet.inference.prediction import load_model, predict  # imports torch
 
         model = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
         threshold = model.threshold if cfg.threshold < 0 else cfg.threshold

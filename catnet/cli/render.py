@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from catnet.config import TrainConfig
-from catnet.training import TrainCallbacks, TrainResult, train
+from catnet.training.loop import TrainCallbacks, TrainResult, train
 
 
 class RichTrainCallbacks(TrainCallbacks):
@@ -140,7 +140,7 @@ def print_evaluation(result: Any, console: Console) -> None:
 
 
 def run_demo(out: Path, time_budget: float, console: Console, stdout: Console) -> None:
-    from catnet.demo import run_demo as demo
+    from catnet.demo.run import run_demo as demo
 
     callbacks = RichTrainCallbacks(console)
     with callbacks.progress:

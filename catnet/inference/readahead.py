@@ -11,10 +11,10 @@ import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from catnet import cpuload
 from catnet.config import PredictConfig
-from catnet.decoding import Decoder
-from catnet.outputs import expand_inputs
+from catnet.data.decoding import Decoder
+from catnet.inference.outputs import expand_inputs
+from catnet.runtime import cpuload
 
 INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 

@@ -1,4 +1,4 @@
-"""Decode every picture once (catnet.decoding) and keep the pixels on disk, memory-mapped.
+"""Decode every picture once (catnet.data.decoding) and keep the pixels on disk, memory-mapped.
 
 Layout of one cache (one per decoded size):
     <cache_root>/v1-s<size>/pixels.u8    fixed-size slots of size*size*3 uint8 (HWC, RGB)
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from catnet.data import missing_reason
-from catnet.decoding import decode_many
+from catnet.data.decoding import decode_many
+from catnet.data.folders import missing_reason
 
 CACHE_VERSION = 1
 # Pictures are decoded a little larger than the model input so that random crops have margin.

@@ -10,14 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from catnet.cache import default_cache_root, load_pixels
-from catnet.calibration import expected_calibration_error
-from catnet.compute import predict_logits, setup_threads
 from catnet.config import EvaluateConfig
-from catnet.data import Dataset, Sample, scan_dataset
+from catnet.data.cache import default_cache_root, load_pixels
+from catnet.data.folders import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
-from catnet.metrics import binary_metrics, pr_curve, unsure_metrics
-from catnet.prediction import CatnetModel, load_model
+from catnet.inference.calibration import expected_calibration_error
+from catnet.inference.metrics import binary_metrics, pr_curve, unsure_metrics
+from catnet.inference.prediction import CatnetModel, load_model
+from catnet.runtime.compute import predict_logits, setup_threads
 
 
 @dataclass
@@ -116,8 +116,8 @@ def save_with_threshold(
     checkpoint: str | Path, result: EvaluationResult, rule: str, save_to: str | Path
 ) -> dict:
     """Pick a threshold on the evaluated pictures by `rule` and write a checkpoint carrying it."""
-    from catnet.checkpoint import load_checkpoint, save_checkpoint
-    from catnet.metrics import pick_threshold
+    from catnet.inference.metrics import pick_threshold
+    from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 
     labels = torch.tensor([s.label for s in result.samples])
     try:

@@ -17,14 +17,14 @@ import torch
 from PIL import Image
 from torch import nn
 
-from catnet.checkpoint import load_checkpoint
-from catnet.compute import Compute, logits_for, select_compute, setup_threads
 from catnet.config import PredictConfig
-from catnet.data import _to_square_rgb
+from catnet.data.pixels import to_square_rgb
 from catnet.errors import DecodeError
-from catnet.models import build_model, fuse_for_inference
-from catnet.outputs import Prediction
-from catnet.readahead import DecodeAhead
+from catnet.inference.outputs import Prediction
+from catnet.inference.readahead import DecodeAhead
+from catnet.models.checkpoint import load_checkpoint
+from catnet.models.networks import build_model, fuse_for_inference
+from catnet.runtime.compute import Compute, logits_for, select_compute, setup_threads
 
 
 class CatnetModel:
@@ -76,9 +76,9 @@ class CatnetModel:
             name = str(image) if not isinstance(image, Image.Image) else f"<image {i}>"
             try:
                 if isinstance(image, Image.Image):
-                    pixels.append(_to_square_rgb(image, self.decode_size, 10**9))
+                    pixels.append(to_square_rgb(image, self.decode_size, 10**9))
                 else:
-                    from catnet.data import decode_square
+                    from catnet.data.pixels import decode_square
 
                     pixels.append(decode_square(image, self.decode_size))
                 where.append(len(preds))

@@ -1,0 +1,82 @@
+"""What every command shares: the Typer app, the two consoles, and the error handling.
+
+Heavy modules (torch, the library) are imported inside the commands, so `catnet --help` and
+argument errors answer in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from catnet.errors import EXIT_INTERRUPTED, CatnetError
+
+app = typer.Typer(
+    help="Teach a neural network to tell cat pictures from everything else.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+cache_app = typer.Typer(help="Manage the decoded-picture cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+# soft_wrap: long paths stay on one line when the output goes to a pipe or a file.
+console = Console(stderr=True, soft_wrap=True)  # progress and messages; stdout is for results
+stdout = Console(soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(func: F) -> F:
+    """A user's mistake becomes one red line and an exit code, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except CatnetError as exc:
+            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            if exc.hint:
+                console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def json_safe(value: Any) -> Any:
+    """NaN (e.g. ROC-AUC of a one-class folder) becomes null: strict JSON has no NaN."""
+    if isinstance(value, float) and value != value:
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _csv_ints(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise CatnetError(
+            f"--hidden takes comma-separated layer widths like 512,128, not {text!r}"
+        ) from None
+
+
+def _unsure_range(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise CatnetError(f"--unsure takes LOW,HIGH such as 0.3,0.7, not {text!r}") from None
+    if not 0 <= low <= high <= 1:
+        raise CatnetError(f"--unsure needs 0 <= LOW <= HIGH <= 1, got {text}")
+    return [low, high]
