@@ -12,10 +12,11 @@ from conftest import TrainedRun, write_class
 from catnet.config import PredictConfig
 from catnet.data.decoding import Decoder, _decode_task, cpu_workers
 from catnet.data.folders import list_files
+from catnet.inference import readahead
 from catnet.inference.outputs import Prediction
 from catnet.inference.prediction import load_model, predict
 from catnet.inference.readahead import DecodeAhead, peek_decode_size, start_early
-from catnet.runtime import cpuload, readahead
+from catnet.runtime import cpuload
 
 
 def test_peek_reads_the_decode_size_of_a_real_checkpoint(trained: TrainedRun) -> None:
