@@ -13,7 +13,13 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from catnet.errors import EXIT_INTERRUPTED, CatnetError
+from catnet.errors import (
+    EXIT_SOME_FAILED,
+    WRITE_REASONS,
+    CatnetError,
+    disk_error,
+    interrupt_exit_code,
+)
 
 app = typer.Typer(
     help="Teach a neural network to tell cat pictures from everything else.",
@@ -41,9 +47,21 @@ def friendly_errors(func: F) -> F:
             if exc.hint:
                 console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as exc:
+            name = getattr(exc, "name", "")  # catnet.errors.Stopped: SIGTERM or SIGHUP
+            console.print(f"[yellow]stopped by {name}[/]" if name else "[yellow]interrupted[/]")
+            raise typer.Exit(interrupt_exit_code(exc)) from None
+        except (OSError, RuntimeError) as exc:
+            # A full disk or a refused file that no write site named (they raise WriteFailed):
+            # still one line, never a traceback.
+            cause = disk_error(exc)
+            if cause is None:
+                raise
+            where = f"{cause.filename}: " if cause.filename else ""
+            console.print(
+                f"[bold red]error:[/] {where}{WRITE_REASONS[cause.errno]}", highlight=False
+            )
+            raise typer.Exit(EXIT_SOME_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -8,15 +8,17 @@ import sys
 
 from catnet.cli import commands, tools  # noqa: F401  (each registers its commands on `app`)
 from catnet.cli.app import app
-from catnet.errors import EXIT_INTERRUPTED
+from catnet.cli.signals import install_stop_handlers
+from catnet.errors import interrupt_exit_code
 
 
 def main() -> None:
     """The `catnet` entry point (not used by in-process tests, which call `app`)."""
+    install_stop_handlers()  # SIGTERM and SIGHUP stop like Ctrl-C (exit 143 and 129)
     try:
         app()
-    except KeyboardInterrupt:
-        _exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a stop signal that arrived outside a command
+        _exit(interrupt_exit_code(exc))
     except SystemExit as done:
         _exit(done.code)
     _exit(0)

@@ -38,8 +38,12 @@ def _decode_task(task: tuple[str, int, int]) -> bytes | str:
 
 def _ignore_sigint() -> None:
     """Pool workers leave Ctrl-C to the parent, which stops cleanly; otherwise every worker
-    would print its own KeyboardInterrupt traceback."""
+    would print its own KeyboardInterrupt traceback. SIGTERM and SIGHUP get their default
+    action back (a forked worker inherits the CLI's stop handler, which raises): the pool
+    terminates its workers with SIGTERM when it shuts down early."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def _decode_chunk(tasks: list[tuple[str, int, int]]) -> list[bytes | str]:
