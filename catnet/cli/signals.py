@@ -7,6 +7,7 @@ ends the process at once. Installed by the entry point only: library code leaves
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -21,10 +22,8 @@ _received: list[int] = []
 def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
     if _received:  # asked twice: the user (or the scheduler) will not wait
         for stream in (sys.stdout, sys.stderr):
-            try:
+            with contextlib.suppress(OSError, ValueError):  # a closed pipe
                 stream.flush()
-            except (OSError, ValueError):
-                pass
         os._exit(128 + signum)
     _received.append(signum)
     raise Stopped(signum, STOP_SIGNALS.get(signum, f"signal {signum}"))
