@@ -7,6 +7,7 @@ second.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -148,7 +149,8 @@ def evaluate(
             raise CatnetError(str(exc)) from None
     values = {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache}
     cfg = load_config(EvaluateConfig, None, {**values, "unsure": _unsure_range(unsure)})
-    result = run_evaluate(checkpoint, data, cfg)
+    say = functools.partial(console.print, highlight=False, markup=False)
+    result = run_evaluate(checkpoint, data, cfg, on_message=say)
     if pick_threshold and save_to:
         from catnet.inference.evaluation import save_with_threshold
 

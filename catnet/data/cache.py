@@ -23,6 +23,7 @@ import numpy as np
 
 from catnet.data.decoding import decode_many
 from catnet.data.folders import missing_reason
+from catnet.errors import WRITE_REASONS
 
 CACHE_VERSION = 1
 # Pictures are decoded a little larger than the model input so that random crops have margin.
@@ -74,11 +75,24 @@ def load_pixels(
     workers: int = 0,
     max_pixels: int = 120_000_000,
     on_progress: Progress | None = None,
+    on_message: Callable[[str], None] | None = None,
 ) -> PixelTable:
-    """Pixels for every path; with cache_root, only new or changed files are decoded."""
+    """Pixels for every path; with cache_root, only new or changed files are decoded. The cache
+    is an optimisation, never a requirement: where its folder cannot be written (full disk,
+    read-only, no permission), on_message hears it once and the pictures are decoded in
+    memory, as with cache_root=None."""
     if cache_root is None:
         return _decode_in_memory(paths, size, max_pixels, workers, on_progress)
-    return DiskCache(cache_root, size).load(paths, workers, max_pixels, on_progress)
+    try:
+        return DiskCache(cache_root, size).load(paths, workers, max_pixels, on_progress)
+    except OSError as exc:
+        reason = WRITE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+        if on_message:
+            on_message(
+                f"cannot use the picture cache in {cache_root} ({reason}): decoding in memory "
+                "this time, as --no-cache does"
+            )
+        return _decode_in_memory(paths, size, max_pixels, workers, on_progress)
 
 
 def _decode_in_memory(
@@ -123,8 +137,13 @@ class DiskCache:
             entries, n_slots = index["entries"], int(index["n_slots"])
             if index.get("version") != CACHE_VERSION or index.get("size") != self.size:
                 raise ValueError("other cache version")
-            if pixels.stat().st_size != n_slots * self.slot_bytes:
-                raise ValueError("pixel file size does not match the index")
+            held = pixels.stat().st_size
+            if held > n_slots * self.slot_bytes:
+                # Slots appended after the index was written (a kill or a full disk mid-run):
+                # nothing points at them, so cut them off rather than discard the whole cache.
+                os.truncate(pixels, n_slots * self.slot_bytes)
+            elif held < n_slots * self.slot_bytes:
+                raise ValueError("pixel file is shorter than the index says")
             if any(isinstance(v, int) and not 0 <= v < n_slots for v in entries.values()):
                 raise ValueError("slot out of range")
             return dict(entries)
@@ -141,22 +160,27 @@ class DiskCache:
             "n_slots": n_slots,
             "entries": entries,
         }
-        tmp.write_text(json.dumps(index))
-        os.replace(tmp, self.dir / "index.json")
+        try:
+            tmp.write_text(json.dumps(index))
+            os.replace(tmp, self.dir / "index.json")
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load(
         self, paths: Sequence[Path], workers: int, max_pixels: int, on_progress: Progress | None
     ) -> PixelTable:
         keys = [file_key(Path(p)) for p in paths]
         with self._locked():
-            entries = self._read_index()
+            stored = self._read_index()
             # Entries of files that changed or vanished are dead: drop them (their slots are
             # reclaimed when the file is compacted).
-            entries = {k: v for k, v in entries.items() if file_key(Path(_key_path(k))) == k}
+            entries = {k: v for k, v in stored.items() if file_key(Path(_key_path(k))) == k}
             missing = sorted({k for k in keys if k is not None and k not in entries})
             n_slots = self._append(entries, missing, workers, max_pixels, on_progress, len(paths))
-            n_slots = self._maybe_compact(entries, n_slots)
-            self._write_index(entries, n_slots)
+            n_slots, compacted = self._maybe_compact(entries, n_slots)
+            # Nothing new: the index on disk is right, and a full disk can still serve it.
+            if missing or compacted or len(entries) != len(stored) or not stored:
+                self._write_index(entries, n_slots)
         array = self._open(n_slots)
         slots = np.full(len(paths), -1, dtype=np.int64)
         errors: dict[int, str] = {}
@@ -185,37 +209,53 @@ class DiskCache:
         done = total - len(keys)
         if on_progress:
             on_progress(done, total)
+        if not keys:
+            return n_slots
         paths = [_key_path(k) for k in keys]
-        with open(self.dir / "pixels.u8", "ab") as out:
-            results = decode_many(paths, self.size, max_pixels, workers)
-            for key, result in zip(keys, results, strict=True):
-                if isinstance(result, str):
-                    entries[key] = result
-                else:
-                    out.write(result)
-                    entries[key] = n_slots
-                    n_slots += 1
-                done += 1
-                if on_progress:
-                    on_progress(done, total)
-            out.flush()
-            os.fsync(out.fileno())
+        start = n_slots * self.slot_bytes
+        try:
+            with open(self.dir / "pixels.u8", "ab") as out:
+                results = decode_many(paths, self.size, max_pixels, workers)
+                for key, result in zip(keys, results, strict=True):
+                    if isinstance(result, str):
+                        entries[key] = result
+                    else:
+                        out.write(result)
+                        entries[key] = n_slots
+                        n_slots += 1
+                    done += 1
+                    if on_progress:
+                        on_progress(done, total)
+                out.flush()
+                os.fsync(out.fileno())
+        except OSError:
+            # A full disk mid-append: cut the partial slots off, so the cache stays as it was
+            # (shrinking a file needs no free space).
+            with contextlib.suppress(OSError):
+                os.truncate(self.dir / "pixels.u8", start)
+            raise
         return n_slots
 
-    def _maybe_compact(self, entries: dict[str, int | str], n_slots: int) -> int:
-        """Rewrite the pixel file when over half of it belongs to files that are gone."""
+    def _maybe_compact(self, entries: dict[str, int | str], n_slots: int) -> tuple[int, bool]:
+        """Rewrite the pixel file when over half of it belongs to files that are gone.
+        Returns the number of slots and whether the file was rewritten."""
         live = sorted((v, k) for k, v in entries.items() if isinstance(v, int))
         if n_slots < 256 or len(live) * 2 > n_slots:
-            return n_slots
+            return n_slots, False
         old = self._open(n_slots)
         tmp = self.dir / "pixels.u8.tmp"
-        with open(tmp, "wb") as out:
-            for new_slot, (old_slot, key) in enumerate(live):
-                out.write(old[old_slot].tobytes())
-                entries[key] = new_slot
-        del old
-        os.replace(tmp, self.dir / "pixels.u8")
-        return len(live)
+        moved = dict(entries)
+        try:
+            with open(tmp, "wb") as out:
+                for new_slot, (old_slot, key) in enumerate(live):
+                    out.write(old[old_slot].tobytes())
+                    moved[key] = new_slot
+            os.replace(tmp, self.dir / "pixels.u8")
+        finally:
+            del old
+            tmp.unlink(missing_ok=True)
+        entries.update(moved)
+        return len(live), True
 
     def _open(self, n_slots: int) -> np.ndarray:
         if n_slots == 0:

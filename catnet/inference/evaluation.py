@@ -64,6 +64,7 @@ def evaluate(
     data_dir: str | Path,
     cfg: EvaluateConfig | None = None,
     on_decode: Callable[[int, int], None] | None = None,
+    on_message: Callable[[str], None] | None = None,
 ) -> EvaluationResult:
     cfg = cfg or EvaluateConfig(workers=0)
     setup_threads()
@@ -80,6 +81,7 @@ def evaluate(
         workers=cfg.workers,
         max_pixels=cfg.max_image_pixels,
         on_progress=on_decode,
+        on_message=on_message,
     )
     skipped = [(str(samples[i].path), reason) for i, reason in sorted(table.errors.items())]
     keep = np.flatnonzero(table.ok)

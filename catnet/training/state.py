@@ -99,6 +99,7 @@ def prepare_data(
         workers=cfg.workers,
         max_pixels=cfg.max_image_pixels,
         on_progress=on_decode,
+        on_message=on_message,
     )
     skipped = [(str(samples[i].path), reason) for i, reason in sorted(table.errors.items())]
     write_skipped(run_dir / "skipped.txt", skipped)
