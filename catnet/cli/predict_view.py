@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from rich.console import Console
 
 from catnet.config import PredictConfig
 from catnet.data.folders import printable
-from catnet.errors import CatnetError
+from catnet.errors import CatnetError, WriteFailed
 from catnet.inference.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
 from catnet.inference.readahead import start_early
 
@@ -47,6 +49,15 @@ def run_prediction(
             stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
         on_row = _row_handler(model.hash, threshold, writer, as_json, stdout, sort_dest, link)
         summary = predict(model, inputs, cfg, on_row, skip, unsure, reader)
+    except WriteFailed as exc:
+        if output:
+            exc.hint = f"the rows before it are complete; once there is space: {_resume_command()}"
+        raise
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: every finished row is on disk
+        if output:
+            console.print(f"[yellow]stopped; the rows so far are in {output}[/]", highlight=False)
+            console.print(f"finish with:  {_resume_command()}", highlight=False, markup=False)
+        raise
     finally:
         if writer:
             writer.close()
@@ -61,6 +72,12 @@ def run_prediction(
         f"{total} pictures: {parts}" + (f"; rows in {output}" if output else ""), highlight=False
     )
     return summary
+
+
+def _resume_command() -> str:
+    """This command line again, with --skip-done: it appends the rows still missing."""
+    args = sys.argv[1:]
+    return shlex.join(["catnet", *args, *([] if "--skip-done" in args else ["--skip-done"])])
 
 
 def _outside(paths: list[str], folder: Path) -> Iterator[str]:

@@ -4,8 +4,10 @@ the CLI uses these before the network is loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
+import io
 import json
 import os
 import shutil
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from catnet.data.folders import IMAGE_SUFFIXES, iter_files
+from catnet.errors import CatnetError, WriteFailed, writing
 
 
 @dataclass
@@ -52,35 +55,51 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
 
 
 class RowWriter:
-    """Writes prediction rows to .csv or .jsonl as they come, flushed per row, so a killed
-    run leaves a valid file that --skip-done can resume from."""
+    """Writes prediction rows to .csv or .jsonl as they come, one unbuffered write per row, so a
+    killed run leaves a valid file that --skip-done can resume from. A write the disk refuses
+    (full, read-only) is cut back to the last complete row and raised as WriteFailed."""
 
     COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold")
 
     def __init__(self, path: Path, append: bool = False) -> None:
         suffix = path.suffix.lower()
         if suffix not in (".csv", ".jsonl"):
-            from catnet.errors import CatnetError
-
             raise CatnetError(f"--output must end in .csv or .jsonl, not {path.name}")
+        self.path = path
         self.jsonl = suffix == ".jsonl"
         new = not (append and path.exists() and path.stat().st_size > 0)
-        if not new:
-            _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = path.open(
-            "w" if new else "a", newline="", encoding="utf-8", errors="surrogateescape"
-        )
-        self.csv = None if self.jsonl else csv.DictWriter(self.fh, fieldnames=self.COLUMNS)
-        if self.csv and new:
-            self.csv.writeheader()
+        with writing("the predictions", path):
+            if not new:
+                _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Unbuffered: a row is on disk (or refused) when write() returns, and close() has
+            # nothing left to flush that could fail.
+            self.fh = path.open("wb" if new else "ab", buffering=0)
+            self.good = self.fh.seek(0, os.SEEK_END)  # bytes up to the last complete row
+            if not self.jsonl and new:
+                self._put(self._csv_line(dict(zip(self.COLUMNS, self.COLUMNS, strict=True))))
+
+    def _csv_line(self, row: dict[str, Any]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf).writerow(["" if row[k] is None else row[k] for k in self.COLUMNS])
+        return buf.getvalue()
+
+    def _put(self, text: str) -> None:
+        data = text.encode("utf-8", errors="surrogateescape")
+        try:
+            with writing("the predictions", self.path):
+                view = memoryview(data)
+                while view:
+                    view = view[self.fh.write(view) :]
+        except WriteFailed:
+            # Shrinking needs no space; the rows before this one stay a valid file.
+            with contextlib.suppress(OSError):
+                os.truncate(self.fh.fileno(), self.good)
+            raise
+        self.good += len(data)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.csv:
-            self.csv.writerow({k: "" if row[k] is None else row[k] for k in self.COLUMNS})
-        else:
-            self.fh.write(json.dumps(row) + "\n")
-        self.fh.flush()
+        self._put(json.dumps(row) + "\n" if self.jsonl else self._csv_line(row))
 
     def close(self) -> None:
         self.fh.close()
@@ -110,7 +129,8 @@ def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
         return None
     source = Path(pred.path)
     folder = dest / pred.label
-    folder.mkdir(parents=True, exist_ok=True)
+    with writing("the sorted pictures", folder):
+        folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name
     n = 1
     while target.exists():
@@ -127,7 +147,12 @@ def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
             return target
         except OSError:  # another filesystem: fall back to a copy
             pass
-    shutil.copy2(source, target)
+    try:
+        with writing("a sorted copy", target):
+            shutil.copy2(source, target)
+    except WriteFailed:
+        target.unlink(missing_ok=True)  # never leave half a picture behind
+        raise
     return target
 
 
