@@ -63,7 +63,8 @@ class WriteFailed(CatnetError):
     saying what was being written, where, and why. Exit 1: the command had started its work."""
 
     def __init__(self, what: str, path: str | os.PathLike[str], reason: str, code: int) -> None:
-        super().__init__(f"could not write {what} to {path}: {reason}", exit_code=code)
+        target = f"{what} to {path}" if what else str(path)
+        super().__init__(f"could not write {target}: {reason}", exit_code=code)
         self.what = what
         self.path = str(path)
         self.reason = reason
@@ -85,6 +86,11 @@ def disk_error(exc: BaseException) -> OSError | None:
         # full disk, the only way a local write comes up short.
         return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     return None
+
+
+def write_reason(exc: OSError) -> str:
+    """The words for why the machine refused a file operation."""
+    return WRITE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
 
 
 def write_failed(

@@ -9,6 +9,7 @@ surrogate-escaped str (os.fsdecode), which json.dumps writes as \\udcXX escapes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from catnet.curation.fingerprints import Progress, fingerprint_files, groups_from_pairs, near_pairs
 from catnet.data.folders import SPLIT_NAMES, printable, scan_dataset
-from catnet.errors import EXIT_SOME_FAILED, CatnetError
+from catnet.errors import EXIT_SOME_FAILED, CatnetError, WriteFailed, write_reason, writing
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -171,13 +172,21 @@ def fix_dataset(root: str | Path, report: dict[str, Any]) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(source, target)  # moves a symlink itself, not what it points to
         except OSError as exc:
-            failed.append(f"{item['path']}: {exc.strerror or exc}")
+            failed.append(f"{item['path']}: {write_reason(exc)}")
             continue
         entries.append({
             "original": item["path"], "quarantined": target.relative_to(quarantine).as_posix(),
             "reason": item["reason"], "time": datetime.now(UTC).isoformat(timespec="seconds"),
         })  # fmt: skip
-        _save_manifest(manifest, entries)  # after each move: an interruption loses no record
+        try:  # after each move: an interruption loses no record
+            with writing("the quarantine manifest", manifest):
+                _save_manifest(manifest, entries)
+        except WriteFailed:
+            # No record, no move: what is in the quarantine can always be put back by --undo.
+            entries.pop()
+            with contextlib.suppress(OSError):
+                os.rename(target, source)
+            raise
     if failed:
         raise CatnetError(
             printable(f"could not move: {'; '.join(failed)}"), exit_code=EXIT_SOME_FAILED
@@ -212,7 +221,7 @@ def undo_fix(root: str | Path) -> int:
                 restored += 1
                 continue
             except OSError as exc:
-                problem = exc.strerror or str(exc)
+                problem = write_reason(exc)
         kept.append(entry)
         conflicts.append(f"{entry['original']} ({problem})")
     if manifest.exists():

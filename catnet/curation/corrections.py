@@ -7,8 +7,11 @@ A correction copies the picture into the right class folder, removes copies of t
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
+import io
+import os
 import shutil
 import time
 from collections.abc import Iterable
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catnet.data.folders import POSITIVE_NAMES, is_hidden, list_files
-from catnet.errors import CatnetError
+from catnet.errors import CatnetError, WriteFailed, writing
 
 LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
 LABELS = ("cat", "not_cat")
@@ -71,23 +74,51 @@ def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> l
         right = [p for p in copies if _label_of(p) == label]
         wrong = [p for p in copies if _label_of(p) != label]
         dest = right[0] if right else None
+        moved: tuple[Path, Path] | None = None  # (from, to), to undo if the log cannot be written
         for path in wrong:
             target = _free_name(_target_dir(path.parent.parent, label), path.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if dest is None:  # keep one copy, moved to the right class
-                shutil.move(path, target)
-                dest = target
-            else:  # the right copy exists, so this never loses the picture
-                path.unlink()
+            with writing("the corrected picture", target):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if dest is None:  # keep one copy, moved to the right class
+                    shutil.move(path, target)
+                    dest, moved = target, (path, target)
+                else:  # the right copy exists, so this never loses the picture
+                    path.unlink()
         if dest is None:  # not in the data yet: a new training example
             base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
             dest = _free_name(_target_dir(base, label), source.name)
+            _copy_new(source, dest)
+            moved = (source, dest)
+        old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
+        try:
+            _log(data_dir, digest, old_label, label, source, dest)
+        except WriteFailed:
+            _undo(moved)  # a correction is in the log or not made at all
+            raise
+        done.append(Correction(source, dest, old_label, label, wrong))
+    return done
+
+
+def _copy_new(source: Path, dest: Path) -> None:
+    try:
+        with writing("the corrected picture", dest):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest)
-        old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
-        done.append(Correction(source, dest, old_label, label, wrong))
-        _log(data_dir, digest, old_label, label, source, dest)
-    return done
+    except WriteFailed:
+        dest.unlink(missing_ok=True)  # never half a picture in the data folder
+        raise
+
+
+def _undo(moved: tuple[Path, Path] | None) -> None:
+    """Put back the move (or remove the copy) of a correction whose log row failed."""
+    if moved is None:
+        return
+    origin, placed = moved
+    with contextlib.suppress(OSError):
+        if origin.exists():  # a copy from outside DATA_DIR
+            placed.unlink()
+        else:
+            os.rename(placed, origin)
 
 
 def _target_dir(base: Path, label: str) -> Path:
@@ -150,13 +181,26 @@ def _free_name(folder: Path, name: str) -> Path:
 
 
 def _log(data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path) -> None:
+    """Append one row to corrections.csv in one write; a refused write is cut back, so the log
+    never holds half a row."""
     log = data_dir / ".catnet" / "corrections.csv"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not log.exists()
-    with log.open("a", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        writer = csv.writer(fh)
-        if new_file:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    with writing("the corrections log", log):
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if not log.exists():
             writer.writerow(LOG_COLUMNS)
         writer.writerow(
             [time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest)]
         )
+        data = buf.getvalue().encode("utf-8", errors="surrogateescape")
+        with log.open("ab", buffering=0) as fh:
+            start = fh.seek(0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[fh.write(view) :]
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.truncate(fh.fileno(), start)
+                raise

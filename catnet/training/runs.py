@@ -7,6 +7,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from catnet.errors import EXIT_USAGE, writing
+
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
@@ -14,7 +16,8 @@ def new_run_dir(out: str) -> Path:
     """`out`, or runs/<timestamp> (with a suffix if two runs start in the same second)."""
     if out:
         path = Path(out).expanduser()
-        path.mkdir(parents=True, exist_ok=True)
+        with writing("the run folder", path, EXIT_USAGE):  # before any work: a usage error
+            path.mkdir(parents=True, exist_ok=True)
         return path
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = Path("runs") / stamp
@@ -22,7 +25,8 @@ def new_run_dir(out: str) -> Path:
     while path.exists():
         n += 1
         path = Path("runs") / f"{stamp}-{n}"
-    path.mkdir(parents=True)
+    with writing("the run folder", path.absolute(), EXIT_USAGE):
+        path.mkdir(parents=True)
     return path
 
 

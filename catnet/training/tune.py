@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from catnet.config import TrainConfig, save_config
+from catnet.errors import EXIT_USAGE, writing
 from catnet.training.loop import TrainCallbacks, train
 
 CNN_SIZES = [(8, 2), (16, 2), (16, 3), (32, 3), (64, 3), (64, 4)]  # (width, depth)
@@ -74,7 +75,8 @@ def tune(
 ) -> dict[str, Any]:
     """Run the search; writes tune.csv, tune.png and best.toml into out. Returns the rows and
     the best trial."""
-    out.mkdir(parents=True, exist_ok=True)
+    with writing("the tune folder", out, EXIT_USAGE):  # before any trial: a usage error
+        out.mkdir(parents=True, exist_ok=True)
     trials = candidates(base.model)
     rounds = max(1, math.ceil(math.log2(len(trials))))
     per_round = time_budget / rounds  # each round gets the same total time, split among survivors
