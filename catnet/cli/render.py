@@ -68,20 +68,25 @@ def run_training(cfg: TrainConfig, console: Console, out_given: str | None) -> T
     try:
         with callbacks.progress:
             result = train(cfg, callbacks)
-    except KeyboardInterrupt:
-        run_dir = Path(cfg.resume).parent if cfg.resume else _latest_run(cfg)
-        last = run_dir / "last.pt" if run_dir else None
-        if last and last.exists():
-            console.print(f"[yellow]interrupted; the last finished epoch is saved in {last}[/]")
-            console.print(f"resume with:  catnet train --resume {shlex.quote(str(last))}")
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP (catnet.cli.signals)
+        print_resume_hint(Path(cfg.resume).parent if cfg.resume else latest_run(cfg.out), console)
         raise
     print_train_summary(result, console)
     return result
 
 
-def _latest_run(cfg: TrainConfig) -> Path | None:
-    if cfg.out:
-        return Path(cfg.out)
+def print_resume_hint(run_dir: Path | None, console: Console) -> None:
+    """After a stop: where the last finished epoch is, and the command that carries on."""
+    last = run_dir / "last.pt" if run_dir else None
+    if last and last.exists():
+        console.print(f"[yellow]interrupted; the last finished epoch is saved in {last}[/]")
+        console.print(f"resume with:  catnet train --resume {shlex.quote(str(last))}")
+
+
+def latest_run(out: str) -> Path | None:
+    """The run folder a training with --out `out` writes ("" = the newest under runs/)."""
+    if out:
+        return Path(out)
     runs = sorted(Path("runs").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
     return runs[-1].parent if runs else None
 

@@ -48,12 +48,21 @@ def finetune(
     out: str = typer.Option("", help="Run folder [default: runs/<timestamp>]."),
 ) -> None:
     """Continue training on corrected data, corrected pictures weighted up; writes a new run."""
-    from catnet.cli.render import RichTrainCallbacks, print_train_summary
+    from catnet.cli.render import (
+        RichTrainCallbacks,
+        latest_run,
+        print_resume_hint,
+        print_train_summary,
+    )
     from catnet.training.loop import finetune as run_finetune
 
     callbacks = RichTrainCallbacks(console)
-    with callbacks.progress:
-        result = run_finetune(checkpoint, data, epochs, out, callbacks)
+    try:
+        with callbacks.progress:
+            result = run_finetune(checkpoint, data, epochs, out, callbacks)
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM or SIGHUP: the run resumes like a training
+        print_resume_hint(latest_run(out), console)
+        raise
     print_train_summary(result, console)
 
 

@@ -8,7 +8,9 @@ reproduce p(cat) = sigmoid(logit / temperature) and the decision exactly.
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from catnet.errors import CatnetError
+from catnet.errors import CatnetError, writing
 from catnet.inference.prediction import CatnetModel, load_model
 
 
@@ -47,20 +49,20 @@ def export(
     module = model.module.float().eval().to(memory_format=torch.contiguous_format)
     example = torch.randn(2, 3, model.image_size, model.image_size)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "torchscript":
+        buf = io.BytesIO()  # built in memory, then written in one atomic step
         with warnings.catch_warnings():
             warnings.simplefilter(
                 "ignore"
             )  # tracing's deprecation notice; the trace is checked below
             traced = torch.jit.trace(module, example)
-            torch.jit.save(
-                traced, str(out), _extra_files={"catnet.json": json.dumps(metadata(model))}
-            )
+            torch.jit.save(traced, buf, _extra_files={"catnet.json": json.dumps(metadata(model))})
+        data = buf.getvalue()
     elif fmt == "onnx":
-        _export_onnx(module, example, out, metadata(model))
+        data = _export_onnx(module, example, metadata(model))
     else:
         raise CatnetError(f"--format must be onnx or torchscript, not {fmt!r}")
+    _write_export(out, data)
     pixels = picture_batch(model, check_with) if check_with else None
     diff = check_equivalence(model, fmt, out, pixels)
     return {
@@ -70,26 +72,40 @@ def export(
     }
 
 
-def _export_onnx(
-    module: torch.nn.Module, example: torch.Tensor, out: Path, meta: dict[str, str]
-) -> None:
+def _export_onnx(module: torch.nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
     try:
         import onnx
     except ImportError:
         raise CatnetError(
             "ONNX export needs the onnx package: pip install 'catnet[export]'"
         ) from None
+    buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (example,), str(out), dynamo=False, input_names=["pixels"], output_names=["logits"],
+            module, (example,), buf, dynamo=False, input_names=["pixels"], output_names=["logits"],
             dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
         )  # fmt: skip
-    graph = onnx.load(str(out))
+    graph = onnx.load_from_string(buf.getvalue())
     for key, value in meta.items():
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(graph, str(out))
+    return graph.SerializeToString()
+
+
+def _write_export(out: Path, data: bytes) -> None:
+    """Temp file, fsync, rename: a full disk leaves the previous export as it was."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    with writing("the export", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def run_export(fmt: str, out: Path, pixels: torch.Tensor) -> np.ndarray:
