@@ -1,9 +1,11 @@
 """Killed and interrupted training loses nothing: Ctrl-C saves and says how to resume (exit 130),
-SIGKILL at any moment leaves complete checkpoints, and --resume continues without duplicate rows."""
+SIGTERM and SIGHUP do the same (exit 143 and 129; a second signal ends at once), SIGKILL at any
+moment leaves complete checkpoints, and --resume continues without duplicate rows."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_dataset
+from conftest import TrainedRun, make_dataset, write_class
 
 TRAIN_ARGS = [
     "--epochs",
@@ -125,3 +127,78 @@ def test_sigkill_leaves_complete_checkpoints_and_resumes(
     resume_until(run, saved + 1, env)
     target = saved + 1
     assert epochs_in(run) == list(range(1, target + 1))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_stop_signals_act_like_ctrl_c(
+    tmp_path: Path, env: dict[str, str], signum: int, code: int
+) -> None:
+    """What a cluster scheduler or `docker stop` (SIGTERM) and a closed terminal (SIGHUP) send:
+    the finished epochs are kept, the resume command is printed, the exit code is 128 + signal."""
+    data = make_dataset(tmp_path / "data", n_per_class=16, size=24)
+    run = tmp_path / "run"
+    proc = start_training(data, run, env)
+    wait_for_epochs(run, 1, proc)
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert "Traceback" not in stderr
+    assert f"stopped by {signal.Signals(signum).name}" in stderr
+    assert "catnet train --resume" in stderr and "last.pt" in stderr
+    assert_complete_checkpoints(run)
+    done = epochs_in(run)
+    assert done == list(range(1, len(done) + 1))
+    resume_until(run, done[-1] + 1, env)
+    assert epochs_in(run) == list(range(1, done[-1] + 2))
+
+
+SLOW_CLEANUP = """
+import time
+from catnet.cli.signals import install_stop_handlers
+from catnet.errors import Stopped
+
+install_stop_handlers()
+print("ready", flush=True)
+try:
+    time.sleep(120)
+except Stopped:
+    print("cleaning up", flush=True)
+    time.sleep(120)  # a clean-up that would take two minutes
+"""
+
+
+def test_a_second_signal_stops_at_once(env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_CLEANUP], stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline() == "cleaning up\n"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)  # not the two minutes of the clean-up
+    assert proc.returncode == 143
+
+
+def test_sigterm_stops_predict_with_whole_rows(
+    tmp_path: Path, trained: TrainedRun, env: dict[str, str]
+) -> None:
+    """predict writing JSON lines to a reader that has stopped reading (so it is surely still
+    running): SIGTERM ends it with 143, no traceback, and every line it wrote is whole."""
+    pictures = tmp_path / "pictures"
+    write_class(pictures, "cats", 250, 16)
+    write_class(pictures, "dogs", 250, 16)  # 500 rows: more than a 64 KiB pipe holds
+    cmd = [sys.executable, "-m", "catnet", "predict", str(trained.best), str(pictures), "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # rows are flowing; now the pipe fills up and predict waits
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    rest, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr.decode()[-2000:]
+    assert b"Traceback" not in stderr and b"stopped by SIGTERM" in stderr
+    lines = (first + rest).decode().splitlines()
+    assert 0 < len(lines) < 500
+    for line in lines[:-1]:  # the last one may have been cut by the signal mid-write
+        assert json.loads(line)["label"] in ("cat", "not_cat")
