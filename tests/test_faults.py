@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import json
 import os
 import shutil
 import subprocess
@@ -15,10 +16,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TrainedRun, catnet_cli, make_dataset, write_class
 
+from catnet.data.pixels import decode_square
 from catnet.errors import WRITE_REASONS, WriteFailed, disk_error, write_failed
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 
@@ -382,3 +385,58 @@ def test_real_read_only_disk(tmp_path: Path) -> None:
         assert_one_line_error(result, "could not write the run folder to", "read-only file system")
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# ---- two processes, one cache and one folder ---------------------------------------------------
+
+
+def _start(log: Path, *args: str | Path) -> subprocess.Popen[bytes]:
+    """`catnet ARGS` in the background, its output to a file (a pipe nobody reads could fill)."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "catnet", *map(str, args)], stdout=out, stderr=out
+        )
+
+
+def assert_cache_consistent(cache_root: Path) -> int:
+    """Read the cache back entry by entry: every slot holds exactly what a fresh decode of its
+    file gives, no two entries share a slot, and the pixel file is as long as the index says.
+    Returns the number of pictures checked."""
+    checked = 0
+    for folder in sorted(cache_root.glob("v*-s*")):
+        index = json.loads((folder / "index.json").read_text())
+        size, n_slots = index["size"], index["n_slots"]
+        assert (folder / "pixels.u8").stat().st_size == n_slots * size * size * 3
+        pixels = np.fromfile(folder / "pixels.u8", dtype=np.uint8).reshape(n_slots, size, size, 3)
+        slots = [v for v in index["entries"].values() if isinstance(v, int)]
+        assert len(slots) == len(set(slots))
+        for key, slot in index["entries"].items():
+            if isinstance(slot, int):
+                path = key.rsplit("|", 2)[0]
+                assert np.array_equal(pixels[slot], decode_square(path, size)), path
+                checked += 1
+    return checked
+
+
+@pytest.mark.slow
+def test_two_trainings_and_a_predict_share_one_cache_and_one_folder(
+    tmp_path: Path, trained: TrainedRun
+) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=24, size=24)
+    (data / "cats" / "broken.jpg").write_text("not a picture")
+    train = ("train", data, "--epochs", "2", *TINY)
+    logs = [tmp_path / f"log{i}.txt" for i in range(3)]
+    runs = [
+        _start(logs[0], *train, "--out", tmp_path / "run1"),
+        _start(logs[1], *train, "--out", tmp_path / "run2"),
+        _start(logs[2], "predict", trained.best, data, "--output", tmp_path / "rows.csv"),
+    ]
+    codes = [proc.wait(timeout=600) for proc in runs]
+    outputs = [log.read_text(errors="replace") for log in logs]
+    assert codes == [0, 0, 1], outputs  # 1: predict met broken.jpg, as it should
+    assert all("Traceback" not in text for text in outputs)
+    for run in ("run1", "run2"):
+        load_checkpoint(tmp_path / run / "best.pt")
+    with (tmp_path / "rows.csv").open(newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == 49
+    assert assert_cache_consistent(Path(os.environ["CATNET_CACHE"])) == 48
