@@ -440,3 +440,31 @@ def test_two_trainings_and_a_predict_share_one_cache_and_one_folder(
     with (tmp_path / "rows.csv").open(newline="") as fh:
         assert len(list(csv.DictReader(fh))) == 49
     assert assert_cache_consistent(Path(os.environ["CATNET_CACHE"])) == 48
+
+
+def test_real_full_disk_cache_falls_back_and_stays_consistent(
+    tmp_path: Path, small_disk: Path
+) -> None:
+    from catnet.data.cache import load_pixels
+
+    pictures = tmp_path / "pictures"
+    write_class(pictures, "cats", 40, 24)
+    paths = sorted(pictures.iterdir())
+    cache_root, size = small_disk / "cache", 28
+    load_pixels(paths[:10], size, cache_root=cache_root, workers=1)
+    pixel_file = next(cache_root.glob("v*-s28")) / "pixels.u8"
+    assert pixel_file.stat().st_size == 10 * size * size * 3
+    filler = fill(small_disk, 8192)  # room for about three more pictures, not thirty
+    messages: list[str] = []
+    table = load_pixels(paths, size, cache_root=cache_root, workers=1, on_message=messages.append)
+    assert len(messages) == 1 and "no space left on device" in messages[0], messages
+    assert table.ok.all()
+    for i, path in enumerate(paths):  # decoded in memory, all of them right
+        assert np.array_equal(table.array[table.slots[i]], decode_square(path, size))
+    assert pixel_file.stat().st_size == 10 * size * size * 3  # the partial append was cut off
+    assert temp_files(small_disk) == []
+    filler.unlink()
+    messages.clear()
+    load_pixels(paths, size, cache_root=cache_root, workers=1, on_message=messages.append)
+    assert messages == []
+    assert assert_cache_consistent(cache_root) == 40
