@@ -6,6 +6,7 @@ argument errors answer in a fraction of a second.
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -57,9 +58,11 @@ def friendly_errors(func: F) -> F:
             cause = disk_error(exc)
             if cause is None:
                 raise
+            # Only writes meet a full or read-only disk; a refused permission may be a read.
+            verb = "" if cause.errno in (errno.EACCES, errno.EPERM) else "could not write "
             where = f"{cause.filename}: " if cause.filename else ""
             console.print(
-                f"[bold red]error:[/] {where}{WRITE_REASONS[cause.errno]}", highlight=False
+                f"[bold red]error:[/] {verb}{where}{WRITE_REASONS[cause.errno]}", highlight=False
             )
             raise typer.Exit(EXIT_SOME_FAILED) from None
 
