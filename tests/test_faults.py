@@ -186,6 +186,25 @@ def test_train_with_a_refused_run_file_says_so(
             load_checkpoint(run / name)
 
 
+@pytest.mark.slow
+def test_finetune_with_a_refused_checkpoint_says_so(tmp_path: Path, trained: TrainedRun) -> None:
+    run = tmp_path / "tuned"
+    result = faulty_cli(tmp_path, "last.pt", errno.EACCES, "finetune", trained.best,
+                        trained.data, "--epochs", "1", "--out", run)  # fmt: skip
+    assert result.returncode == 1
+    assert_one_line_error(result, "could not write the checkpoint to", "permission denied")
+    assert temp_files(run) == []
+
+
+@pytest.mark.slow
+def test_tune_with_refused_outputs_says_so(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=6, size=24)
+    result = faulty_cli(tmp_path, "tune.csv", errno.ENOSPC, "tune", data, "--model", "mlp",
+                        "--time-budget", "1", "--out", tmp_path / "tune")  # fmt: skip
+    assert result.returncode == 1
+    assert_one_line_error(result, "could not write", "tune.csv", "no space left on device")
+
+
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
 def test_an_out_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path, code: int) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=4, size=24)

@@ -202,3 +202,20 @@ def test_sigterm_stops_predict_with_whole_rows(
     assert 0 < len(lines) < 500
     for line in lines[:-1]:  # the last one may have been cut by the signal mid-write
         assert json.loads(line)["label"] in ("cat", "not_cat")
+
+
+@pytest.mark.slow
+def test_sigterm_during_finetune_prints_the_resume_command(
+    tmp_path: Path, trained: TrainedRun, env: dict[str, str]
+) -> None:
+    run = tmp_path / "tuned"
+    cmd = [sys.executable, "-m", "catnet", "finetune", str(trained.best), str(trained.data),
+           "--epochs", "40", "--out", str(run)]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_epochs(run, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr
+    assert f"catnet train --resume {run / 'last.pt'}" in stderr
+    assert_complete_checkpoints(run)
