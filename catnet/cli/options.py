@@ -93,14 +93,14 @@ def _option(f: dataclasses.Field[Any], kind: Any) -> Any:
     if _is_bool(kind):
         decls = [f"{flag(f.name)}/--no-{flag(f.name)[2:]}"]
     help_text = f.metadata.get("help", "")
-    default = _default_text(f, kind)
+    default = _default_text(f)
     if default:
         help_text = f"{help_text} [default: {default}]"
     # Rich markup would swallow "[default: ...]" and "[test/]" in the help text.
     return typer.Option(None, *decls, help=escape(help_text), show_default=False)
 
 
-def _default_text(f: dataclasses.Field[Any], kind: Any) -> str:
+def _default_text(f: dataclasses.Field[Any]) -> str:
     """The dataclass default for --help; "" where the help line says it in words."""
     if "[default:" in f.metadata.get("help", ""):
         return ""
