@@ -1,5 +1,7 @@
 """One config dataclass per job. Defaults live here, `configs/*.toml` override them, CLI flags
 override the file. Unknown keys are errors, and the resolved config is saved with every run.
+Each field is declared with `setting(default, help)`: the CLI turns every field into a flag with
+that help line (catnet/cli/options.py), so a new setting is added here and nowhere else.
 
 The TrainConfig defaults *are* the recommended recipe (`configs/cnn.toml` repeats them with the
 reason for each value; a test keeps the two in sync).

@@ -49,7 +49,9 @@ def config_options(
         ]
         own_hints = typing.get_type_hints(func)  # the real types, not the postponed strings
         explicit = [
-            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints[p.name])
+            p.replace(
+                kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints.get(p.name, p.annotation)
+            )
             for p in explicit
         ]
 
