@@ -1,5 +1,7 @@
 """One config dataclass per job. Defaults live here, `configs/*.toml` override them, CLI flags
 override the file. Unknown keys are errors, and the resolved config is saved with every run.
+Each field is declared with `setting(default, help)`: the CLI turns every field into a flag with
+that help line (catnet/cli/options.py), so a new setting is added here and nowhere else.
 
 The TrainConfig defaults *are* the recommended recipe (`configs/cnn.toml` repeats them with the
 reason for each value; a test keeps the two in sync).
@@ -22,63 +24,87 @@ MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "bf16", "fp32")
 
 
+def setting(default: Any, help: str) -> Any:
+    """A config field with its help line: `catnet train --help` shows it for the field's flag,
+    which the CLI derives from the dataclass (catnet/cli/options.py), so a setting is declared
+    here once. A list default is copied for each instance."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # --- data ---
-    data: str = ""  # DATA_DIR: class folders, or train/ val/ [test/] split folders
-    positive: str = ""  # positive class folder; "" = the folder named cat or cats
-    val_fraction: float = 0.2  # share of each class held out when DATA_DIR is not pre-split
-    seed: int = 0  # one seed drives the split, init, shuffling and augmentation
-    image_size: int = 0  # model input side in px; 0 = from the data (median short side, capped)
-    max_image_size: int = 64  # cap for the automatic image size (px)
-    # Side (px) of the whole-picture view used by validation, evaluate and predict; 0 = auto:
-    # for the CNN the decoded size, ~1.125x image_size, because random-crop training makes
-    # objects look larger than they do in a whole picture (FixRes, Touvron et al. 2019);
-    # measured +1.6 points on the dev splits. The MLP's input size is fixed: image_size.
-    eval_image_size: int = 0
+    data: str = setting("", "DATA_DIR: class folders (cats/, dogs/, ...) or train/ val/ [test/].")
+    positive: str = setting("", "Name of the cat class folder [default: cat or cats].")
+    val_fraction: float = setting(0.2, "Held-out share of each class when DATA_DIR is not split.")
+    seed: int = setting(0, "One seed drives the split, init, shuffling and augmentation.")
+    image_size: int = setting(0, "Input side in px (0 = from the data: median short side, capped).")
+    max_image_size: int = setting(64, "Cap in px for the automatic --image-size.")
+    # The whole-picture view used by validation, evaluate and predict; auto = for the CNN the
+    # decoded size, ~1.125x image_size, because random-crop training makes objects look larger
+    # than they do in a whole picture (FixRes, Touvron et al. 2019); measured +1.6 points on the
+    # dev splits. The MLP's input size is fixed: image_size.
+    eval_image_size: int = setting(
+        0, "Side in px for validation/inference (0 = the decoded size, ~1.125x)."
+    )
     # --- model ---
-    model: str = "cnn"  # mlp (textbook layers of neurons) or cnn (conv blocks, batch norm)
-    hidden: list[int] = field(default_factory=lambda: [512, 128])  # MLP neurons per hidden layer
-    activation: str = "relu"  # relu, gelu, silu, tanh or sigmoid
-    width: int = 32  # CNN channels in the first stage; each stage doubles it
-    depth: int = 3  # CNN stages; each halves the resolution
-    dropout: float = 0.4  # dropout before the output layer (and between MLP layers)
+    model: str = setting("cnn", "mlp (textbook layers of neurons) or cnn (conv blocks).")
+    hidden: list[int] = setting([512, 128], "MLP neurons per hidden layer, e.g. 512,128.")
+    activation: str = setting("relu", "relu, gelu, silu, tanh or sigmoid.")
+    width: int = setting(32, "CNN channels in the first stage; each stage doubles it.")
+    depth: int = setting(3, "CNN stages; each halves the resolution.")
+    dropout: float = setting(0.4, "Dropout before the output layer (and between MLP layers).")
     # --- optimisation ---
-    epochs: int = 200  # upper bound; early stopping or a time budget may end sooner
-    time_budget: float = 0.0  # seconds for the whole command, data loading included; 0 = none
-    batch_size: int = 64
-    lr: float = 3e-3  # peak learning rate (AdamW)
-    weight_decay: float = 0.2  # AdamW decoupled weight decay (regulariser 1)
-    patience: int = 0  # early stopping: epochs without improvement; 0 = off (regulariser 2)
-    min_delta: float = 0.0  # improvement smaller than this does not count
-    monitor: str = "val_loss"  # val_loss or val_acc
-    lr_schedule: str = "onecycle"  # cosine, onecycle, step or none (regulariser 3)
-    warmup: float = 0.1  # share of training spent warming the LR up from lr/10 (0 to 0.5)
-    augment: bool = True  # random crop, flip, rotation, colour jitter (regulariser 4)
-    crop_scale: float = 0.35  # smallest random crop, as a share of the picture's area
-    rotation: float = 10.0  # max random rotation in degrees
-    color_jitter: float = 0.3  # max relative change of brightness, contrast and saturation
-    label_smoothing: float = 0.0  # targets become 1-s/2 and s/2
-    cutmix: float = 0.0  # share of batches that get a box pasted from other pictures (CutMix)
-    ema: float = 0.0  # decay of a moving average of the weights, used for validation; 0 = off
-    tta: bool = True  # validate (and by default predict) on the mean of picture and mirror
+    epochs: int = setting(200, "Most epochs; early stopping or a time budget may end sooner.")
+    time_budget: float = setting(
+        0.0, "Seconds for the whole command, data loading included; fits the schedule (0 = none)."
+    )
+    batch_size: int = setting(64, "Pictures per training step.")
+    lr: float = setting(3e-3, "Peak learning rate (AdamW).")
+    weight_decay: float = setting(0.2, "AdamW decoupled weight decay (regulariser 1).")
+    patience: int = setting(
+        0, "Early stopping: epochs without improvement (0 = off; regulariser 2)."
+    )
+    min_delta: float = setting(0.0, "Smallest change of --monitor that counts as improvement.")
+    monitor: str = setting(
+        "val_loss", "What early stopping and best.pt watch: val_loss or val_acc."
+    )
+    lr_schedule: str = setting("onecycle", "cosine, onecycle, step or none (regulariser 3).")
+    warmup: float = setting(0.1, "Share of training spent warming the LR up from lr/10 (0-0.5).")
+    augment: bool = setting(True, "Random crop, flip, rotation, colour jitter (regulariser 4).")
+    crop_scale: float = setting(0.35, "Smallest random crop, as a share of the picture's area.")
+    rotation: float = setting(10.0, "Largest random rotation in degrees.")
+    color_jitter: float = setting(0.3, "Largest relative brightness/contrast/saturation change.")
+    label_smoothing: float = setting(0.0, "Soften the 0/1 targets to 1-s/2 and s/2.")
+    cutmix: float = setting(0.0, "Share of batches mixed with CutMix (0 = off).")
+    ema: float = setting(
+        0.0, "Decay of a moving average of the weights, used for validation (0 = off)."
+    )
+    tta: bool = setting(True, "Validate (and by default predict) on picture and mirror.")
     # --- machinery ---
-    out: str = ""  # run folder; "" = runs/<timestamp>
-    resume: str = ""  # RUN/last.pt to continue from
-    init_from: str = ""  # checkpoint whose weights training starts from (catnet finetune)
-    correction_weight: int = 4  # corrected pictures (see catnet correct) count this many times
-    # best.pt = the epoch with the best `monitor` value instead of the last epoch. Off: the
-    # schedule anneals the LR to zero, so the last weights are the settled ones; validation
-    # loss rises late only through over-confidence, which calibration then removes. On the
-    # three dev splits (200 epochs) the last epoch scored 91.2 %, the lowest-val_loss one 89.4 %.
-    # Early stopping (patience > 0) always keeps the best epoch.
-    select_best: bool = False
-    cache: bool = True  # keep decoded pixels on disk so later epochs and runs skip JPEG decoding
-    cache_dir: str = ""  # "" = $CATNET_CACHE or ~/.cache/catnet
-    workers: int = 0  # decoding processes; 0 = one per core
-    precision: str = "auto"  # auto = bf16 where the CPU or GPU supports it, else fp32
-    device: str = "auto"  # auto, cpu or cuda
-    max_image_pixels: int = 120_000_000  # bigger pictures are refused (decompression bombs)
+    out: str = setting("", "Run folder [default: runs/<timestamp>].")
+    resume: str = setting("", "Continue a run from its RUN/last.pt.")
+    init_from: str = setting("", "Checkpoint whose weights training starts from (finetune).")
+    correction_weight: int = setting(
+        4, "Corrected pictures (see catnet correct) count this many times."
+    )
+    # Off by default: the schedule anneals the LR to zero, so the last weights are the settled
+    # ones; validation loss rises late only through over-confidence, which calibration then
+    # removes. On the three dev splits (200 epochs) the last epoch scored 91.2 %, the
+    # lowest-val_loss one 89.4 %. Early stopping (patience > 0) always keeps the best epoch.
+    select_best: bool = setting(
+        False, "best.pt = the epoch with the best --monitor value instead of the last epoch."
+    )
+    cache: bool = setting(True, "Keep decoded pixels on disk so later epochs and runs reuse them.")
+    cache_dir: str = setting("", "Cache folder [default: $CATNET_CACHE or ~/.cache/catnet].")
+    workers: int = setting(0, "Decoding processes (0 = one per core).")
+    precision: str = setting("auto", "auto (bf16 where the CPU or GPU supports it), bf16 or fp32.")
+    device: str = setting("auto", "auto, cpu or cuda.")
+    max_image_pixels: int = setting(
+        120_000_000, "Bigger pictures are refused (decompression bombs)."
+    )
 
     def validate(self) -> None:
         _choice("model", self.model, MODELS)
@@ -117,24 +143,28 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    threshold: float = -1.0  # decision threshold; < 0 = the checkpoint's own
-    batch_size: int = 128
-    tta: bool | None = None  # average each picture with its mirror; None = as trained
-    cache: bool = True
-    cache_dir: str = ""
-    workers: int = 0
-    positive: str = ""  # "" = the checkpoint's positive class name, else cat/cats
-    unsure: list[float] = field(default_factory=list)  # [low, high]: p(cat) in it is "unsure"
-    max_image_pixels: int = 120_000_000
+    threshold: float = setting(-1.0, "Decision threshold (< 0 = the checkpoint's).")
+    batch_size: int = setting(128, "Pictures per forward pass.")
+    tta: bool | None = setting(None, "Average each picture with its mirror [default: as trained].")
+    cache: bool = setting(True, "Reuse (and keep) decoded pixels in the cache.")
+    cache_dir: str = setting("", "Cache folder [default: $CATNET_CACHE or ~/.cache/catnet].")
+    workers: int = setting(0, "Decoding processes (0 = one per core).")
+    positive: str = setting("", "Name of the cat class folder [default: the checkpoint's].")
+    unsure: list[float] = setting([], "LOW,HIGH: p(cat) in this range counts as unsure.")
+    max_image_pixels: int = setting(
+        120_000_000, "Bigger pictures are refused (decompression bombs)."
+    )
 
 
 @dataclass
 class PredictConfig:
-    threshold: float = -1.0  # decision threshold; < 0 = the checkpoint's own
-    batch_size: int = 64
-    tta: bool | None = None  # average each picture with its mirror; None = as trained
-    workers: int = 0  # decoding processes; 0 = one per core
-    max_image_pixels: int = 120_000_000
+    threshold: float = setting(-1.0, "Decision threshold (< 0 = the checkpoint's).")
+    batch_size: int = setting(64, "Pictures per forward pass.")
+    tta: bool | None = setting(None, "Average each picture with its mirror [default: as trained].")
+    workers: int = setting(0, "Decoding processes (0 = one per core).")
+    max_image_pixels: int = setting(
+        120_000_000, "Bigger pictures are refused (decompression bombs)."
+    )
 
 
 Config = TypeVar("Config", TrainConfig, EvaluateConfig, PredictConfig)

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from catnet.curation.check import check_dataset, fix_dataset, print_check, undo_fix
+from catnet.cli.check_view import print_check
+from catnet.curation.check import check_dataset, fix_dataset, undo_fix
 from catnet.curation.fingerprints import dhash, near_pairs
 from catnet.data.folders import list_files
 from catnet.data.pixels import decode_square

@@ -80,17 +80,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _csv_ints(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise CatnetError(
-            f"--hidden takes comma-separated layer widths like 512,128, not {text!r}"
-        ) from None
-
-
 def _unsure_range(text: str | None) -> list[float] | None:
     if text is None:
         return None

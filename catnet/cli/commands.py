@@ -10,11 +10,11 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from catnet.cli.app import (
-    _csv_ints,
     _unsure_range,
     app,
     cache_app,
@@ -23,105 +23,48 @@ from catnet.cli.app import (
     json_safe,
     stdout,
 )
+from catnet.cli.options import config_options, help_of, overrides
+from catnet.config import EvaluateConfig, PredictConfig, TrainConfig
 from catnet.errors import EXIT_SOME_FAILED, CatnetError
+
+# Not flags: init_from is set by `catnet finetune` from its CHECKPOINT argument.
+TRAIN_INTERNAL = {"init_from": "set by catnet finetune from its CHECKPOINT argument"}
 
 
 @app.command()
 @friendly_errors
+@config_options(TrainConfig, exclude=TRAIN_INTERNAL)
 def train(
-    data: str = typer.Argument(
-        "", help="DATA_DIR: class folders (cats/, dogs/, ...) or train/ val/ [test/]."
-    ),
+    data: str = typer.Argument("", help=help_of(TrainConfig, "data")),
     config: Path | None = typer.Option(
         None, "--config", "-c", help="TOML file of settings (see configs/)."
     ),
-    out: str | None = typer.Option(None, help="Run folder [default: runs/<timestamp>]."),
-    model: str | None = typer.Option(None, help="mlp or cnn."),
-    epochs: int | None = typer.Option(None, help="Most epochs to train."),
-    time_budget: float | None = typer.Option(
-        None, help="Seconds for the whole command; fits the schedule."
-    ),
-    image_size: int | None = typer.Option(None, help="Input side in px (0 = from the data)."),
-    eval_image_size: int | None = typer.Option(
-        None, help="Side in px for validation/inference (0 = the decoded size, ~1.125x)."
-    ),
-    batch_size: int | None = typer.Option(None),
-    lr: float | None = typer.Option(None, help="Peak learning rate."),
-    weight_decay: float | None = typer.Option(None, help="AdamW weight decay."),
-    dropout: float | None = typer.Option(None, help="Dropout probability."),
-    patience: int | None = typer.Option(None, help="Early stopping patience in epochs (0 = off)."),
-    min_delta: float | None = typer.Option(
-        None, help="Smallest change that counts as improvement."
-    ),
-    monitor: str | None = typer.Option(None, help="val_loss or val_acc."),
-    lr_schedule: str | None = typer.Option(None, help="cosine, onecycle, step or none."),
-    warmup: float | None = typer.Option(None, help="Share of training spent warming up."),
-    augment: bool | None = typer.Option(None, "--augment/--no-augment", help="Data augmentation."),
-    crop_scale: float | None = typer.Option(None, help="Smallest random crop, share of the area."),
-    rotation: float | None = typer.Option(None, help="Largest random rotation in degrees."),
-    color_jitter: float | None = typer.Option(
-        None, help="Largest brightness/contrast/saturation change."
-    ),
-    label_smoothing: float | None = typer.Option(None, help="Soften the 0/1 targets by this much."),
-    cutmix: float | None = typer.Option(None, help="Share of batches mixed with CutMix (0 = off)."),
-    ema: float | None = typer.Option(
-        None, help="Decay of a moving average of the weights (0 = off)."
-    ),
-    hidden: str | None = typer.Option(None, help="MLP hidden layers, e.g. 512,128."),
-    activation: str | None = typer.Option(None, help="relu, gelu, silu, tanh or sigmoid."),
-    width: int | None = typer.Option(None, help="CNN channels in the first stage."),
-    depth: int | None = typer.Option(None, help="CNN stages."),
-    seed: int | None = typer.Option(None),
-    val_fraction: float | None = typer.Option(
-        None, help="Held-out share when DATA_DIR is not split."
-    ),
-    positive: str | None = typer.Option(None, help="Name of the cat class folder."),
-    precision: str | None = typer.Option(None, help="auto, bf16 or fp32."),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda."),
-    cache: bool | None = typer.Option(None, "--cache/--no-cache", help="Reuse decoded pictures."),
-    resume: Path | None = typer.Option(None, help="Continue a run from its RUN/last.pt."),
+    **settings: Any,
 ) -> None:
-    """Train a network on a folder of tagged pictures."""
-    from catnet.config import TrainConfig, load_config
+    """Train a network on a folder of tagged pictures.
 
-    overrides = {
-        "data": data or None, "out": out, "model": model, "epochs": epochs,
-        "time_budget": time_budget, "image_size": image_size, "eval_image_size": eval_image_size,
-        "batch_size": batch_size, "lr": lr,
-        "weight_decay": weight_decay, "dropout": dropout, "patience": patience,
-        "min_delta": min_delta, "monitor": monitor, "lr_schedule": lr_schedule, "warmup": warmup,
-        "augment": augment, "crop_scale": crop_scale, "rotation": rotation,
-        "color_jitter": color_jitter, "label_smoothing": label_smoothing, "ema": ema,
-        "cutmix": cutmix,
-        "hidden": _csv_ints(hidden), "activation": activation, "width": width,
-        "depth": depth, "seed": seed, "val_fraction": val_fraction, "positive": positive,
-        "precision": precision, "device": device, "cache": cache,
-    }  # fmt: skip
-    if resume:
+    Every setting of catnet.config.TrainConfig is a flag; flags override the --config file."""
+    from catnet.config import load_config
+
+    values = {"data": data or None, **overrides(TrainConfig, settings)}
+    if settings["resume"]:
         from catnet.training.state import resume_config
 
-        cfg = resume_config(str(resume), overrides)
+        cfg = resume_config(settings["resume"], values)
     else:
-        cfg = load_config(TrainConfig, config, overrides)
+        cfg = load_config(TrainConfig, config, values)
     from catnet.cli.render import run_training
 
-    run_training(cfg, console, out)
+    run_training(cfg, console)
 
 
 @app.command()
 @friendly_errors
+@config_options(EvaluateConfig)
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A catnet checkpoint (best.pt)."),
     data: Path = typer.Argument(..., help="Folder of tagged pictures (uses test/, else val/)."),
-    threshold: float | None = typer.Option(
-        None, help="Decision threshold [default: the checkpoint's]."
-    ),
-    tta: bool | None = typer.Option(
-        None, "--tta/--no-tta", help="Average each picture with its mirror [default: as trained]."
-    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    positive: str | None = typer.Option(None, help="Name of the cat class folder."),
-    cache: bool = typer.Option(True, "--cache/--no-cache"),
     unsure: str | None = typer.Option(
         None, help="LOW,HIGH: p(cat) in this range counts as unsure."
     ),
@@ -132,10 +75,11 @@ def evaluate(
         None, help="With --pick-threshold: write the new checkpoint here."
     ),
     report: Path | None = typer.Option(None, help="Write DIR/index.html and DIR/mistakes.csv."),
+    **settings: Any,
 ) -> None:
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
     from catnet.cli.render import print_evaluation
-    from catnet.config import EvaluateConfig, load_config
+    from catnet.config import load_config
     from catnet.inference.evaluation import evaluate as run_evaluate
 
     if pick_threshold and not save_to:
@@ -147,8 +91,8 @@ def evaluate(
             parse_threshold_rule(pick_threshold)
         except ValueError as exc:
             raise CatnetError(str(exc)) from None
-    values = {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache}
-    cfg = load_config(EvaluateConfig, None, {**values, "unsure": _unsure_range(unsure)})
+    values = {**overrides(EvaluateConfig, settings), "unsure": _unsure_range(unsure)}
+    cfg = load_config(EvaluateConfig, None, values)
     say = functools.partial(console.print, highlight=False, markup=False)
     result = run_evaluate(checkpoint, data, cfg, on_message=say)
     if pick_threshold and save_to:
@@ -175,20 +119,14 @@ def evaluate(
 
 @app.command()
 @friendly_errors
+@config_options(PredictConfig)
 def predict(
     checkpoint: Path = typer.Argument(..., help="A catnet checkpoint (best.pt)."),
     paths: list[str] = typer.Argument(..., help="Files, folders (searched recursively) or globs."),
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write rows to FILE.csv or FILE.jsonl."
     ),
-    threshold: float | None = typer.Option(
-        None, help="Decision threshold [default: the checkpoint's]."
-    ),
-    tta: bool | None = typer.Option(
-        None, "--tta/--no-tta", help="Average each picture with its mirror [default: as trained]."
-    ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
-    batch_size: int = typer.Option(64),
     unsure: str | None = typer.Option(None, help="LOW,HIGH: label p(cat) in this range 'unsure'."),
     skip_done: bool = typer.Option(
         False, "--skip-done", help="Skip paths already in --output; append."
@@ -199,14 +137,13 @@ def predict(
     link: bool = typer.Option(
         False, "--link", help="With --sort-into: hard-link instead of copying."
     ),
+    **settings: Any,
 ) -> None:
     """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
     from catnet.cli.predict_view import run_prediction
-    from catnet.config import PredictConfig, load_config
+    from catnet.config import load_config
 
-    cfg = load_config(
-        PredictConfig, None, {"threshold": threshold, "tta": tta, "batch_size": batch_size}
-    )
+    cfg = load_config(PredictConfig, None, overrides(PredictConfig, settings))
     if skip_done and not output:
         raise CatnetError("--skip-done needs --output FILE to know what is done")
     low_high = _unsure_range(unsure)

@@ -30,6 +30,7 @@ class RichTrainCallbacks(TrainCallbacks):
             transient=True,
         )
         self.decode_task = self.epoch_task = self.batch_task = None
+        self.first_epoch = 1
 
     def on_message(self, text: str) -> None:
         self.console.print(text, highlight=False)
@@ -44,6 +45,7 @@ class RichTrainCallbacks(TrainCallbacks):
             self.progress.remove_task(self.decode_task)
             self.decode_task = None
         if self.epoch_task is None:
+            self.first_epoch = epoch  # > 1 when resuming
             self.epoch_task = self.progress.add_task("epochs", total=planned_epochs, info="")
             self.batch_task = self.progress.add_task("batches", total=steps, info="")
         self.progress.update(self.epoch_task, total=planned_epochs, completed=epoch - 1)
@@ -54,16 +56,27 @@ class RichTrainCallbacks(TrainCallbacks):
 
     def on_epoch_end(self, row: dict[str, Any]) -> None:
         self.progress.update(self.epoch_task, completed=row["epoch"], total=row["planned_epochs"])
-        star = " *" if row["best"] else ""
+        if row["epoch"] == self.first_epoch:  # the legend, once per run
+            self.console.print(
+                f"* = {row['monitor']} better than at every earlier epoch", highlight=False
+            )
+            if row["time_budget"] > 0:
+                self.console.print(
+                    "the time budget re-plans the number of epochs as it measures speed",
+                    highlight=False,
+                )
+        # Under a time budget the planned total changes from line to line: leave it out.
+        total = "" if row["time_budget"] > 0 else f"/{row['planned_epochs']}"
+        mark = " *" if row["improved"] else ""
         self.console.print(
-            f"epoch {row['epoch']:3d}/{row['planned_epochs']}  train loss {row['train_loss']:.4f} "
+            f"epoch {row['epoch']:3d}{total}  train loss {row['train_loss']:.4f} "
             f"acc {row['train_acc']:.3f}  val loss {row['val_loss']:.4f} acc {row['val_acc']:.3f}  "
-            f"lr {row['lr']:.2e}  {row['seconds']:.0f}s{star}",
+            f"lr {row['lr']:.2e}  {row['seconds']:.0f}s{mark}",
             highlight=False,
         )
 
 
-def run_training(cfg: TrainConfig, console: Console, out_given: str | None) -> TrainResult:
+def run_training(cfg: TrainConfig, console: Console) -> TrainResult:
     callbacks = RichTrainCallbacks(console)
     try:
         with callbacks.progress:

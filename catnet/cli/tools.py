@@ -151,7 +151,8 @@ def check(
 
     from rich.progress import Progress
 
-    from catnet.curation.check import check_dataset, fix_dataset, print_check, undo_fix
+    from catnet.cli.check_view import print_check
+    from catnet.curation.check import check_dataset, fix_dataset, undo_fix
     from catnet.data.folders import printable
 
     if fix and undo:

@@ -14,14 +14,11 @@ import json
 import os
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from catnet.curation.fingerprints import Progress, fingerprint_files, groups_from_pairs, near_pairs
 from catnet.data.folders import SPLIT_NAMES, printable, scan_dataset
 from catnet.errors import EXIT_SOME_FAILED, CatnetError, WriteFailed, write_reason, writing
-
-if TYPE_CHECKING:
-    from rich.console import Console
 
 TINY_SIDE = 32
 NEAR_DISTANCE = 4
@@ -233,59 +230,3 @@ def undo_fix(root: str | Path) -> int:
             hint=f"move those by hand from {root / QUARANTINE}",
         )
     return restored
-
-
-# ---------------------------------------------------------------------------------------------
-# Display
-
-SHOWN = 20
-SECTIONS = [  # key, title, columns, row
-    ("unreadable", "Unreadable (training skips these)", ["file", "reason"],
-     lambda e: [e["path"], e["reason"]]),
-    ("leaks", "Same picture in more than one split", ["splits", "kind", "files"],
-     lambda e: [", ".join(e["splits"]), e["kind"], "\n".join(e["paths"])]),
-    ("duplicates", "Exact duplicates", ["copies", "files"], lambda g: [str(len(g)), "\n".join(g)]),
-    ("near_duplicates", "Near duplicates", ["pictures", "files"],
-     lambda g: [str(len(g)), "\n".join(g)]),
-    ("lying_extensions", "Extension disagrees with content", ["file", "extension", "format"],
-     lambda e: [e["path"], e["extension"], e["format"]]),
-    ("odd_modes", "Unusual colour modes (converted to RGB)", ["file", "mode"],
-     lambda e: [e["path"], e["mode"]]),
-    ("tiny", f"Tiny pictures (side < {TINY_SIDE} px)", ["file", "size"],
-     lambda e: [e["path"], f"{e['width']}x{e['height']}"]),
-]  # fmt: skip
-
-
-def print_check(report: dict[str, Any], console: Console) -> None:
-    """Counts per split and class, then one table per kind of problem (first SHOWN rows)."""
-    from rich.table import Table
-    from rich.text import Text
-
-    head = f"{report['root']}: {report['layout']} layout, {report['n_images']} readable pictures"
-    head += f" in {report['n_files']} files, cat class {report['positive']!r}"
-    console.print(Text(printable(head)))
-    counts = Table()
-    counts.add_column("class")
-    for split in report["counts"]:
-        counts.add_column(split, justify="right")
-    for name in report["classes"]:
-        counts.add_row(
-            Text(printable(name)), *(str(c.get(name, 0)) for c in report["counts"].values())
-        )
-    console.print(counts)
-    for key, title, columns, row in SECTIONS:
-        items = report[key]
-        if not items:
-            console.print(f"[green]ok[/] {title.split(' (')[0].lower()}: none")
-            continue
-        console.print(f"[bold yellow]{title}: {len(items)}[/]")  # not a table title: it wraps
-        table = Table()
-        for column in columns:
-            table.add_column(column)
-        for item in items[:SHOWN]:
-            table.add_row(*(Text(printable(cell)) for cell in row(item)))
-        console.print(table)
-        if len(items) > SHOWN:
-            console.print(f"... and {len(items) - SHOWN} more")
-    if report.get("leak_note"):
-        console.print(Text(f"note: {report['leak_note']}", style="dim"))

@@ -181,12 +181,15 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         row["seconds"] = round(time.monotonic() - started, 2)
         state.history.append(row)
         improved = state.stopper.update(row[cfg.monitor], state.epoch)
-        improved = improved or not keep_best
+        save_best = improved or not keep_best
         save_run_checkpoints(
-            run_dir, cfg, data, model, optimizer, state, gen, compute, best=improved, ema=ema
+            run_dir, cfg, data, model, optimizer, state, gen, compute, best=save_best, ema=ema
         )
         write_metrics(run_dir / "metrics.csv", state.history)
-        cb.on_epoch_end({**row, "best": improved, "planned_epochs": state.planned_epochs})
+        cb.on_epoch_end(
+            {**row, "best": save_best, "improved": improved, "monitor": cfg.monitor,
+             "planned_epochs": state.planned_epochs, "time_budget": cfg.time_budget}
+        )  # fmt: skip
         if state.stopper.should_stop:
             stop_reason = f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
             break
