@@ -10,11 +10,11 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import multiprocessing
 import os
 import stat
 import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from catnet.data.pixels import reason_for, to_rgb
-from catnet.errors import DecodeError
+from catnet.errors import CatnetError, DecodeError
+from catnet.runtime.workers import cpu_workers, process_pool
 
 HASH_BITS = 64
 Progress = Callable[[int, int], None]  # (done, total)
@@ -154,14 +155,7 @@ def _fingerprint_chunk(task: tuple[list[str], int]) -> list[dict[str, Any]]:
 def fingerprint_files(
     paths: list[str], max_pixels: int, workers: int, on_progress: Progress | None
 ) -> list[dict[str, Any]]:
-    """Pillow holds the GIL while decoding, so parallel means processes; fork starts them in
-    milliseconds and does not re-import the caller's script."""
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from catnet.data.decoding import cpu_workers
-    from catnet.errors import CatnetError
-
+    """Fingerprints in input order, from a pool of worker processes (runtime.workers)."""
     n_workers = min(cpu_workers(workers), max(1, len(paths) // CHUNK))
     chunks = [(paths[i : i + CHUNK], max_pixels) for i in range(0, len(paths), CHUNK)]
     results: list[dict[str, Any]] = []
@@ -169,11 +163,7 @@ def fingerprint_files(
     if n_workers <= 1:  # a pool is not worth it for a handful of files
         mapped: Iterable[list[dict[str, Any]]] = map(_fingerprint_chunk, chunks)
     else:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        # An executor, not multiprocessing.Pool: a worker killed by a decoder crash raises
-        # BrokenProcessPool here instead of leaving the check waiting forever.
-        pool = ProcessPoolExecutor(n_workers, mp_context=ctx)
+        pool = process_pool(n_workers)
         mapped = pool.map(_fingerprint_chunk, chunks)
     try:
         for chunk_results in mapped:

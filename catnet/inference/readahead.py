@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from catnet.config import PredictConfig
-from catnet.data.decoding import Decoder
+from catnet.data.decoding import Decoded, Decoder
 from catnet.inference.outputs import expand_inputs
 from catnet.runtime import cpuload
 
@@ -41,7 +41,7 @@ def peek_decode_size(checkpoint: str | Path) -> int | None:
 
 
 class DecodeAhead:
-    """Windows of input files and their decoded pixels (bytes, or '!reason'). `take` waits for
+    """Windows of input files and their Decoded pixels. `take` waits for
     the current window; `start_next` puts the workers on the following one. Memory: two
     windows at most."""
 
@@ -74,7 +74,7 @@ class DecodeAhead:
             self.decoder.size = size
             self.job = self.decoder.submit(self.chunk)
 
-    def take(self) -> tuple[list[Path], list[bytes | str]]:
+    def take(self) -> tuple[list[Path], list[Decoded]]:
         return self.chunk, self.job() if self.chunk else []  # the job releases every core
 
     def start_next(self) -> None:
