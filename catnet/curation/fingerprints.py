@@ -12,7 +12,6 @@ import hashlib
 import io
 import os
 import stat
-import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-from catnet.data.pixels import reason_for, to_rgb
+from catnet.data.pixels import open_picture, reason_for, to_rgb
 from catnet.errors import CatnetError, DecodeError
 from catnet.runtime.workers import cpu_workers, process_pool
 
@@ -122,21 +121,18 @@ def _picture_facts(data: bytes, max_pixels: int) -> dict[str, Any]:
     """The checks and reasons of data.decode_square, on bytes already in memory (it only takes
     a path, and reading every file twice would double the doctor's I/O)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None  # checked below against max_pixels, as in decode_square
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                facts = {"format": img.format or "", "mode": img.mode, "size": (width, height)}
-                if width * height > max_pixels:
-                    raise DecodeError(f"too many pixels ({width}x{height}, limit {max_pixels:,})")
-                if width < 1 or height < 1:
-                    raise DecodeError("zero-sized picture")
-                img.seek(0)
-                if img.format == "JPEG":
-                    img.draft("RGB", (64, 64))  # the hash needs 9x8 pixels: decode at 1/8 scale
-                facts["dhash"] = dhash(to_rgb(ImageOps.exif_transpose(img) or img))
-                return facts
+        with open_picture(io.BytesIO(data)) as img:  # max_pixels checked below, not Pillow's
+            width, height = img.size
+            facts = {"format": img.format or "", "mode": img.mode, "size": (width, height)}
+            if width * height > max_pixels:
+                raise DecodeError(f"too many pixels ({width}x{height}, limit {max_pixels:,})")
+            if width < 1 or height < 1:
+                raise DecodeError("zero-sized picture")
+            img.seek(0)
+            if img.format == "JPEG":
+                img.draft("RGB", (64, 64))  # the hash needs 9x8 pixels: decode at 1/8 scale
+            facts["dhash"] = dhash(to_rgb(ImageOps.exif_transpose(img) or img))
+            return facts
     except DecodeError:
         raise
     except Exception as exc:
