@@ -53,7 +53,8 @@ def popcount(x: np.ndarray) -> np.ndarray:
 def near_pairs(hashes: Iterable[int], max_distance: int = 4) -> list[tuple[int, int]]:
     """Index pairs (i < j) whose hashes differ in at most max_distance bits.
 
-    All pairs, O(n^2) popcounts: about a second for 20k pictures, and exact, unlike bucketing.
+    All pairs, O(n^2) popcounts in blocks of BLOCK rows: exact, unlike bucketing, and vectorised
+    so that even tens of thousands of pictures take seconds, not minutes.
     """
     h = np.fromiter(hashes, dtype=np.uint64)
     pairs: list[tuple[int, int]] = []

@@ -95,7 +95,7 @@ def to_square_rgb(img: Image.Image, size: int, max_pixels: int) -> np.ndarray:
         raise DecodeError("zero-sized picture")
     img.seek(0)  # animated GIF/WebP: the first frame
     if img.format == "JPEG":
-        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: 2-3x faster for small sizes.
+        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for small sizes.
         # Asking for (size, size) keeps both sides >= size, so the short side never goes below.
         img.draft("RGB", (size, size))
     img = ImageOps.exif_transpose(img) or img

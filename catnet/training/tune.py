@@ -58,9 +58,12 @@ def candidates(model: str) -> list[Trial]:
 def verdict(train_acc: float, val_acc: float, best_val: float, majority: float = 0.5) -> str:
     """underfit: cannot even fit its training pictures (or barely beats always answering the
     commoner class); overfit: fits them far better than new ones; good otherwise."""
-    if train_acc - val_acc > OVERFIT_GAP:
+    gap = train_acc - val_acc
+    if gap > OVERFIT_GAP:
         return "overfit"
-    if train_acc < underfit_floor(majority) or (val_acc < best_val - 0.05 and train_acc - val_acc < 0.03):
+    # Well behind the best size without overfitting: too small to learn what the others did.
+    behind = val_acc < best_val - 0.05 and gap < 0.03
+    if train_acc < underfit_floor(majority) or behind:
         return "underfit"
     return "good"
 
