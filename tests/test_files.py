@@ -14,7 +14,6 @@ from catnet.runtime.files import (
     atomic_write_text,
     copy_new,
     create_new,
-    free_path,
     move_new,
 )
 
@@ -44,8 +43,13 @@ def test_a_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path: Path) 
 def test_free_names_are_numbered_before_the_suffix(tmp_path: Path) -> None:
     (tmp_path / "a.jpg").write_bytes(b"1")
     (tmp_path / "a-1.jpg").symlink_to(tmp_path / "gone")  # a broken link still takes the name
-    assert free_path(tmp_path / "a.jpg") == tmp_path / "a-2.jpg"
-    assert free_path(tmp_path / "b.jpg") == tmp_path / "b.jpg"
+    source = tmp_path / "src"
+    source.write_bytes(b"new")
+    assert create_new(tmp_path / "a.jpg", partial(copy_new, source)) == tmp_path / "a-2.jpg"
+    assert create_new(tmp_path / "b.jpg", partial(copy_new, source)) == tmp_path / "b.jpg"
+    assert (tmp_path / "a.jpg").read_bytes() == b"1" and (
+        tmp_path / "a-2.jpg"
+    ).read_bytes() == b"new"
 
 
 def test_create_new_never_overwrites_even_a_file_that_appears_meanwhile(tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from catnet.data.pixels import open_picture, reason_for, to_rgb
 from catnet.errors import CatnetError, DecodeError
 from catnet.runtime.workers import cpu_workers, process_pool
 
-HASH_BITS = 64
 Progress = Callable[[int, int], None]  # (done, total)
 # Rows of the distance matrix computed at once: bounds memory to BLOCK * n * 8 bytes.
 BLOCK = 128

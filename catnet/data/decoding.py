@@ -28,10 +28,6 @@ class Decoded(NamedTuple):
     pixels: bytes | None
     reason: str = ""
 
-    @property
-    def ok(self) -> bool:
-        return self.pixels is not None
-
 
 def _decode_task(task: Task) -> Decoded:
     """Worker: one picture. Top-level so process pools can pickle it."""
@@ -119,9 +115,6 @@ class Decoder:
             return DecodeJob(self.pool, _chunks(tasks, chunk))
         first = _chunks(tasks[:lead], -(-lead // spread))  # ceil: one chunk per worker
         return DecodeJob(self.pool, first, _chunks(tasks[lead:], chunk))
-
-    def decode(self, paths: Sequence[Path]) -> list[Decoded]:
-        return self.submit(paths)()
 
 
 def _chunks(tasks: list[Task], size: int) -> list[list[Task]]:

@@ -86,14 +86,9 @@ def numbered(path: Path) -> Iterator[Path]:
         n += 1
 
 
-def free_path(path: str | Path) -> Path:
-    """The first of numbered(path) that does not exist (a broken symlink counts as existing).
-    Only a hint where another process may create files meanwhile: use create_new to claim."""
-    return next(p for p in numbered(Path(path)) if not os.path.lexists(p))
-
-
 def create_new(path: str | Path, make: Callable[[Path], None]) -> Path:
-    """Try path, name-1.ext, ... in turn and return the first that `make` created. `make` must
+    """Try path, name-1.ext, ... in turn (skipping names that exist, broken symlinks too) and
+    return the first that `make` created. `make` must
     raise FileExistsError where the candidate exists (os.link, open(..., "xb"), copy_new and
     move_new do), so a file that appears meanwhile is never overwritten."""
     for candidate in numbered(Path(path)):
