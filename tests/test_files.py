@@ -84,3 +84,9 @@ def test_move_new_moves_a_symlink_itself_and_refuses_to_replace(tmp_path: Path) 
     placed = create_new(busy, partial(move_new, link))
     assert placed == tmp_path / "busy-1.jpg"
     assert placed.is_symlink() and not os.path.lexists(link)
+
+
+def test_a_failed_copy_leaves_no_file_behind(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        copy_new(tmp_path / "missing.jpg", tmp_path / "copy.jpg")
+    assert not os.path.lexists(tmp_path / "copy.jpg")

@@ -88,9 +88,9 @@ def numbered(path: Path) -> Iterator[Path]:
 
 def create_new(path: str | Path, make: Callable[[Path], None]) -> Path:
     """Try path, name-1.ext, ... in turn (skipping names that exist, broken symlinks too) and
-    return the first that `make` created. `make` must
-    raise FileExistsError where the candidate exists (os.link, open(..., "xb"), copy_new and
-    move_new do), so a file that appears meanwhile is never overwritten."""
+    return the first that `make` created. `make` must raise FileExistsError where the candidate
+    exists (os.link, open(..., "xb"), copy_new and move_new do), so that a file another process
+    creates meanwhile is never overwritten."""
     for candidate in numbered(Path(path)):
         if os.path.lexists(candidate):
             continue
@@ -101,10 +101,14 @@ def create_new(path: str | Path, make: Callable[[Path], None]) -> Path:
 
 
 def copy_new(source: str | Path, target: str | Path) -> None:
-    """Copy bytes and timestamps like shutil.copy2, but fail (FileExistsError) if target exists."""
-    with open(source, "rb") as src, open(target, "xb") as dst:
-        shutil.copyfileobj(src, dst)
-    shutil.copystat(source, target)
+    """shutil.copy2 (bytes and timestamps), but fail (FileExistsError) if target exists: the
+    name is claimed by creating it exclusively first. A failed copy leaves no partial file."""
+    open(target, "xb").close()
+    try:
+        shutil.copy2(source, target)  # onto the empty file just created: ours to replace
+    except BaseException:
+        os.unlink(target)
+        raise
 
 
 def move_new(source: str | Path, target: str | Path) -> None:
