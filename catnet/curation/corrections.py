@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from catnet.data.folders import POSITIVE_NAMES, is_hidden, list_files
 from catnet.errors import CatnetError
+from catnet.runtime.files import copy_new, create_new, move_new
 
 LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
 LABELS = ("cat", "not_cat")
@@ -72,18 +73,17 @@ def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> l
         wrong = [p for p in copies if _label_of(p) != label]
         dest = right[0] if right else None
         for path in wrong:
-            target = _free_name(_target_dir(path.parent.parent, label), path.name)
-            target.parent.mkdir(parents=True, exist_ok=True)
             if dest is None:  # keep one copy, moved to the right class
-                shutil.move(path, target)
-                dest = target
+                folder = _target_dir(path.parent.parent, label)
+                folder.mkdir(parents=True, exist_ok=True)
+                dest = create_new(folder / path.name, partial(move_new, path))
             else:  # the right copy exists, so this never loses the picture
                 path.unlink()
         if dest is None:  # not in the data yet: a new training example
             base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
-            dest = _free_name(_target_dir(base, label), source.name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest)
+            folder = _target_dir(base, label)
+            folder.mkdir(parents=True, exist_ok=True)
+            dest = create_new(folder / source.name, partial(copy_new, source))
         old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
         done.append(Correction(source, dest, old_label, label, wrong))
         _log(data_dir, digest, old_label, label, source, dest)
@@ -139,14 +139,6 @@ def _hash_index(data_dir: Path) -> dict[str, list[Path]]:
 def _label_of(path: Path) -> str:
     """cat if the picture's class folder is named cat or cats, else not_cat."""
     return "cat" if path.parent.name.lower() in POSITIVE_NAMES else "not_cat"
-
-
-def _free_name(folder: Path, name: str) -> Path:
-    target, n = folder / name, 1
-    while target.exists():
-        target = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
-        n += 1
-    return target
 
 
 def _log(data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path) -> None:

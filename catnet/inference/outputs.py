@@ -8,13 +8,13 @@ import csv
 import glob
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from catnet.data.folders import IMAGE_SUFFIXES, iter_files
+from catnet.runtime.files import copy_new, create_new, numbered
 
 
 @dataclass
@@ -111,24 +111,28 @@ def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
     source = Path(pred.path)
     folder = dest / pred.label
     folder.mkdir(parents=True, exist_ok=True)
-    target = folder / source.name
-    n = 1
-    while target.exists():
-        if (
-            target.stat().st_size == source.stat().st_size
-            and target.read_bytes() == source.read_bytes()
-        ):
-            return target  # already sorted (e.g. a resumed run)
-        target = folder / f"{source.stem}-{n}{source.suffix}"
-        n += 1
+    for existing in numbered(folder / source.name):
+        if not os.path.lexists(existing):
+            break
+        if _same_bytes(existing, source):
+            return existing  # already sorted (e.g. a resumed run)
+    return create_new(folder / source.name, lambda target: _put(source, target, link))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+def _put(source: Path, target: Path, link: bool) -> None:
     if link:
         try:
             os.link(source, target)
-            return target
+            return
+        except FileExistsError:
+            raise
         except OSError:  # another filesystem: fall back to a copy
             pass
-    shutil.copy2(source, target)
-    return target
+    copy_new(source, target)
 
 
 def _cut_partial_line(path: Path) -> None:

@@ -6,14 +6,9 @@ carries everything evaluate and predict need (see README, "Checkpoint format").
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import pickle
-import signal
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +16,7 @@ import torch
 
 from catnet import __version__
 from catnet.errors import CatnetError
+from catnet.runtime.files import atomic_write
 
 FORMAT = "catnet-checkpoint"
 FORMAT_VERSION = 1
@@ -49,44 +45,10 @@ def make_checkpoint(state_dict: dict[str, torch.Tensor], **fields: Any) -> dict[
     }
 
 
-@contextlib.contextmanager
-def _ctrl_c_after_write() -> Iterator[None]:
-    """Hold a Ctrl-C that arrives during a checkpoint write until the write is done (well under
-    a second): torch's zip writer turns an interrupt mid-write into an unrelated RuntimeError."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed: list[object] = []
-    previous = signal.signal(signal.SIGINT, lambda *args: pressed.append(args))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if pressed:
-        raise KeyboardInterrupt
-
-
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically: temp file, fsync, rename, fsync the folder. A kill at any moment
-    leaves either the previous complete file or the new complete one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _ctrl_c_after_write():
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return path
+    """Write atomically (runtime.files.atomic_write): a kill at any moment leaves either the
+    previous complete file or the new complete one."""
+    return atomic_write(path, lambda fh: torch.save(payload, fh))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
