@@ -155,7 +155,6 @@ def test_cutmix_targets_are_the_pasted_share() -> None:
         # Every picture is its own colour outside the box and its partner's inside it, so the
         # mean brightness is exactly the mixed target.
         assert torch.allclose(mixed.mean(dim=(1, 2, 3)), targets, atol=1e-6)
-        assert ((targets >= 0) & (targets <= 1)).all()
 
 
 def test_cutmix_is_deterministic_for_a_seed_and_leaves_its_input_alone() -> None:

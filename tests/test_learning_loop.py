@@ -108,7 +108,7 @@ def check_info(info: dict, checkpoint: Path) -> None:
     assert all(n > 0 for split in counts.values() for n in split.values())
     for key in ("weight_decay", "dropout", "augment", "lr_schedule", "patience"):
         assert key in info["regularizers"], key
-    assert 0.0 <= info["metrics"]["accuracy"] <= 1.0
+    assert info["metrics"]["accuracy"] == pytest.approx(model.payload["metrics"]["accuracy"])
 
 
 def test_info_json_of_an_mlp_lists_its_layers_of_neurons(mlp_run: MlpRun) -> None:
