@@ -165,6 +165,7 @@ def test_cutmix_is_deterministic_for_a_seed_and_leaves_its_input_alone() -> None
     assert torch.equal(x, two_colour_batch()[0])
 
 
+@pytest.mark.slow
 def test_training_with_cutmix_runs(
     tmp_path: Path,
     make_dataset: Callable[..., Path],

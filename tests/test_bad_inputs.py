@@ -297,6 +297,7 @@ def read_skipped(run_dir: Path) -> dict[str, str]:
     return rows
 
 
+@pytest.mark.slow
 def test_train_skips_exactly_the_unusable_files(
     corpus: Corpus, trained_on_corpus: TrainRun
 ) -> None:
@@ -315,6 +316,7 @@ def test_train_skips_exactly_the_unusable_files(
     assert str(run_dir / "skipped.txt") in words, report
 
 
+@pytest.mark.slow
 def test_train_uses_every_odd_picture(corpus: Corpus, trained_on_corpus: TrainRun) -> None:
     skipped = {corpus.rel(p) for p in read_skipped(trained_on_corpus.run_dir)}
     used_odd = set(corpus.odd) - skipped
@@ -322,11 +324,13 @@ def test_train_uses_every_odd_picture(corpus: Corpus, trained_on_corpus: TrainRu
     assert not skipped & set(corpus.hidden)
 
 
+@pytest.mark.slow
 def test_bomb_is_refused_by_the_pixel_limit(corpus: Corpus, trained_on_corpus: TrainRun) -> None:
     skipped = {corpus.rel(p): r for p, r in read_skipped(trained_on_corpus.run_dir).items()}
     assert "too many pixels" in skipped["dogs/bomb.png"]
 
 
+@pytest.mark.slow
 def test_train_and_check_give_the_same_reasons(
     corpus: Corpus, cli: Cli, trained_on_corpus: TrainRun
 ) -> None:
@@ -337,6 +341,7 @@ def test_train_and_check_give_the_same_reasons(
     assert skipped == {u["path"]: u["reason"] for u in found["unreadable"]}
 
 
+@pytest.mark.slow
 def test_evaluate_counts_the_skipped_files(
     corpus: Corpus, cli: Cli, trained_on_corpus: TrainRun
 ) -> None:
@@ -371,6 +376,7 @@ def check_prediction_rows(corpus: Corpus, rows: list[dict[str, str]]) -> None:
         assert 0.0 <= float(row["p_cat"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_predict_csv_has_a_row_for_every_file(
     corpus: Corpus, cli: Cli, trained_on_corpus: TrainRun
 ) -> None:
@@ -381,6 +387,7 @@ def test_predict_csv_has_a_row_for_every_file(
     check_prediction_rows(corpus, read_rows(out))
 
 
+@pytest.mark.slow
 def test_predict_json_lines_parse(corpus: Corpus, cli: Cli, trained_on_corpus: TrainRun) -> None:
     proc = cli("predict", trained_on_corpus.run_dir / "best.pt", corpus.root, "--json")
     report = no_traceback(proc)
@@ -390,6 +397,7 @@ def test_predict_json_lines_parse(corpus: Corpus, cli: Cli, trained_on_corpus: T
     check_prediction_rows(corpus, rows)
 
 
+@pytest.mark.slow
 def test_predict_plain_output_survives_a_non_utf8_name(
     corpus: Corpus, cli: Cli, trained_on_corpus: TrainRun
 ) -> None:
@@ -417,6 +425,7 @@ def run_check(
         pytest.fail(f"check --json printed no JSON\n{report}")
 
 
+@pytest.mark.slow
 def test_check_reports_every_problem(corpus: Corpus, cli: Cli) -> None:
     proc, found = run_check(cli, corpus.root)
     assert proc.returncode == 1, text(proc.stderr)  # unreadable files present
@@ -441,6 +450,7 @@ def test_check_reports_every_problem(corpus: Corpus, cli: Cli) -> None:
     assert not listed & set(corpus.hidden)
 
 
+@pytest.mark.slow
 def test_check_plain_text_report(corpus: Corpus, cli: Cli) -> None:
     proc = cli("check", corpus.root)
     report = no_traceback(proc)
@@ -449,6 +459,7 @@ def test_check_plain_text_report(corpus: Corpus, cli: Cli) -> None:
         assert rel in text(proc.stdout), report
 
 
+@pytest.mark.slow
 def test_check_fix_moves_only_unusable_files_and_undo_restores(
     corpus: Corpus, cli: Cli, tmp_path: Path
 ) -> None:
@@ -487,6 +498,7 @@ def test_check_fix_moves_only_unusable_files_and_undo_restores(
     assert {u["path"] for u in found["unreadable"]} == set(mine.invalid)
 
 
+@pytest.mark.slow
 def test_check_and_decode_agree_on_the_pixel_limit(cli: Cli, tmp_path: Path) -> None:
     """A 100-megapixel photo is under catnet's 120 MP limit: decode_square (train, evaluate,
     predict) uses it, so check must not call it unreadable, nor --fix quarantine it. Pillow's

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from catnet.cli import app
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# The module trains a CNN for 30 epochs before its first test: all of it is slow.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 ROW_KEYS = {"path", "label", "p_cat", "error", "model", "threshold"}
 
 

@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from catnet.cli import app
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# Nearly every test here trains, tunes or starts `python -m catnet`: all of it is slow.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 MakeDataset = Callable[..., Path]
 TUNE_COLUMNS = [
     "trial", "round", "size", "parameters", "train_acc", "val_acc", "gap", "verdict", "seconds",
