@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import make_dataset
 
+pytestmark = pytest.mark.slow  # trains in `python -m catnet` processes and kills them
+
 TRAIN_ARGS = [
     "--epochs",
     "40",

@@ -19,6 +19,8 @@ from catnet.inference.evaluation import EvaluationResult
 from catnet.inference.metrics import binary_metrics
 from catnet.inference.report import CSV_COLUMNS, find_mistakes, write_report
 
+pytestmark = pytest.mark.slow  # every test draws the report's plots; one starts a browser
+
 TEMPERATURE = 2.0
 # (class folder, file name, p(cat)): three false positives, two false negatives, four right.
 PICTURES = [
