@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from catnet.errors import CatnetError
+from catnet.runtime.files import atomic_write_text
 
 MODELS = ("mlp", "cnn")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
@@ -264,7 +265,7 @@ def _toml_value(value: Any) -> str:
 
 
 def save_config(config: TrainConfig | EvaluateConfig | PredictConfig, path: Path) -> None:
-    path.write_text(to_toml(dataclasses.asdict(config)))
+    atomic_write_text(path, to_toml(dataclasses.asdict(config)), what="the settings")
 
 
 def _toml_char(char: str) -> str:

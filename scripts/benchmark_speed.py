@@ -27,11 +27,11 @@ import torch.nn.functional as F
 from catnet.config import PredictConfig, TrainConfig
 from catnet.data.augment import MEAN, STD
 from catnet.data.cache import cache_size_for, load_pixels
-from catnet.data.decoding import cpu_workers
 from catnet.data.folders import list_files, scan_dataset
 from catnet.data.pixels import decode_square
 from catnet.models.networks import CNN, fuse_for_inference
 from catnet.runtime.compute import Compute, select_compute, setup_threads
+from catnet.runtime.workers import cpu_workers
 from catnet.training.loop import build_optimizer, train_one_epoch
 from catnet.training.schedule import EarlyStopping
 from catnet.training.state import PreparedData, TrainState, eval_size_for

@@ -147,6 +147,14 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs the session's trained model is slow: the training alone takes seconds
+    (tens of seconds on a busy machine), and `pytest -m "not slow"` should not pay for it."""
+    for item in items:
+        if "trained" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @dataclass(frozen=True)
 class TrainedRun:
     data: Path  # flat cats/ dogs/ folder, with one unreadable file in cats/

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import TrainedRun, draw_picture, prob_tol
+from conftest import REPO, TrainedRun, draw_picture, prob_tol
 from PIL import Image
 
 import catnet
@@ -18,7 +19,10 @@ def test_public_names_are_callables() -> None:
     for name in ("train", "evaluate", "predict", "load_model"):
         assert callable(getattr(catnet, name)), name
     assert set(catnet.__all__) >= {"train", "evaluate", "predict", "load_model", "__version__"}
-    assert isinstance(catnet.__version__, str)
+    assert (
+        catnet.__version__
+        == tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    )
     with pytest.raises(AttributeError):
         _ = catnet.no_such_thing  # type: ignore[attr-defined]
 

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import make_dataset
+
+pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

@@ -21,6 +21,7 @@ from catnet.data.cache import (
     default_cache_root,
     load_pixels,
 )
+from catnet.data.decoding import Decoded
 
 SIZE = 8
 
@@ -33,7 +34,7 @@ class DecodeSpy:
         self.paths: list[str] = []
         real = catnet.data.decoding._decode_task
 
-        def spy(task: tuple[str, int, int]) -> bytes | str:
+        def spy(task: tuple[str, int, int]) -> Decoded:
             self.paths.append(task[0])
             return real(task)
 

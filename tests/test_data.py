@@ -11,6 +11,7 @@ import pytest
 from conftest import write_class
 from PIL import Image
 
+from catnet.curation.fingerprints import fingerprint_file
 from catnet.data.folders import list_files, scan_dataset
 from catnet.data.pixels import decode_square, to_rgb
 from catnet.errors import CatnetError, DecodeError
@@ -396,3 +397,12 @@ def test_pixel_limit_is_max_pixels_not_pillows(
     path = solid(tmp_path / "forty.png", "RGB", RED, size=40)  # 1,600 pixels
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)  # Pillow warns above 1,000
     assert_color(decode_square(path, 8, max_pixels=10_000), RED)
+    # Pillow refuses outright above twice its limit: max_pixels still decides, and Pillow's
+    # process-wide setting is left as the caller set it.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    assert_color(decode_square(path, 8, max_pixels=10_000), RED)
+    with pytest.raises(DecodeError, match=r"too many pixels \(40x40, limit 1,000\)"):
+        decode_square(path, 8, max_pixels=1_000)
+    facts = fingerprint_file(str(path), 10_000)
+    assert facts["size"] == (40, 40) and "dhash" in facts
+    assert Image.MAX_IMAGE_PIXELS == 500

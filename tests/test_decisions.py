@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 
 from catnet.cli import app
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+# The module trains a CNN for 30 epochs before its first test: all of it is slow.
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
 ROW_KEYS = {"path", "label", "p_cat", "error", "model", "threshold"}
 
 
@@ -90,9 +91,23 @@ def test_evaluate_json_reports_calibration(synth: SynthRun) -> None:
     m = strict_json(proc.stdout)
     for key in ("ece", "ece_uncalibrated", "pr_auc", "temperature", "roc_auc", "accuracy"):
         assert isinstance(m[key], float), (key, m[key])
-    for key in ("ece", "ece_uncalibrated", "pr_auc", "roc_auc", "accuracy"):
-        assert 0.0 <= m[key] <= 1.0, (key, m[key])
-    assert m["temperature"] > 0
+    # The numbers are those of the scores evaluate() gives in-process, measured independently:
+    # scikit-learn for the ranking metrics, the 15-bin numpy ECE of test_metrics_reference.
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from test_metrics_reference import numpy_ece
+
+    from catnet.config import EvaluateConfig
+    from catnet.inference.evaluation import evaluate
+
+    result = evaluate(synth.best, synth.fresh, EvaluateConfig(workers=1))
+    probs, labels = result.probs.numpy(), np.array([s.label for s in result.samples])
+    raw = torch.sigmoid(result.logits).numpy()
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(labels, probs), abs=1e-6)
+    assert m["pr_auc"] == pytest.approx(average_precision_score(labels, probs), abs=1e-6)
+    assert m["ece"] == pytest.approx(numpy_ece(probs, labels), abs=1e-5)
+    assert m["ece_uncalibrated"] == pytest.approx(numpy_ece(raw, labels), abs=1e-5)
+    assert m["accuracy"] == pytest.approx(((probs >= m["threshold"]) == labels).mean())
+    assert m["roc_auc"] > 0.8  # the model learned the synthetic cats: the numbers mean something
     assert m["temperature"] == pytest.approx(
         torch.load(synth.best, weights_only=True)["temperature"]
     )
@@ -108,7 +123,14 @@ def test_evaluate_json_on_one_class_has_null_roc_auc(synth: SynthRun, tmp_path: 
     assert result.exit_code == 0, result.output
     m = strict_json(result.stdout)
     assert m["roc_auc"] is None and m["n"] == 4
-    assert 0.0 <= m["ece"] <= 1.0 and 0.0 <= m["pr_auc"] <= 1.0
+    # Every picture is a cat, so precision is 1 at every threshold: average precision is 1,
+    # whatever the scores. Every label is 1, so each bin's gap is 1 - its mean p(cat), and the
+    # ECE is 1 - the mean p(cat) overall.
+    assert m["pr_auc"] == 1.0
+    from catnet.inference.evaluation import evaluate
+
+    probs = evaluate(synth.best, only).probs
+    assert m["ece"] == pytest.approx(1 - probs.double().mean().item(), abs=1e-5)
 
 
 def test_evaluate_json_on_a_not_cat_only_folder(synth: SynthRun, tmp_path: Path) -> None:
@@ -221,11 +243,13 @@ def test_unsure_band_in_evaluate_and_predict(synth: SynthRun) -> None:
     result = invoke("evaluate", synth.best, synth.fresh, "--unsure", "0.3,0.7", "--json")
     assert result.exit_code == 0, result.output
     m = strict_json(result.stdout)
-    assert 0.0 <= m["unsure_rate"] <= 1.0 and 0.0 <= m["sure_accuracy"] <= 1.0
     assert m["unsure_range"] == [0.3, 0.7]
-    probs = evaluate(synth.best, synth.fresh, EvaluateConfig(workers=1)).probs
-    inside = ((probs >= 0.3) & (probs <= 0.7)).float().mean().item()
-    assert m["unsure_rate"] == pytest.approx(inside)
+    evaluated = evaluate(synth.best, synth.fresh, EvaluateConfig(workers=1))
+    probs, labels = evaluated.probs, torch.tensor([s.label for s in evaluated.samples])
+    inside = (probs >= 0.3) & (probs <= 0.7)
+    assert m["unsure_rate"] == pytest.approx(inside.float().mean().item())
+    sure_hits = ((probs[~inside] >= m["threshold"]).long() == labels[~inside]).float().mean().item()
+    assert m["sure_accuracy"] == pytest.approx(sure_hits) and m["n_sure"] == int((~inside).sum())
 
     rows = json_rows(invoke("predict", synth.best, synth.fresh, "--unsure", "0,1", "--json").stdout)
     assert len(rows) == 40 and {r["label"] for r in rows} == {"unsure"}

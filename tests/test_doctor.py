@@ -268,7 +268,7 @@ def test_undo_never_overwrites(tmp_path: Path) -> None:
     # A second --fix of a file with the same name keeps both quarantined copies.
     fix_dataset(tmp_path, check_dataset(tmp_path, workers=1))
     assert (
-        tmp_path / ".catnet/quarantine/dogs/broken.jpg~1"
+        tmp_path / ".catnet/quarantine/dogs/broken-1.jpg"
     ).read_bytes() == b"a new file, keep me"
 
 

@@ -33,7 +33,13 @@ def test_flat_folder_evaluates_every_picture(trained: TrainedRun) -> None:
     assert m["split"] == "all" and m["n"] == 24 and m["skipped"] == 1
     assert result.skipped == [(str(trained.broken), result.skipped[0][1])]
     assert sum(s.label for s in result.samples) == 12
-    assert torch.all((result.probs >= 0) & (result.probs <= 1))
+    # p(cat) is the logit divided by the checkpoint's temperature, through a sigmoid, and the
+    # accuracy counts those p(cat) against the folder labels at the threshold.
+    temperature = torch.load(trained.best, weights_only=True)["temperature"]
+    torch.testing.assert_close(result.probs, torch.sigmoid(result.logits / temperature))
+    labels = torch.tensor([s.label for s in result.samples])
+    hits = ((result.probs >= m["threshold"]).long() == labels).float().mean().item()
+    assert m["accuracy"] == pytest.approx(hits)
 
 
 def test_split_folder_evaluates_test_else_val(

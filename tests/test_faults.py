@@ -206,6 +206,7 @@ def test_tune_with_refused_outputs_says_so(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.EACCES])
+@pytest.mark.slow
 def test_an_out_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path, code: int) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=4, size=24)
     result = faulty_cli(tmp_path, "new-run", code, "train", data, "--out", tmp_path / "new-run")
@@ -225,6 +226,7 @@ def test_an_unwritable_cache_is_skipped_not_required(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("code", list(WORDS))
+@pytest.mark.slow
 def test_predict_output_refused(tmp_path: Path, trained: TrainedRun, code: int) -> None:
     out = tmp_path / "rows.csv"
     result = faulty_cli(tmp_path, "rows.csv", code, "predict", trained.best, trained.data,
@@ -233,6 +235,7 @@ def test_predict_output_refused(tmp_path: Path, trained: TrainedRun, code: int) 
     assert_one_line_error(result, "could not write the predictions to", "rows.csv", WORDS[code])
 
 
+@pytest.mark.slow
 def test_predict_sort_into_refused(tmp_path: Path, trained: TrainedRun) -> None:
     dest = tmp_path / "sorted"
     result = faulty_cli(tmp_path, "sorted", errno.EROFS, "predict", trained.best,
@@ -249,6 +252,7 @@ def test_predict_sort_into_refused(tmp_path: Path, trained: TrainedRun) -> None:
         ("index.html", ["--report", "report"], ["index.html"]),
     ],
 )
+@pytest.mark.slow
 def test_evaluate_outputs_refused(
     tmp_path: Path, trained: TrainedRun, needle: str, args: list[str], words: list[str]
 ) -> None:
@@ -259,6 +263,7 @@ def test_evaluate_outputs_refused(
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_export_refused_keeps_the_previous_export(tmp_path: Path, trained: TrainedRun) -> None:
     out = tmp_path / "model.ts"
     out.write_bytes(b"the previous export")
@@ -270,6 +275,7 @@ def test_export_refused_keeps_the_previous_export(tmp_path: Path, trained: Train
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_correct_with_a_refused_log_moves_nothing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=3, size=24)
     picture = data / "dogs" / "dogs_0.png"
@@ -281,6 +287,7 @@ def test_correct_with_a_refused_log_moves_nothing(tmp_path: Path) -> None:
     assert sorted(p.name for p in (data / "cats").iterdir()) == [f"cats_{i}.png" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_check_fix_with_a_refused_manifest_moves_nothing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=3, size=24)
     broken = data / "cats" / "broken.jpg"
@@ -291,6 +298,7 @@ def test_check_fix_with_a_refused_manifest_moves_nothing(tmp_path: Path) -> None
     assert broken.read_text() == "not a picture"  # back in place: --undo could not know of it
 
 
+@pytest.mark.slow
 def test_tune_out_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=4, size=24)
     result = faulty_cli(tmp_path, "tune-out", errno.EROFS, "tune", data, "--out",
@@ -368,6 +376,7 @@ def catnet_cli_env(extra: dict[str, str], *args: str | Path) -> subprocess.Compl
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_real_full_disk_predict_then_skip_done(
     tmp_path: Path, small_disk: Path, trained: TrainedRun
 ) -> None:
@@ -392,6 +401,7 @@ def test_real_full_disk_predict_then_skip_done(
     assert len(paths) == len(set(paths)) == 120
 
 
+@pytest.mark.slow
 def test_real_read_only_disk(tmp_path: Path) -> None:
     disk = tmp_path / "ro"
     why = _mount(disk, "size=1m,ro")

@@ -8,12 +8,15 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from catnet.data.pixels import decode_square
 from catnet.errors import DecodeError
+
+pytestmark = pytest.mark.slow  # 300 generated files through the decoder
 
 MAGIC = [
     b"", b"\xff\xd8\xff\xe0", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"BM", b"RIFF\x00\x00\x00\x00WEBP", b"II*\x00"

@@ -17,6 +17,8 @@ import pytest
 import torch
 from conftest import TrainedRun, make_dataset, write_class
 
+pytestmark = pytest.mark.slow  # trains in `python -m catnet` processes and kills them
+
 TRAIN_ARGS = [
     "--epochs",
     "40",
@@ -129,7 +131,6 @@ def test_sigkill_leaves_complete_checkpoints_and_resumes(
     assert epochs_in(run) == list(range(1, target + 1))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
 def test_stop_signals_act_like_ctrl_c(
     tmp_path: Path, env: dict[str, str], signum: int, code: int
@@ -204,7 +205,6 @@ def test_sigterm_stops_predict_with_whole_rows(
         assert json.loads(line)["label"] in ("cat", "not_cat")
 
 
-@pytest.mark.slow
 def test_sigterm_during_finetune_prints_the_resume_command(
     tmp_path: Path, trained: TrainedRun, env: dict[str, str]
 ) -> None:

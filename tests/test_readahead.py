@@ -10,13 +10,14 @@ import pytest
 from conftest import TrainedRun, write_class
 
 from catnet.config import PredictConfig
-from catnet.data.decoding import Decoder, _decode_task, cpu_workers
+from catnet.data.decoding import Decoder, _decode_task
 from catnet.data.folders import list_files
 from catnet.inference import readahead
 from catnet.inference.outputs import Prediction
 from catnet.inference.prediction import load_model, predict
 from catnet.inference.readahead import DecodeAhead, peek_decode_size, start_early
 from catnet.runtime import cpuload
+from catnet.runtime.workers import cpu_workers
 
 
 def test_peek_reads_the_decode_size_of_a_real_checkpoint(trained: TrainedRun) -> None:
@@ -81,7 +82,8 @@ def test_a_lead_starts_alone_and_the_rest_on_release(tmp_path: Path, workers: in
         assert job.held == []
         usual = decoder.submit(paths)()
     assert led == usual == [_decode_task((str(p), 8, 10**8)) for p in paths]
-    assert isinstance(led[3], str) and led[3].startswith("!")
+    assert led[3].pixels is None and led[3].reason.startswith("not a picture")
+    assert all(r.pixels is not None for i, r in enumerate(led) if i != 3)
 
 
 def test_the_lead_is_about_a_second_of_jpeg_bytes(

@@ -19,6 +19,8 @@ from catnet.inference.evaluation import EvaluationResult
 from catnet.inference.metrics import binary_metrics
 from catnet.inference.report import CSV_COLUMNS, find_mistakes, write_report
 
+pytestmark = pytest.mark.slow  # every test draws the report's plots; one starts a browser
+
 TEMPERATURE = 2.0
 # (class folder, file name, p(cat)): three false positives, two false negatives, four right.
 PICTURES = [
@@ -90,6 +92,19 @@ def test_paths_are_html_escaped(report: Path) -> None:
     assert html.escape(odd) in text
     assert "a&b<c>" not in text  # never raw: it would open a tag
     assert html.escape(str(report / "data" / "cats" / "hidden cat.png")) in text
+
+
+def test_a_script_or_quote_in_a_file_name_stays_text(tmp_path: Path) -> None:
+    # The path, with its folder separators, reads <script>alert(1)</script>" onerror="x.png.
+    pictures = [("cats", "a.png", 0.9), ("cats", '<script>alert(1)</script>" onerror="x.png', 0.1)]
+    result = make_result(tmp_path, pictures)
+    result.skipped = [("<script>alert(2)</script>.jpg", "<b>not</b> a picture")]
+    text = write_report(result, tmp_path / "report").read_text(encoding="utf-8")
+    assert "<script" not in text and 'onerror="' not in text and "<b>not</b>" not in text
+    assert (
+        text.count("&lt;script&gt;alert(1)&lt;/script&gt;&#34; onerror=&#34;x.png") == 2
+    )  # alt, caption
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;.jpg" in text
 
 
 def test_mistakes_csv_most_confident_first(report: Path) -> None:

@@ -142,6 +142,7 @@ def test_resume_needs_last_pt(trained: TrainedRun) -> None:
 # --- stopping, skipping, failing ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_early_stopping(tmp_path: Path, make_dataset: MakeDataset, tiny_config: TinyConfig) -> None:
     data = make_dataset(tmp_path / "d", n_per_class=6, layout="split", splits=("train", "val"))
     cfg = tiny_config(data, tmp_path / "run", tmp_path / "c", epochs=6, patience=1, min_delta=1e6)
@@ -155,6 +156,7 @@ def test_early_stopping(tmp_path: Path, make_dataset: MakeDataset, tiny_config: 
     assert counts["train"] == {"cats": 6, "dogs": 6}
 
 
+@pytest.mark.slow
 def test_mlp_trains(tmp_path: Path, make_dataset: MakeDataset, tiny_config: TinyConfig) -> None:
     data = make_dataset(tmp_path / "d", n_per_class=6, size=16)
     cfg = tiny_config(
@@ -190,6 +192,7 @@ def test_no_data_folder(tmp_path: Path, tiny_config: TinyConfig) -> None:
         train(tiny_config(tmp_path / "missing", tmp_path / "run", tmp_path / "c"))
 
 
+@pytest.mark.slow
 def test_nan_loss_is_a_clear_error(
     tmp_path: Path,
     make_dataset: MakeDataset,
@@ -209,6 +212,7 @@ def test_nan_loss_is_a_clear_error(
     assert "--lr" in info.value.message
 
 
+@pytest.mark.slow
 def test_callbacks_are_called(
     tmp_path: Path, make_dataset: MakeDataset, tiny_config: TinyConfig
 ) -> None:

@@ -13,12 +13,14 @@ import contextlib
 import json
 import os
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from catnet.curation.fingerprints import Progress, fingerprint_files, groups_from_pairs, near_pairs
 from catnet.data.folders import SPLIT_NAMES, printable, scan_dataset
-from catnet.errors import EXIT_SOME_FAILED, CatnetError, WriteFailed, write_reason, writing
+from catnet.errors import EXIT_SOME_FAILED, CatnetError, WriteFailed, write_reason
+from catnet.runtime.files import atomic_write_text, create_new, move_new
 
 TINY_SIDE = 32
 NEAR_DISTANCE = 4
@@ -138,20 +140,10 @@ def _load_manifest(path: Path) -> list[dict[str, str]]:
 
 
 def _save_manifest(path: Path, entries: list[dict[str, str]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     # ensure_ascii keeps non-UTF-8 names (surrogate escapes) lossless and the file plain ASCII.
-    tmp.write_text(json.dumps({"entries": entries}, indent=2, ensure_ascii=True) + "\n")
-    os.replace(tmp, path)  # atomic: a crash leaves the old manifest, not half of a new one
-
-
-def _free_place(path: Path) -> Path:
-    """path, or path~1, path~2, ... : os.rename would silently replace an existing file."""
-    candidate, n = path, 0
-    while os.path.lexists(candidate):
-        n += 1
-        candidate = path.with_name(f"{path.name}~{n}")
-    return candidate
+    # Atomic: a crash leaves the old manifest, not half of a new one.
+    text = json.dumps({"entries": entries}, indent=2, ensure_ascii=True) + "\n"
+    atomic_write_text(path, text, what="the quarantine manifest")
 
 
 def fix_dataset(root: str | Path, report: dict[str, Any]) -> Path:
@@ -164,10 +156,10 @@ def fix_dataset(root: str | Path, report: dict[str, Any]) -> Path:
     failed = []
     for item in report["unreadable"]:
         source = root / item["path"]
-        target = _free_place(quarantine / item["path"])
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(source, target)  # moves a symlink itself, not what it points to
+            (quarantine / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            # A name already quarantined gets name-1.ext: never replace an earlier file.
+            target = create_new(quarantine / item["path"], partial(move_new, source))
         except OSError as exc:
             failed.append(f"{item['path']}: {write_reason(exc)}")
             continue
@@ -176,8 +168,7 @@ def fix_dataset(root: str | Path, report: dict[str, Any]) -> Path:
             "reason": item["reason"], "time": datetime.now(UTC).isoformat(timespec="seconds"),
         })  # fmt: skip
         try:  # after each move: an interruption loses no record
-            with writing("the quarantine manifest", manifest):
-                _save_manifest(manifest, entries)
+            _save_manifest(manifest, entries)
         except WriteFailed:
             # No record, no move: what is in the quarantine can always be put back by --undo.
             entries.pop()
@@ -209,14 +200,14 @@ def undo_fix(root: str | Path) -> int:
         elif not os.path.lexists(source):
             conflicts.append(f"{entry['original']} (gone from the quarantine)")
             continue  # nothing left to restore: drop the entry
-        elif os.path.lexists(target):
-            problem = "a file is there now"
         else:
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
-                os.rename(source, target)
+                move_new(source, target)
                 restored += 1
                 continue
+            except FileExistsError:
+                problem = "a file is there now"
             except OSError as exc:
                 problem = write_reason(exc)
         kept.append(entry)

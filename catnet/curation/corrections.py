@@ -12,14 +12,15 @@ import csv
 import hashlib
 import io
 import os
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from catnet.data.folders import POSITIVE_NAMES, is_hidden, list_files
 from catnet.errors import CatnetError, WriteFailed, writing
+from catnet.runtime.files import append_whole, copy_new, create_new, move_new
 
 LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
 LABELS = ("cat", "not_cat")
@@ -76,18 +77,20 @@ def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> l
         dest = right[0] if right else None
         moved: tuple[Path, Path] | None = None  # (from, to), to undo if the log cannot be written
         for path in wrong:
-            target = _free_name(_target_dir(path.parent.parent, label), path.name)
-            with writing("the corrected picture", target):
-                target.parent.mkdir(parents=True, exist_ok=True)
+            folder = _target_dir(path.parent.parent, label)
+            with writing("the corrected picture", folder):
                 if dest is None:  # keep one copy, moved to the right class
-                    shutil.move(path, target)
-                    dest, moved = target, (path, target)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    dest = create_new(folder / path.name, partial(move_new, path))
+                    moved = (path, dest)
                 else:  # the right copy exists, so this never loses the picture
                     path.unlink()
         if dest is None:  # not in the data yet: a new training example
             base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
-            dest = _free_name(_target_dir(base, label), source.name)
-            _copy_new(source, dest)
+            folder = _target_dir(base, label)
+            with writing("the corrected picture", folder):  # copy_new leaves no half picture
+                folder.mkdir(parents=True, exist_ok=True)
+                dest = create_new(folder / source.name, partial(copy_new, source))
             moved = (source, dest)
         old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
         try:
@@ -97,16 +100,6 @@ def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> l
             raise
         done.append(Correction(source, dest, old_label, label, wrong))
     return done
-
-
-def _copy_new(source: Path, dest: Path) -> None:
-    try:
-        with writing("the corrected picture", dest):
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest)
-    except WriteFailed:
-        dest.unlink(missing_ok=True)  # never half a picture in the data folder
-        raise
 
 
 def _undo(moved: tuple[Path, Path] | None) -> None:
@@ -172,16 +165,8 @@ def _label_of(path: Path) -> str:
     return "cat" if path.parent.name.lower() in POSITIVE_NAMES else "not_cat"
 
 
-def _free_name(folder: Path, name: str) -> Path:
-    target, n = folder / name, 1
-    while target.exists():
-        target = folder / f"{Path(name).stem}-{n}{Path(name).suffix}"
-        n += 1
-    return target
-
-
 def _log(data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path) -> None:
-    """Append one row to corrections.csv in one write; a refused write is cut back, so the log
+    """Append one row to corrections.csv in one write: a refused write is cut back, so the log
     never holds half a row."""
     log = data_dir / ".catnet" / "corrections.csv"
     buf = io.StringIO()
@@ -190,17 +175,7 @@ def _log(data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Pa
         log.parent.mkdir(parents=True, exist_ok=True)
         if not log.exists():
             writer.writerow(LOG_COLUMNS)
-        writer.writerow(
-            [time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest)]
-        )
-        data = buf.getvalue().encode("utf-8", errors="surrogateescape")
-        with log.open("ab", buffering=0) as fh:
-            start = fh.seek(0, os.SEEK_END)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[fh.write(view) :]
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.truncate(fh.fileno(), start)
-                raise
+    writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest)])
+    append_whole(
+        log, buf.getvalue().encode("utf-8", errors="surrogateescape"), "the corrections log"
+    )

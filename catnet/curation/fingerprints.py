@@ -10,21 +10,20 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import multiprocessing
 import os
 import stat
-import warnings
 from collections.abc import Callable, Iterable
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from catnet.data.pixels import reason_for, to_rgb
-from catnet.errors import DecodeError
+from catnet.data.pixels import open_picture, reason_for, to_rgb
+from catnet.errors import CatnetError, DecodeError
+from catnet.runtime.workers import cpu_workers, process_pool
 
-HASH_BITS = 64
 Progress = Callable[[int, int], None]  # (done, total)
 # Rows of the distance matrix computed at once: bounds memory to BLOCK * n * 8 bytes.
 BLOCK = 128
@@ -53,7 +52,8 @@ def popcount(x: np.ndarray) -> np.ndarray:
 def near_pairs(hashes: Iterable[int], max_distance: int = 4) -> list[tuple[int, int]]:
     """Index pairs (i < j) whose hashes differ in at most max_distance bits.
 
-    All pairs, O(n^2) popcounts: about a second for 20k pictures, and exact, unlike bucketing.
+    All pairs, O(n^2) popcounts in blocks of BLOCK rows: exact, unlike bucketing, and vectorised
+    so that even tens of thousands of pictures take seconds, not minutes.
     """
     h = np.fromiter(hashes, dtype=np.uint64)
     pairs: list[tuple[int, int]] = []
@@ -121,21 +121,18 @@ def _picture_facts(data: bytes, max_pixels: int) -> dict[str, Any]:
     """The checks and reasons of data.decode_square, on bytes already in memory (it only takes
     a path, and reading every file twice would double the doctor's I/O)."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = None  # checked below against max_pixels, as in decode_square
-            with Image.open(io.BytesIO(data)) as img:
-                width, height = img.size
-                facts = {"format": img.format or "", "mode": img.mode, "size": (width, height)}
-                if width * height > max_pixels:
-                    raise DecodeError(f"too many pixels ({width}x{height}, limit {max_pixels:,})")
-                if width < 1 or height < 1:
-                    raise DecodeError("zero-sized picture")
-                img.seek(0)
-                if img.format == "JPEG":
-                    img.draft("RGB", (64, 64))  # the hash needs 9x8 pixels: decode at 1/8 scale
-                facts["dhash"] = dhash(to_rgb(ImageOps.exif_transpose(img) or img))
-                return facts
+        with open_picture(io.BytesIO(data)) as img:  # max_pixels checked below, not Pillow's
+            width, height = img.size
+            facts = {"format": img.format or "", "mode": img.mode, "size": (width, height)}
+            if width * height > max_pixels:
+                raise DecodeError(f"too many pixels ({width}x{height}, limit {max_pixels:,})")
+            if width < 1 or height < 1:
+                raise DecodeError("zero-sized picture")
+            img.seek(0)
+            if img.format == "JPEG":
+                img.draft("RGB", (64, 64))  # the hash needs 9x8 pixels: decode at 1/8 scale
+            facts["dhash"] = dhash(to_rgb(ImageOps.exif_transpose(img) or img))
+            return facts
     except DecodeError:
         raise
     except Exception as exc:
@@ -154,14 +151,7 @@ def _fingerprint_chunk(task: tuple[list[str], int]) -> list[dict[str, Any]]:
 def fingerprint_files(
     paths: list[str], max_pixels: int, workers: int, on_progress: Progress | None
 ) -> list[dict[str, Any]]:
-    """Pillow holds the GIL while decoding, so parallel means processes; fork starts them in
-    milliseconds and does not re-import the caller's script."""
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    from catnet.data.decoding import cpu_workers
-    from catnet.errors import CatnetError
-
+    """Fingerprints in input order, from a pool of worker processes (runtime.workers)."""
     n_workers = min(cpu_workers(workers), max(1, len(paths) // CHUNK))
     chunks = [(paths[i : i + CHUNK], max_pixels) for i in range(0, len(paths), CHUNK)]
     results: list[dict[str, Any]] = []
@@ -169,11 +159,7 @@ def fingerprint_files(
     if n_workers <= 1:  # a pool is not worth it for a handful of files
         mapped: Iterable[list[dict[str, Any]]] = map(_fingerprint_chunk, chunks)
     else:
-        methods = multiprocessing.get_all_start_methods()
-        ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-        # An executor, not multiprocessing.Pool: a worker killed by a decoder crash raises
-        # BrokenProcessPool here instead of leaving the check waiting forever.
-        pool = ProcessPoolExecutor(n_workers, mp_context=ctx)
+        pool = process_pool(n_workers)
         mapped = pool.map(_fingerprint_chunk, chunks)
     try:
         for chunk_results in mapped:

@@ -52,7 +52,10 @@ def _affine(batch: int, settings: AugmentSettings, gen: torch.Generator) -> torc
     u = torch.rand(batch, 5, generator=gen)
     area = settings.crop_scale + (1 - settings.crop_scale) * u[:, 0]
     log_ratio = (u[:, 1] * 2 - 1) * math.log(4 / 3)  # aspect ratio in [3/4, 4/3]
-    sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)
+    # ... narrowed where the crop is so large that a side would stick out (|log ratio| at most
+    # -log area): the crop keeps its sampled area, and crop_scale=1 means no crop at all.
+    log_ratio = torch.maximum(torch.minimum(log_ratio, -area.log()), area.log())
+    sx = (area * log_ratio.exp()).sqrt().clamp(max=1.0)  # width, as a share of the picture's
     sy = (area / log_ratio.exp()).sqrt().clamp(max=1.0)
     angle = (u[:, 2] * 2 - 1) * math.radians(settings.rotation)
     tx = (u[:, 3] * 2 - 1) * (1 - sx)  # keep the crop inside the picture

@@ -3,6 +3,8 @@
 Layout of one cache (one per decoded size):
     <cache_root>/v1-s<size>/pixels.u8    fixed-size slots of size*size*3 uint8 (HWC, RGB)
     <cache_root>/v1-s<size>/index.json   {"entries": {key: slot | "!reason"}, "n_slots": int}
+(in the index, a string entry is "!" + the reason a file could not be decoded; only this module
+reads or writes that encoding).
 A key is "abs path | bytes | mtime ns", so a changed file misses and gets a new slot, a removed
 file's entry is dropped, and every other entry stays valid. Files that failed to decode are
 remembered too, so a corrupt JPEG is not re-read on every run.
@@ -18,14 +20,17 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from catnet.data.decoding import decode_many
 from catnet.data.folders import missing_reason
-from catnet.errors import WRITE_REASONS
+from catnet.errors import WriteFailed, write_reason
+from catnet.runtime.files import atomic_write, atomic_write_text
 
 CACHE_VERSION = 1
+FAILED = "!"  # index entries "!reason": files that could not be decoded
 # Pictures are decoded a little larger than the model input so that random crops have margin.
 CACHE_MARGIN = 1.15
 Progress = Callable[[int, int], None]  # (done, total)
@@ -85,8 +90,8 @@ def load_pixels(
         return _decode_in_memory(paths, size, max_pixels, workers, on_progress)
     try:
         return DiskCache(cache_root, size).load(paths, workers, max_pixels, on_progress)
-    except OSError as exc:
-        reason = WRITE_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+    except (OSError, WriteFailed) as exc:
+        reason = exc.reason if isinstance(exc, WriteFailed) else write_reason(exc)
         if on_message:
             on_message(
                 f"cannot use the picture cache in {cache_root} ({reason}): decoding in memory "
@@ -102,10 +107,10 @@ def _decode_in_memory(
     slots = np.full(len(paths), -1, dtype=np.int64)
     errors: dict[int, str] = {}
     for i, result in enumerate(decode_many(paths, size, max_pixels, workers)):
-        if isinstance(result, str):
-            errors[i] = result[1:]
+        if result.pixels is None:
+            errors[i] = result.reason
         else:
-            array[i] = np.frombuffer(result, dtype=np.uint8).reshape(size, size, 3)
+            array[i] = np.frombuffer(result.pixels, dtype=np.uint8).reshape(size, size, 3)
             slots[i] = i
         if on_progress:
             on_progress(i + 1, len(paths))
@@ -153,18 +158,13 @@ class DiskCache:
             return {}
 
     def _write_index(self, entries: dict[str, int | str], n_slots: int) -> None:
-        tmp = self.dir / "index.json.tmp"
         index = {
             "version": CACHE_VERSION,
             "size": self.size,
             "n_slots": n_slots,
             "entries": entries,
         }
-        try:
-            tmp.write_text(json.dumps(index))
-            os.replace(tmp, self.dir / "index.json")
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_text(self.dir / "index.json", json.dumps(index))
 
     def load(
         self, paths: Sequence[Path], workers: int, max_pixels: int, on_progress: Progress | None
@@ -185,11 +185,11 @@ class DiskCache:
         slots = np.full(len(paths), -1, dtype=np.int64)
         errors: dict[int, str] = {}
         for i, key in enumerate(keys):
-            entry = entries.get(key) if key else missing_reason(Path(paths[i]))
+            entry = entries.get(key) if key else FAILED + missing_reason(Path(paths[i]))
             if isinstance(entry, int):
                 slots[i] = entry
             else:
-                errors[i] = str(entry).lstrip("!")
+                errors[i] = str(entry).removeprefix(FAILED)
         return PixelTable(array, slots, errors)
 
     def _n_slots(self) -> int:
@@ -217,10 +217,10 @@ class DiskCache:
             with open(self.dir / "pixels.u8", "ab") as out:
                 results = decode_many(paths, self.size, max_pixels, workers)
                 for key, result in zip(keys, results, strict=True):
-                    if isinstance(result, str):
-                        entries[key] = result
+                    if result.pixels is None:
+                        entries[key] = FAILED + result.reason
                     else:
-                        out.write(result)
+                        out.write(result.pixels)
                         entries[key] = n_slots
                         n_slots += 1
                     done += 1
@@ -243,18 +243,14 @@ class DiskCache:
         if n_slots < 256 or len(live) * 2 > n_slots:
             return n_slots, False
         old = self._open(n_slots)
-        tmp = self.dir / "pixels.u8.tmp"
-        moved = dict(entries)
-        try:
-            with open(tmp, "wb") as out:
-                for new_slot, (old_slot, key) in enumerate(live):
-                    out.write(old[old_slot].tobytes())
-                    moved[key] = new_slot
-            os.replace(tmp, self.dir / "pixels.u8")
-        finally:
-            del old
-            tmp.unlink(missing_ok=True)
-        entries.update(moved)
+
+        def copy_live(out: BinaryIO) -> None:
+            for old_slot, _ in live:
+                out.write(old[old_slot].tobytes())
+
+        atomic_write(self.dir / "pixels.u8", copy_live)
+        for new_slot, (_, key) in enumerate(live):  # only once the new file is in place
+            entries[key] = new_slot
         return len(live), True
 
     def _open(self, n_slots: int) -> np.ndarray:

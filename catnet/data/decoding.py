@@ -1,67 +1,51 @@
 """Decode pictures in parallel worker processes: a stream for the cache, windows for predict.
 
-Workers return each picture's pixels as bytes ((S, S, 3) uint8, RGB) or '!reason' where it
-cannot be decoded; Pillow holds the GIL while decoding, so processes, not threads.
+Workers return a Decoded per picture: its pixels as bytes ((S, S, 3) uint8, RGB), or the
+reason it cannot be decoded. Pillow holds the GIL while decoding, so processes, not threads.
 """
 
 from __future__ import annotations
 
 import itertools
 import multiprocessing
-import os
-import signal
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 from catnet.data.pixels import decode_square
 from catnet.errors import DecodeError
+from catnet.runtime.workers import cpu_workers, process_pool
 
 Task = tuple[str, int, int]  # (path, decoded size in px, largest picture in pixels)
 
 
-def cpu_workers(requested: int = 0) -> int:
-    if requested > 0:
-        return requested
-    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+class Decoded(NamedTuple):
+    """One picture's outcome: pixels ((S, S, 3) uint8 RGB as bytes) or the reason there are
+    none. A tuple of plain values: pickles small and fast between processes."""
+
+    pixels: bytes | None
+    reason: str = ""
 
 
-def _decode_task(task: tuple[str, int, int]) -> bytes | str:
-    """Worker: pixels as bytes, or '!reason'. Top-level so process pools can pickle it."""
+def _decode_task(task: Task) -> Decoded:
+    """Worker: one picture. Top-level so process pools can pickle it."""
     path, size, max_pixels = task
     try:
-        return decode_square(path, size, max_pixels).tobytes()
+        return Decoded(decode_square(path, size, max_pixels).tobytes())
     except DecodeError as exc:
-        return "!" + exc.reason
+        return Decoded(None, exc.reason)
 
 
-def _ignore_sigint() -> None:
-    """Pool workers leave Ctrl-C to the parent, which stops cleanly; otherwise every worker
-    would print its own KeyboardInterrupt traceback. SIGTERM and SIGHUP get their default
-    action back (a forked worker inherits the CLI's stop handler, which raises): the pool
-    terminates its workers with SIGTERM when it shuts down early."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGHUP, signal.SIG_DFL)
-
-
-def _decode_chunk(tasks: list[tuple[str, int, int]]) -> list[bytes | str]:
+def _decode_chunk(tasks: list[Task]) -> list[Decoded]:
     return [_decode_task(t) for t in tasks]
-
-
-def _pool_context() -> multiprocessing.context.BaseContext:
-    # fork, as torch's DataLoader does: workers start in milliseconds and do not re-import the
-    # caller's script (spawn would, breaking scripts without a __main__ guard). The workers
-    # only run Pillow and numpy copies, never OpenMP, so torch's threads in the parent are safe.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def decode_stream(
     paths: Iterable[Path], size: int, max_pixels: int, workers: int = 0, ahead: int = 512
-) -> Iterator[tuple[Path, bytes | str]]:
-    """(path, pixels bytes or '!reason') in input order, decoded by a pool of processes that
+) -> Iterator[tuple[Path, Decoded]]:
+    """(path, Decoded) in input order, decoded by a pool of processes that
     keeps up to `ahead` files in flight: decoding overlaps with whatever the caller does with
     the results, and memory stays bounded however many paths there are."""
     it = iter(paths)
@@ -73,9 +57,7 @@ def decode_stream(
         return
     it = itertools.chain(first, it)
     chunk_size = 16
-    with ProcessPoolExecutor(
-        n_workers, mp_context=_pool_context(), initializer=_ignore_sigint
-    ) as pool:
+    with process_pool(n_workers) as pool:
         pending: deque[tuple[list[Path], Future]] = deque()
 
         def submit() -> None:
@@ -106,9 +88,7 @@ class Decoder:
     def __enter__(self) -> Decoder:
         if self.n_workers > 1:
             before = {p.pid for p in multiprocessing.active_children()}
-            self.pool = ProcessPoolExecutor(
-                self.n_workers, mp_context=_pool_context(), initializer=_ignore_sigint
-            )
+            self.pool = process_pool(self.n_workers)
             self.pool.submit(int).result()  # starts the workers now (all of them, with fork)
             now = multiprocessing.active_children()
             self.pids = [p.pid for p in now if p.pid is not None and p.pid not in before]
@@ -119,8 +99,8 @@ class Decoder:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, paths: Sequence[Path], lead: int = 0) -> DecodeJob:
-        """Start decoding; calling the returned job waits for and returns the results (pixels
-        as bytes, or '!reason') in input order. lead > 0: only the first `lead` files start
+        """Start decoding; calling the returned job waits for and returns the Decoded
+        results in input order. lead > 0: only the first `lead` files start
         now, on workers that leave one core free, as one chunk per worker (no round trips
         through this process, which may be too busy to answer); the rest waits for
         job.release(). For a caller that needs a core meanwhile: predict imports torch."""
@@ -135,9 +115,6 @@ class Decoder:
             return DecodeJob(self.pool, _chunks(tasks, chunk))
         first = _chunks(tasks[:lead], -(-lead // spread))  # ceil: one chunk per worker
         return DecodeJob(self.pool, first, _chunks(tasks[lead:], chunk))
-
-    def decode(self, paths: Sequence[Path]) -> list[bytes | str]:
-        return self.submit(paths)()
 
 
 def _chunks(tasks: list[Task], size: int) -> list[list[Task]]:
@@ -166,7 +143,7 @@ class DecodeJob:
             self.futures += [self.pool.submit(_decode_chunk, chunk) for chunk in self.held]
         self.held = []
 
-    def __call__(self) -> list[bytes | str]:
+    def __call__(self) -> list[Decoded]:
         if self.pool is None:  # a handful of files, decoded here
             return [_decode_task(t) for t in self.tasks]
         self.release()
@@ -175,7 +152,7 @@ class DecodeJob:
 
 def decode_many(
     paths: Sequence[str | Path], size: int, max_pixels: int, workers: int = 0
-) -> Iterator[bytes | str]:
+) -> Iterator[Decoded]:
     """Decode in input order, spread over processes (Pillow holds the GIL while decoding)."""
     for _, result in decode_stream((Path(p) for p in paths), size, max_pixels, workers):
         yield result

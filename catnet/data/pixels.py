@@ -4,8 +4,12 @@ start fast."""
 
 from __future__ import annotations
 
+import contextlib
+import struct
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -27,18 +31,48 @@ def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) ->
             raise DecodeError(missing_reason(path))
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
-        with warnings.catch_warnings():
+        with path.open("rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Pillow's chatter about odd files: we judge by result
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            # Our own check (width x height > max_pixels, right after the header is read and
-            # before any pixel is decoded) replaces Pillow's fixed 89.5 MP one, with the sizes.
-            Image.MAX_IMAGE_PIXELS = None
-            with Image.open(path) as img:
+            with open_picture(fh, str(path)) as img:
                 return to_square_rgb(img, size, max_pixels)
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(reason_for(exc, max_pixels)) from None
+
+
+@contextlib.contextmanager
+def open_picture(fh: IO[bytes], name: str = "") -> Iterator[Image.Image]:
+    """Image.open, judged by the caller's own pixel limit instead of Pillow's process-wide
+    Image.MAX_IMAGE_PIXELS (which catnet never changes: it belongs to the caller's process).
+
+    Only the header is read here: callers compare img.size with their max_pixels before any
+    pixel is decoded (to_square_rgb does). Pillow's warning above its limit is silenced, and
+    where Pillow refuses outright (over twice its limit) the header is read again without its
+    check, so that the caller's limit decides and its message can give the sizes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(fh)
+        except Image.DecompressionBombError:
+            img = _open_header(fh, name)
+    with img:
+        yield img
+
+
+def _open_header(fh: IO[bytes], name: str) -> Image.Image:
+    """What Image.open does (each registered format's accept() on the first 16 bytes, then its
+    plugin reads the header), minus the pixel-limit check. Nothing is decoded yet."""
+    Image.init()
+    fh.seek(0)
+    prefix = fh.read(16)
+    for fmt in Image.ID:
+        factory, accept = Image.OPEN[fmt]
+        if accept is None or accept(prefix) is True:
+            fh.seek(0)
+            with contextlib.suppress(SyntaxError, IndexError, TypeError, struct.error):
+                return factory(fh, name)
+    raise Image.UnidentifiedImageError("not a picture")
 
 
 def reason_for(exc: Exception, max_pixels: int) -> str:
@@ -61,7 +95,7 @@ def to_square_rgb(img: Image.Image, size: int, max_pixels: int) -> np.ndarray:
         raise DecodeError("zero-sized picture")
     img.seek(0)  # animated GIF/WebP: the first frame
     if img.format == "JPEG":
-        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: 2-3x faster for small sizes.
+        # Draft mode lets libjpeg decode at 1/2, 1/4 or 1/8 scale: far less work for small sizes.
         # Asking for (size, size) keeps both sides >= size, so the short side never goes below.
         img.draft("RGB", (size, size))
     img = ImageOps.exif_transpose(img) or img

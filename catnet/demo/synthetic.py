@@ -13,7 +13,6 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES: tuple[str, ...] = ("cats", "cars", "birds", "houses", "noise")
-POSITIVE_CLASS = "cats"
 SUPERSAMPLE = 3  # draw at 3x and downsample with LANCZOS for anti-aliasing
 JPEG_FRACTION = 0.35  # share of dataset files written as JPEG, for format variety
 

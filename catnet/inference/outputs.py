@@ -4,20 +4,19 @@ the CLI uses these before the network is loaded."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import io
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from catnet.data.folders import IMAGE_SUFFIXES, iter_files
-from catnet.errors import CatnetError, WriteFailed, writing
+from catnet.errors import CatnetError, writing
+from catnet.runtime.files import append_to, copy_new, create_new, numbered
 
 
 @dataclass
@@ -75,7 +74,6 @@ class RowWriter:
             # Unbuffered: a row is on disk (or refused) when write() returns, and close() has
             # nothing left to flush that could fail.
             self.fh = path.open("wb" if new else "ab", buffering=0)
-            self.good = self.fh.seek(0, os.SEEK_END)  # bytes up to the last complete row
             if not self.jsonl and new:
                 self._put(self._csv_line(dict(zip(self.COLUMNS, self.COLUMNS, strict=True))))
 
@@ -86,17 +84,7 @@ class RowWriter:
 
     def _put(self, text: str) -> None:
         data = text.encode("utf-8", errors="surrogateescape")
-        try:
-            with writing("the predictions", self.path):
-                view = memoryview(data)
-                while view:
-                    view = view[self.fh.write(view) :]
-        except WriteFailed:
-            # Shrinking needs no space; the rows before this one stay a valid file.
-            with contextlib.suppress(OSError):
-                os.truncate(self.fh.fileno(), self.good)
-            raise
-        self.good += len(data)
+        append_to(self.fh, data, "the predictions", self.path)  # all of the row, or none
 
     def write(self, row: dict[str, Any]) -> None:
         self._put(json.dumps(row) + "\n" if self.jsonl else self._csv_line(row))
@@ -129,31 +117,30 @@ def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
         return None
     source = Path(pred.path)
     folder = dest / pred.label
-    with writing("the sorted pictures", folder):
+    with writing("the sorted pictures", folder):  # copy_new never leaves half a picture
         folder.mkdir(parents=True, exist_ok=True)
-    target = folder / source.name
-    n = 1
-    while target.exists():
-        if (
-            target.stat().st_size == source.stat().st_size
-            and target.read_bytes() == source.read_bytes()
-        ):
-            return target  # already sorted (e.g. a resumed run)
-        target = folder / f"{source.stem}-{n}{source.suffix}"
-        n += 1
+        for existing in numbered(folder / source.name):
+            if not os.path.lexists(existing):
+                break
+            if _same_bytes(existing, source):
+                return existing  # already sorted (e.g. a resumed run)
+        return create_new(folder / source.name, lambda target: _put(source, target, link))
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+def _put(source: Path, target: Path, link: bool) -> None:
     if link:
         try:
             os.link(source, target)
-            return target
+            return
+        except FileExistsError:
+            raise
         except OSError:  # another filesystem: fall back to a copy
             pass
-    try:
-        with writing("a sorted copy", target):
-            shutil.copy2(source, target)
-    except WriteFailed:
-        target.unlink(missing_ok=True)  # never leave half a picture behind
-        raise
-    return target
+    copy_new(source, target)
 
 
 def _cut_partial_line(path: Path) -> None:

@@ -18,6 +18,7 @@ from PIL import Image
 from torch import nn
 
 from catnet.config import PredictConfig
+from catnet.data.decoding import Decoded
 from catnet.data.pixels import to_square_rgb
 from catnet.errors import DecodeError
 from catnet.inference.outputs import Prediction
@@ -130,7 +131,7 @@ def predict(
             reader.start_next()
             for path, result, p in zip(chunk, results, probs, strict=True):
                 if p is None:
-                    pred = Prediction(str(path), "error", None, str(result)[1:])
+                    pred = Prediction(str(path), "error", None, result.reason)
                 else:
                     pred = Prediction(str(path), model.label_for(p, threshold, unsure), p)
                 counts[pred.label] += 1
@@ -145,16 +146,16 @@ def predict(
 
 
 def _probabilities(
-    model: CatnetModel, results: list[bytes | str], batch_size: int, tta: bool | None
+    model: CatnetModel, results: list[Decoded], batch_size: int, tta: bool | None
 ) -> list[float | None]:
-    """p(cat) for each decoded result, None where decoding failed ('!reason')."""
+    """p(cat) for each decoded result, None where decoding failed."""
     s = model.decode_size
-    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    good = [i for i, r in enumerate(results) if r.pixels is not None]
     probs: list[float | None] = [None] * len(results)
     if not good:
         return probs
     # (n_good, s, s, 3) uint8: one copy out of the decoders' byte strings
-    pixels = np.stack([np.frombuffer(results[i], dtype=np.uint8) for i in good])
+    pixels = np.stack([np.frombuffer(results[i].pixels or b"", dtype=np.uint8) for i in good])
     pixels = torch.from_numpy(pixels.reshape(len(good), s, s, 3))
     values: list[float] = []
     for start in range(0, len(good), batch_size):

@@ -1,6 +1,6 @@
 """Decode the pictures predict needs a window ahead, in worker processes, starting before torch
-is even imported: `catnet predict` spends about a second importing torch on one core, time in
-which the other cores can already decode the first window of files."""
+is even imported: `catnet predict` spends a while importing torch on one core (README, "Speed"),
+time in which the other cores can already decode the first window of files."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from catnet.config import PredictConfig
-from catnet.data.decoding import Decoder
+from catnet.data.decoding import Decoded, Decoder
 from catnet.inference.outputs import expand_inputs
 from catnet.runtime import cpuload
 
@@ -41,7 +41,7 @@ def peek_decode_size(checkpoint: str | Path) -> int | None:
 
 
 class DecodeAhead:
-    """Windows of input files and their decoded pixels (bytes, or '!reason'). `take` waits for
+    """Windows of input files and their Decoded pixels. `take` waits for
     the current window; `start_next` puts the workers on the following one. Memory: two
     windows at most."""
 
@@ -54,14 +54,13 @@ class DecodeAhead:
         while_importing: bool = False,
     ) -> None:
         self.paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
-        # 2,048 files (at 72 px, 32 MB of pixels): the first window keeps the decoders busy for
-        # about as long as torch takes to import.
+        # 2,048 files (at 72 px, 32 MB of pixels): enough for the first window to keep the
+        # decoders busy while torch imports, small enough to bound memory.
         self.window = max(cfg.batch_size * 32, 256)
         self.decoder = Decoder(size, cfg.max_image_pixels, cfg.workers).__enter__()
         self.chunk = list(itertools.islice(self.paths, self.window))
-        # while_importing: until the model is ready, one worker fewer decodes about a second's
-        # worth of files, leaving a core to torch's import (measured here: predict on 10,000
-        # files ~0.3 s faster than with every core decoding and the import slowed down).
+        # while_importing: until the model is ready, one worker fewer decodes the first files,
+        # leaving a core to torch's import, which every decoder would otherwise slow down.
         lead = _lead_files(self.chunk) if while_importing else 0
         self.job = self.decoder.submit(self.chunk, lead)
 
@@ -74,7 +73,7 @@ class DecodeAhead:
             self.decoder.size = size
             self.job = self.decoder.submit(self.chunk)
 
-    def take(self) -> tuple[list[Path], list[bytes | str]]:
+    def take(self) -> tuple[list[Path], list[Decoded]]:
         return self.chunk, self.job() if self.chunk else []  # the job releases every core
 
     def start_next(self) -> None:
@@ -92,8 +91,8 @@ class DecodeAhead:
         self.close()
 
 
-# JPEG bytes one core decodes in about the time torch takes to import (~1 s): here, 2,048
-# photos of ~23 KB (47 MB) took 0.85 s. Decoding time follows the coded bytes, not the count.
+# JPEG bytes one core decodes in about the time torch takes to import (README, "Speed", has
+# the measurement). Bytes, not a count of files: decoding time follows the coded bytes.
 LEAD_BYTES = 64 * 2**20
 
 

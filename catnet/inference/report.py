@@ -12,17 +12,19 @@ import csv
 import io
 import math
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jinja2
 import torch
 from PIL import Image
 
 from catnet.data.folders import Sample
 from catnet.data.pixels import decode_square
+from catnet.errors import writing
 from catnet.inference.calibration import expected_calibration_error
 from catnet.inference.metrics import pr_curve, roc_curve
+from catnet.runtime.files import atomic_write_text
 
 if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads its result
     from matplotlib.figure import Figure
@@ -45,25 +47,7 @@ METRIC_NAMES = {
     "unsure_rate": "unsure rate", "sure_accuracy": "accuracy when sure",
     "skipped": "unreadable files skipped",
 }  # fmt: skip
-CSS = """
-body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:16px 24px;
-color:#222;background:#fafafa}
-h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.15em;margin:1.2em 0 .5em}
-code{font-size:.9em;word-break:break-all}.sub{color:#555}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(340px,1fr));gap:16px;
-align-items:start}
-.summary{display:flex;flex-wrap:wrap;gap:16px 64px;align-items:flex-start}h3{margin:0 0 .5em}
-.card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:12px}
-.card img{max-width:100%;height:auto;display:block;margin:auto}
-table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:right}
-th:first-child,td:first-child{text-align:left}
-.ok{background:#e3f4e1}.bad{background:#fbe3e1}.note{color:#8a5a00;font-style:italic}
-.thumbs{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:12px}
-figure{margin:0;background:#fff;border:1px solid #ddd;border-radius:6px;padding:6px}
-figure img{width:128px;height:128px;display:block;margin:auto}
-figcaption{font-size:12px;margin-top:4px}.missing{width:128px;height:128px;margin:auto;
-display:flex;align-items:center;justify-content:center;background:#eee;color:#a00}
-"""
+SHOWN_SKIPPED = 500  # unreadable files listed on the page; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -88,13 +72,14 @@ def find_mistakes(result: EvaluationResult) -> list[Mistake]:
 
 def write_mistakes_csv(mistakes: list[Mistake], model: str, threshold: float, path: Path) -> Path:
     # surrogateescape like predict's RowWriter: odd file names survive the round trip.
-    with path.open("w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(CSV_COLUMNS)
-        for m in mistakes:
-            tag = LABELS[m.sample.label]
-            row = (m.sample.path, tag, round(m.p_cat, 6), "", model, threshold)
-            writer.writerow((*row, tag, LABELS[m.predicted]))
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(CSV_COLUMNS)
+    for m in mistakes:
+        tag = LABELS[m.sample.label]
+        row = (m.sample.path, tag, round(m.p_cat, 6), "", model, threshold)
+        writer.writerow((*row, tag, LABELS[m.predicted]))
+    atomic_write_text(path, text.getvalue(), errors="surrogateescape", what="the report")
     return path
 
 
@@ -189,24 +174,17 @@ def _reliability_png(result: EvaluationResult, labels: torch.Tensor) -> str:
     return _png(fig)
 
 
-def _thumb(m: Mistake) -> str:
-    path = escape(str(m.sample.path))
+def _thumb(m: Mistake) -> dict[str, Any]:
+    src = ""
     try:  # decode the way evaluation did; a file may have changed or vanished since
         pixels = decode_square(m.sample.path, THUMB)
         buf = io.BytesIO()
         Image.fromarray(pixels).save(buf, "JPEG", quality=85)
         src = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-        picture = f'<img src="{src}" alt="{path}">'
     except Exception:  # a broken thumbnail must not cost the whole report
-        picture = '<div class="missing">unreadable</div>'
-    caption = f"<b>p(cat) {m.p_cat:.3f}</b> · {escape(m.sample.class_name)}/"
-    return f"<figure>{picture}<figcaption>{caption}<br><code>{path}</code></figcaption></figure>"
-
-
-def _gallery(title: str, mistakes: list[Mistake], total: int) -> str:
-    shown = f" (top {len(mistakes)} of {total})" if total > len(mistakes) else ""
-    body = "".join(_thumb(m) for m in mistakes) if mistakes else "<p>none</p>"
-    return f'<h2>{escape(title)}{shown}</h2><div class="thumbs">{body}</div>'
+        pass
+    return {"src": src, "path": str(m.sample.path), "p_cat": m.p_cat,
+            "class_name": m.sample.class_name}  # fmt: skip
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -214,54 +192,42 @@ def _fmt(key: str, value: Any) -> str:
         return "undefined (one class only)"
     if key in ("accuracy", "precision", "recall", "f1", "unsure_rate", "sure_accuracy"):
         return f"{value:.2%}"
-    return f"{value:.4f}" if isinstance(value, float) else escape(str(value))
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _metrics_table(m: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><td>{name}</td><td>{_fmt(key, m[key])}</td></tr>"
-        for key, name in METRIC_NAMES.items()
-        if key in m
-    )
-    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+def _card(src: str = "", alt: str = "", note: str = "") -> dict[str, str]:
+    """A plot (a data: URI and its alt text) or, where there is none, a note."""
+    return {"src": src, "alt": alt, "note": note}
 
 
-def _confusion_table(c: dict[str, int]) -> str:
-    return (
-        "<table><tr><th>truth \\ predicted</th><th>cat</th><th>not_cat</th></tr>"
-        f'<tr><td>cat</td><td class="ok">{c["tp"]}</td><td class="bad">{c["fn"]}</td></tr>'
-        f'<tr><td>not_cat</td><td class="bad">{c["fp"]}</td><td class="ok">{c["tn"]}</td></tr>'
-        "</table>"
-    )
-
-
-def _curves(result: EvaluationResult, labels: torch.Tensor) -> list[str]:
+def _curves(result: EvaluationResult, labels: torch.Tensor) -> list[dict[str, str]]:
     """ROC and PR cards, or a note where one class is missing and the curve means nothing."""
     probs, m = result.probs.detach().float().cpu(), result.metrics
     n_cat = int(labels.sum())
     cards = []
     if 0 < n_cat < len(labels):
         roc = _roc_png(probs, labels, m["confusion"], m["roc_auc"])
-        cards.append(f'<img src="{roc}" alt="ROC curve">')
+        cards.append(_card(roc, "ROC curve"))
     else:
         which = "cats" if n_cat else "not-cats"
-        cards.append(f'<p class="note">ROC curve undefined: only {which} in this data.</p>')
+        cards.append(_card(note=f"ROC curve undefined: only {which} in this data."))
     if n_cat:
-        cards.append(f'<img src="{_pr_png(probs, labels, m["confusion"])}" alt="PR curve">')
+        cards.append(_card(_pr_png(probs, labels, m["confusion"]), "PR curve"))
     else:
-        cards.append('<p class="note">Precision-recall curve undefined: no cats in this data.</p>')
+        cards.append(_card(note="Precision-recall curve undefined: no cats in this data."))
     if len(labels):
-        cards.append(f'<img src="{_reliability_png(result, labels)}" alt="reliability">')
+        cards.append(_card(_reliability_png(result, labels), "reliability"))
     return cards
 
 
-def _skipped(skipped: list[tuple[str, str]]) -> str:
-    if not skipped:
-        return ""
-    items = "".join(f"<li><code>{escape(p)}</code>: {escape(r)}</li>" for p, r in skipped[:500])
-    more = f"<li>… and {len(skipped) - 500} more</li>" if len(skipped) > 500 else ""
-    summary = f"<summary>{len(skipped)} unreadable files skipped</summary>"
-    return f"<h2>Skipped</h2><details>{summary}<ul>{items}{more}</ul></details>"
+def _template() -> jinja2.Template:
+    # autoescape=True for every value: a file name like "<script>.jpg" can never open a tag.
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("catnet.inference", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,  # a misspelt name fails loudly, not as blank text
+    )
+    return env.get_template("report.html.j2")
 
 
 def render_html(result: EvaluationResult, mistakes: list[Mistake], top_n: int) -> str:
@@ -269,34 +235,39 @@ def render_html(result: EvaluationResult, mistakes: list[Mistake], top_n: int) -
     labels = torch.tensor([s.label for s in result.samples], dtype=torch.long)
     fps = [x for x in mistakes if x.predicted]  # already most confident first
     fns = [x for x in mistakes if not x.predicted]
-    model, data = escape(str(m.get("model", "?"))), escape(str(m.get("data", "?")))
-    confusion = "<div><h3>Confusion matrix</h3>" + _confusion_table(m["confusion"]) + "</div>"
-    grid = "".join(f'<div class="card">{c}</div>' for c in _curves(result, labels))
-    csp = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+    galleries = [
+        ("False positives: not-cats called cat", fps),
+        ("False negatives: cats called not-cat", fns),
+    ]
     return (
-        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
-        f"<title>catnet report: {model} on {data}</title><style>{CSS}</style></head><body>"
-        f"<h1>catnet evaluation: model <code>{model}</code></h1>"
-        f'<p class="sub">data <code>{data}</code> · split {escape(str(m.get("split", "?")))}'
-        f" · {m['n']} pictures · threshold {m['threshold']:.3f}</p>"
-        f'<div class="card summary">{_metrics_table(m)}{confusion}</div>'
-        f'<h2>Curves</h2><div class="grid">{grid}</div>'
-        + _gallery("False positives: not-cats called cat", fps[:top_n], len(fps))
-        + _gallery("False negatives: cats called not-cat", fns[:top_n], len(fns))
-        + _skipped(result.skipped)
-        + "</body></html>\n"
+        _template().render(
+            model=str(m.get("model", "?")),
+            data=str(m.get("data", "?")),
+            split=str(m.get("split", "?")),
+            n=m["n"],
+            threshold=m["threshold"],
+            metrics=[(name, _fmt(key, m[key])) for key, name in METRIC_NAMES.items() if key in m],
+            confusion=m["confusion"],
+            curves=_curves(result, labels),
+            galleries=[
+                {"title": title, "total": len(items), "thumbs": [_thumb(x) for x in items[:top_n]]}
+                for title, items in galleries
+            ],
+            skipped=result.skipped,
+            shown_skipped=SHOWN_SKIPPED,
+        )
+        + "\n"
     )
 
 
 def write_report(result: EvaluationResult, out_dir: str | Path, top_n: int = 12) -> Path:
     """Write out_dir/index.html and out_dir/mistakes.csv; return the path of the page."""
     out = Path(out_dir).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    with writing("the report", out):
+        out.mkdir(parents=True, exist_ok=True)
     mistakes = find_mistakes(result)
     model, threshold = str(result.metrics.get("model", "")), float(result.metrics["threshold"])
     write_mistakes_csv(mistakes, model, threshold, out / "mistakes.csv")
-    page = out / "index.html"
     # errors="replace": a file name that is not valid UTF-8 shows as "?" rather than crashing.
-    page.write_text(render_html(result, mistakes, top_n), encoding="utf-8", errors="replace")
-    return page
+    html = render_html(result, mistakes, top_n)
+    return atomic_write_text(out / "index.html", html, errors="replace", what="the report")

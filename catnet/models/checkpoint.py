@@ -6,21 +6,17 @@ carries everything evaluate and predict need (see README, "Checkpoint format").
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import pickle
-import signal
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from catnet import __version__
-from catnet.errors import CatnetError, writing
+from catnet.errors import CatnetError
+from catnet.runtime.files import atomic_write
 
 FORMAT = "catnet-checkpoint"
 FORMAT_VERSION = 1
@@ -49,57 +45,11 @@ def make_checkpoint(state_dict: dict[str, torch.Tensor], **fields: Any) -> dict[
     }
 
 
-# Signals that stop a command. SIGTERM and SIGHUP are held only where the CLI installed a
-# handler for them (catnet.cli.signals); their default action stays an immediate exit.
-_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-@contextlib.contextmanager
-def _ctrl_c_after_write() -> Iterator[None]:
-    """Hold a Ctrl-C (or SIGTERM/SIGHUP) that arrives during a checkpoint write until the write
-    is done (well under a second), then deliver it: torch's zip writer turns an interrupt
-    mid-write into an unrelated RuntimeError."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    pressed: list[int] = []
-    previous = {}
-    for signum in _HELD_SIGNALS:
-        handler = signal.getsignal(signum)
-        if callable(handler):  # SIGINT's default_int_handler, or the CLI's stop handler
-            previous[signum] = handler
-            signal.signal(signum, lambda signum, frame: pressed.append(signum))
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if pressed:
-        previous[pressed[0]](pressed[0], None)  # raises KeyboardInterrupt (or Stopped)
-        raise KeyboardInterrupt  # a handler that returned: stop all the same
-
-
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> Path:
-    """Write atomically: temp file, fsync, rename, fsync the folder. A kill at any moment
-    leaves either the previous complete file or the new complete one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with _ctrl_c_after_write(), writing("the checkpoint", path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(payload, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    """Write atomically (runtime.files.atomic_write): a kill or a full disk at any moment
+    leaves either the previous complete file or the new complete one; a refused write raises
+    WriteFailed naming the checkpoint."""
+    return atomic_write(path, lambda fh: torch.save(payload, fh), what="the checkpoint")
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

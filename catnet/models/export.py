@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from catnet.errors import CatnetError, writing
+from catnet.errors import CatnetError
 from catnet.inference.prediction import CatnetModel, load_model
+from catnet.runtime.files import atomic_write
 
 
 def metadata(model: CatnetModel) -> dict[str, str]:
@@ -62,7 +62,7 @@ def export(
         data = _export_onnx(module, example, metadata(model))
     else:
         raise CatnetError(f"--format must be onnx or torchscript, not {fmt!r}")
-    _write_export(out, data)
+    atomic_write(out, lambda fh: fh.write(data), what="the export")  # the old one or the new
     pixels = picture_batch(model, check_with) if check_with else None
     diff = check_equivalence(model, fmt, out, pixels)
     return {
@@ -91,21 +91,6 @@ def _export_onnx(module: torch.nn.Module, example: torch.Tensor, meta: dict[str,
         entry = graph.metadata_props.add()
         entry.key, entry.value = key, value
     return graph.SerializeToString()
-
-
-def _write_export(out: Path, data: bytes) -> None:
-    """Temp file, fsync, rename: a full disk leaves the previous export as it was."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with writing("the export", out):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 def run_export(fmt: str, out: Path, pixels: torch.Tensor) -> np.ndarray:

@@ -63,11 +63,10 @@ def keep_freed_memory() -> bool:
 
     Why: every activation of a batch is a multi-megabyte tensor. By default glibc serves those
     with fresh mmap() calls and unmaps them when freed, so each forward pass page-faults all its
-    activations in again (and zeroes them). Measured here: inference of the default CNN at 72 px
-    ran at ~1,150 images/s before and ~1,900 after. PyTorch's CPU performance guide gets the same
-    effect by swapping in jemalloc or tcmalloc; this needs no extra library. Peak memory is
-    unchanged: it only stops memory from being returned between batches. A no-op (False) where
-    libc is not glibc."""
+    activations in again (and zeroes them); README "Fast: decode once" has the measured gain.
+    PyTorch's CPU performance guide gets the same effect by swapping in jemalloc or tcmalloc;
+    this needs no extra library. Peak memory is unchanged: it only stops memory from being
+    returned between batches. A no-op (False) where libc is not glibc."""
     import ctypes
     import ctypes.util
 
@@ -87,8 +86,8 @@ def setup_threads(reserve: int = 0) -> int:
     `reserve` (cores our own decode workers will use). CATNET_THREADS overrides.
 
     Why not simply every core: torch's OpenMP threads wait for each other at every operation,
-    so one thread sharing a core with another busy process slows all of them down, measured
-    here at 3-10x; fewer threads on free cores is much faster than more on busy ones."""
+    so one thread sharing a core with another busy process slows all of them down (README, "Fast:
+    decode once"); fewer threads on free cores beat more threads on busy ones."""
     if os.environ.get("CATNET_THREADS", "").isdigit():
         threads = max(1, int(os.environ["CATNET_THREADS"]))
     else:

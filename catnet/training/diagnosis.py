@@ -4,6 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+# Train accuracy this far above validation accuracy: the network memorises its training pictures.
+OVERFIT_GAP = 0.08
+
+
+def underfit_floor(majority: float) -> float:
+    """Train accuracy below which a network has not even fit its training pictures: 80 %, or
+    halfway from always answering the commoner class (`majority`) to perfect, if higher."""
+    return max(0.8, majority + (1 - majority) / 2)
+
 
 def diagnose(
     history: list[dict[str, Any]],
@@ -21,7 +30,7 @@ def diagnose(
     last = history[-1]
     gap = train_acc - val_acc
     loss_rise = last["val_loss"] - min(r["val_loss"] for r in history)
-    if gap > 0.08 or (len(history) >= 4 and loss_rise > 0.15):
+    if gap > OVERFIT_GAP or (len(history) >= 4 and loss_rise > 0.15):
         return {
             "verdict": "overfit",
             "message": f"overfitting: train accuracy is {gap:+.1%} above validation, and the "
@@ -29,7 +38,7 @@ def diagnose(
             "next_step": f"try --dropout {min(cfg.dropout + 0.2, 0.7):.1f}, "
             f"--weight-decay {cfg.weight_decay * 3:g}, keep --augment on, or a smaller network",
         }
-    if train_acc < max(0.8, majority + (1 - majority) / 2) and gap < 0.05:
+    if train_acc < underfit_floor(majority) and gap < 0.05:
         bigger = (
             "--width " + str(cfg.width * 2)
             if cfg.model == "cnn"

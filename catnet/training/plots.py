@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from catnet.runtime.files import atomic_write
+
 
 def plot_curves(history: list[dict[str, Any]], best_epoch: int, path: Path) -> Path:
     """curves.png: train/val loss and accuracy per epoch, the best epoch and the LR marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot: drawn straight to a file, no window, and the caller's
+    # matplotlib backend left as it was.
+    from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in history], label="train loss")
     ax_loss.plot(epochs, [r["val_loss"] for r in history], label="val loss")
     ax_acc.plot(epochs, [r["train_acc"] for r in history], label="train accuracy")
@@ -35,6 +37,8 @@ def plot_curves(history: list[dict[str, Any]], best_epoch: int, path: Path) -> P
     ax_loss.set_title("Loss")
     ax_acc.set_title("Accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    # Atomic: a full disk keeps the previous curves.png, never half of a new one.
+    atomic_write(
+        path, lambda fh: fig.savefig(fh, format="png", dpi=100), what="the training curves"
+    )
     return path

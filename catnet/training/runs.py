@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import time
 from pathlib import Path
 from typing import Any
 
 from catnet.errors import EXIT_USAGE, writing
+from catnet.runtime.files import atomic_write_text
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
@@ -32,13 +34,12 @@ def new_run_dir(out: str) -> Path:
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     """Rewrite metrics.csv from the history: on resume it continues with no duplicated rows."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row[k]) for k in METRIC_COLUMNS})
+    atomic_write_text(path, text.getvalue(), what="the training history")
 
 
 def _fmt(value: Any) -> Any:
@@ -52,6 +53,5 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
     """One line per unreadable file: path<TAB>reason."""
-    with path.open("w", encoding="utf-8", errors="surrogateescape") as fh:
-        for file, reason in skipped:
-            fh.write(f"{file}\t{reason}\n")
+    text = "".join(f"{file}\t{reason}\n" for file, reason in skipped)
+    atomic_write_text(path, text, errors="surrogateescape", what="the list of skipped files")

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from catnet.config import TrainConfig, from_dict, save_config
@@ -20,6 +19,7 @@ from catnet.curation.corrections import corrected_paths
 from catnet.data.augment import MEAN, STD
 from catnet.data.cache import cache_size_for, default_cache_root, load_pixels
 from catnet.data.folders import Dataset, Sample, scan_dataset
+from catnet.data.pixels import open_picture
 from catnet.errors import CatnetError
 from catnet.models.checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from catnet.runtime.compute import Compute
@@ -51,7 +51,8 @@ def auto_image_size(samples: list[Sample], cap: int, seed: int = 0) -> int:
     sides = []
     for s in chosen:
         try:
-            with Image.open(s.path) as img:  # reads the header only
+            # The header only; a picture over Pillow's own pixel limit still has a size.
+            with open(s.path, "rb") as fh, open_picture(fh) as img:
                 sides.append(min(img.size))
         except Exception:
             continue

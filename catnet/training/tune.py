@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from typing import Any
 
 from catnet.config import TrainConfig, save_config
 from catnet.errors import EXIT_USAGE, writing
+from catnet.runtime.files import atomic_write, atomic_write_text
+from catnet.training.diagnosis import OVERFIT_GAP, underfit_floor
 from catnet.training.loop import TrainCallbacks, train
 
 CNN_SIZES = [(8, 2), (16, 2), (16, 3), (32, 3), (64, 3), (64, 4)]  # (width, depth)
@@ -58,10 +61,12 @@ def candidates(model: str) -> list[Trial]:
 def verdict(train_acc: float, val_acc: float, best_val: float, majority: float = 0.5) -> str:
     """underfit: cannot even fit its training pictures (or barely beats always answering the
     commoner class); overfit: fits them far better than new ones; good otherwise."""
-    if train_acc - val_acc > 0.08:
+    gap = train_acc - val_acc
+    if gap > OVERFIT_GAP:
         return "overfit"
-    floor = max(0.8, majority + (1 - majority) / 2)
-    if train_acc < floor or (val_acc < best_val - 0.05 and train_acc - val_acc < 0.03):
+    # Well behind the best size without overfitting: too small to learn what the others did.
+    behind = val_acc < best_val - 0.05 and gap < 0.03
+    if train_acc < underfit_floor(majority) or behind:
         return "underfit"
     return "good"
 
@@ -120,12 +125,13 @@ def _row(trial: Trial, round_no: int, result: Any) -> dict[str, Any]:
 
 
 def _write(out: Path, rows: list[dict[str, Any]], best: Trial) -> None:
-    with (out / "tune.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(
-            {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows
-        )
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(
+        {k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows
+    )
+    atomic_write_text(out / "tune.csv", table.getvalue(), what="the tune table")
     cfg = dataclasses.replace(best.result["cfg"], out="", data="", resume="", init_from="")
     save_config(cfg, out / "best.toml")
     with contextlib.suppress(ImportError):  # no matplotlib: the table and best.toml remain
@@ -133,16 +139,14 @@ def _write(out: Path, rows: list[dict[str, Any]], best: Trial) -> None:
 
 
 def plot_tune(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     last = {}
     for row in rows:  # each size's longest (latest-round) trial
         last[row["trial"]] = row
     pts = sorted(last.values(), key=lambda r: r["parameters"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
     ax.plot(
         [r["parameters"] for r in pts], [r["train_acc"] for r in pts], "o-", label="train accuracy"
     )
@@ -164,5 +168,4 @@ def plot_tune(rows: list[dict[str, Any]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png", dpi=100), what="the tune plot")

@@ -1,0 +1,93 @@
+"""catnet.runtime.files: atomic replacement and never-overwrite placement."""
+
+from __future__ import annotations
+
+import os
+from functools import partial
+from pathlib import Path
+from typing import BinaryIO
+
+import pytest
+
+from catnet.errors import WriteFailed
+from catnet.runtime.files import (
+    atomic_write,
+    atomic_write_text,
+    copy_new,
+    create_new,
+    move_new,
+)
+
+
+def test_atomic_write_replaces_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "index.json"
+    assert atomic_write_text(target, "old") == target
+    atomic_write_text(target, "new ü")
+    assert target.read_text(encoding="utf-8") == "new ü"
+    assert os.listdir(target.parent) == ["index.json"]
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_the_temp(tmp_path: Path) -> None:
+    target = tmp_path / "metrics.csv"
+    target.write_text("complete old file")
+
+    def half_then_fail(fh: BinaryIO) -> None:
+        fh.write(b"half of a new")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(WriteFailed, match=f"could not write {target}: no space left on device"):
+        atomic_write(target, half_then_fail)
+    assert target.read_text() == "complete old file"
+    assert os.listdir(tmp_path) == ["metrics.csv"]
+
+
+def test_free_names_are_numbered_before_the_suffix(tmp_path: Path) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"1")
+    (tmp_path / "a-1.jpg").symlink_to(tmp_path / "gone")  # a broken link still takes the name
+    source = tmp_path / "src"
+    source.write_bytes(b"new")
+    assert create_new(tmp_path / "a.jpg", partial(copy_new, source)) == tmp_path / "a-2.jpg"
+    assert create_new(tmp_path / "b.jpg", partial(copy_new, source)) == tmp_path / "b.jpg"
+    assert (tmp_path / "a.jpg").read_bytes() == b"1" and (
+        tmp_path / "a-2.jpg"
+    ).read_bytes() == b"new"
+
+
+def test_create_new_never_overwrites_even_a_file_that_appears_meanwhile(tmp_path: Path) -> None:
+    source = tmp_path / "src.png"
+    source.write_bytes(b"picture")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "src.png").write_bytes(b"keep me")
+    tried: list[Path] = []
+
+    def racing_copy(target: Path) -> None:
+        tried.append(target)
+        if len(tried) == 1:  # another process takes the free name just before we do
+            target.write_bytes(b"theirs")
+        copy_new(source, target)
+
+    placed = create_new(tmp_path / "out" / "src.png", racing_copy)
+    assert placed == tmp_path / "out" / "src-2.png"
+    assert tried == [tmp_path / "out" / "src-1.png", placed]
+    assert (tmp_path / "out" / "src.png").read_bytes() == b"keep me"
+    assert (tmp_path / "out" / "src-1.png").read_bytes() == b"theirs"
+    assert placed.read_bytes() == b"picture"
+
+
+def test_move_new_moves_a_symlink_itself_and_refuses_to_replace(tmp_path: Path) -> None:
+    link = tmp_path / "link.jpg"
+    link.symlink_to(tmp_path / "nowhere.jpg")
+    busy = tmp_path / "busy.jpg"
+    busy.write_bytes(b"keep")
+    with pytest.raises(FileExistsError):
+        move_new(link, busy)
+    assert busy.read_bytes() == b"keep" and link.is_symlink()
+    placed = create_new(busy, partial(move_new, link))
+    assert placed == tmp_path / "busy-1.jpg"
+    assert placed.is_symlink() and not os.path.lexists(link)
+
+
+def test_a_failed_copy_leaves_no_file_behind(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        copy_new(tmp_path / "missing.jpg", tmp_path / "copy.jpg")
+    assert not os.path.lexists(tmp_path / "copy.jpg")
