@@ -228,10 +228,11 @@ def test_an_unwritable_cache_is_skipped_not_required(tmp_path: Path) -> None:
 @pytest.mark.parametrize("code", list(WORDS))
 @pytest.mark.slow
 def test_predict_output_refused(tmp_path: Path, trained: TrainedRun, code: int) -> None:
+    """Refused before the first row: a usage error (the full-disk-mid-run case is below)."""
     out = tmp_path / "rows.csv"
     result = faulty_cli(tmp_path, "rows.csv", code, "predict", trained.best, trained.data,
                         "--output", out)  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert_one_line_error(result, "could not write the predictions to", "rows.csv", WORDS[code])
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from catnet.data.folders import IMAGE_SUFFIXES, iter_files
-from catnet.errors import CatnetError, writing
+from catnet.errors import EXIT_USAGE, CatnetError, writing
 from catnet.runtime.files import append_to, copy_new, create_new, numbered
 
 
@@ -67,7 +67,8 @@ class RowWriter:
         self.path = path
         self.jsonl = suffix == ".jsonl"
         new = not (append and path.exists() and path.stat().st_size > 0)
-        with writing("the predictions", path):
+        # Before any prediction: an --output that cannot be written is a usage error (exit 2).
+        with writing("the predictions", path, EXIT_USAGE):
             if not new:
                 _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
             path.parent.mkdir(parents=True, exist_ok=True)
