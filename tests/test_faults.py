@@ -413,6 +413,12 @@ def test_real_read_only_disk(tmp_path: Path) -> None:
         result = catnet_cli("train", data, "--out", disk / "run")
         assert result.returncode == 2
         assert_one_line_error(result, "could not write the run folder to", "read-only file system")
+        # A read-only cache folder: said once, and the training goes on without it.
+        cached = catnet_cli_env({"CATNET_CACHE": str(disk / "cache")}, "train", data, "--out",
+                                tmp_path / "run", "--epochs", "1", *TINY)  # fmt: skip
+        assert cached.returncode == 0, cached.stderr[-2000:]
+        assert cached.stderr.count("cannot use the picture cache") == 1
+        assert "read-only file system" in cached.stderr
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
 
