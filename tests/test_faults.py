@@ -11,10 +11,12 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pytest
@@ -22,8 +24,9 @@ import torch
 from conftest import TrainedRun, catnet_cli, make_dataset, write_class
 
 from catnet.data.pixels import decode_square
-from catnet.errors import WRITE_REASONS, WriteFailed, disk_error, write_failed
+from catnet.errors import WRITE_REASONS, Stopped, WriteFailed, disk_error, write_failed
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+from catnet.runtime.files import atomic_write
 
 WORDS = {
     errno.ENOSPC: "no space left on device",
@@ -143,6 +146,29 @@ def test_a_refused_checkpoint_keeps_the_previous_one(
     with pytest.raises(WriteFailed, match=WORDS[code]):
         save_checkpoint(payload, path)
     assert path.read_bytes() == before
+    assert temp_files(tmp_path) == []
+
+
+def test_sigterm_during_a_write_waits_for_it(tmp_path: Path) -> None:
+    """A stop signal that arrives mid-write is held until the file is complete, then raised."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Stopped(signum, "SIGTERM")
+
+    def write(fh: BinaryIO) -> None:
+        fh.write(b"first half, ")
+        os.kill(os.getpid(), signal.SIGTERM)  # delivered now, to this (the main) thread
+        fh.write(b"second half")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with pytest.raises(Stopped) as stopped:
+            atomic_write(tmp_path / "out.txt", write)
+        assert stopped.value.exit_code == 143
+        assert signal.getsignal(signal.SIGTERM) is stop  # put back
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (tmp_path / "out.txt").read_bytes() == b"first half, second half"
     assert temp_files(tmp_path) == []
 
 

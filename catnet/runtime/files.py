@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from catnet.errors import WriteFailed, writing
 
@@ -35,10 +35,11 @@ def _ctrl_c_after_write() -> Iterator[None]:
         yield
         return
     pressed: list[int] = []
-    previous = {}
+    previous: dict[int, Any] = {}
     for signum in _HELD_SIGNALS:
         handler = signal.getsignal(signum)
-        if callable(handler):  # SIGINT's default_int_handler, or the CLI's stop handler
+        # Ctrl-C always (unless ignored); SIGTERM/SIGHUP only where a handler was installed.
+        if callable(handler) or (signum == signal.SIGINT and handler != signal.SIG_IGN):
             previous[signum] = handler
             signal.signal(signum, lambda signum, frame: pressed.append(signum))
     try:
@@ -47,8 +48,10 @@ def _ctrl_c_after_write() -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if pressed:
-        previous[pressed[0]](pressed[0], None)  # raises KeyboardInterrupt (or Stopped)
-        raise KeyboardInterrupt  # a handler that returned: stop all the same
+        handler = previous[pressed[0]]
+        if callable(handler):
+            handler(pressed[0], None)  # raises KeyboardInterrupt (or catnet.errors.Stopped)
+        raise KeyboardInterrupt  # no handler that raises: stop all the same
 
 
 def _fsync_dir(folder: Path) -> None:
