@@ -3,7 +3,6 @@ every command working with the checkpoint."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -174,5 +173,9 @@ def test_version_1_checkpoints_still_load_and_predict(tmp_path: Path, tiny_confi
     assert [r.label in ("cat", "not_cat") for r in rows] == [True, True]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+def test_tune_searches_stages_and_regularisation_for_pretrained() -> None:
+    from catnet.training.tune import candidates
+
+    trials = candidates("pretrained")
+    assert {t.overrides["train_stages"] for t in trials} >= {0, 1}
+    assert len({(t.overrides["dropout"], t.overrides["weight_decay"]) for t in trials}) > 1
