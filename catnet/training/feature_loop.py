@@ -33,18 +33,28 @@ from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
 from catnet.training.state import PreparedData, TrainState, save_run_checkpoints
 
 
+def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, compute: Compute,
+                  root: Path) -> FeatureStore:  # fmt: skip
+    """The on-disk store for this frozen part: the tag names everything features depend on
+    besides the picture (backbone, frozen weights, size, cut, precision)."""
+    frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    tag = "-".join([
+        backbone, weights_checksum(frozen_state)[:16], f"s{size}", f"cut{stages}",
+        compute.name.replace("/", "-"),
+    ])  # fmt: skip
+    return FeatureStore(root, tag)
+
+
 class Features:
     """Frozen-part outputs of the training and validation pictures: (n, ...) fp32 tensors."""
 
     def __init__(self, net: PretrainedNet, stages: int, data: PreparedData, cfg: TrainConfig,
                  compute: Compute, cb: TrainCallbacks) -> None:  # fmt: skip
-        frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
-        tag = "-".join([
-            str(cfg.backbone or DEFAULT_BACKBONE), weights_checksum(frozen_state)[:16],
-            f"s{data.eval_size}", f"cut{stages}", compute.name.replace("/", "-"),
-        ])  # fmt: skip
         root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
-        store = FeatureStore(root, tag) if cfg.cache else None
+        name = cfg.backbone or DEFAULT_BACKBONE
+        store = (
+            feature_store(net, name, data.eval_size, stages, compute, root) if cfg.cache else None
+        )
         cb.on_message(f"computing the frozen backbone's features at {data.eval_size} px")
 
         def run(paths: list[Path], slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
