@@ -146,6 +146,10 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
     payload = load_checkpoint(run / "best.pt")
     assert payload["format_version"] == FORMAT_VERSION and payload["arch"]["type"] == "pretrained"
     assert payload["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    # Only the head trained: the backbone, batch-norm statistics included, is ImageNet's.
+    imagenet = imagenet_state(DEFAULT_BACKBONE)
+    for key in ("bn2.running_mean", "blocks.3.1.bn1.running_var", "conv_head.weight"):
+        assert torch.equal(payload["state_dict"][f"backbone.{key}"], imagenet[key]), key
     model = load_model(run / "best.pt")
     pictures = sorted((data / "cats").iterdir())[:3]
     assert all(p.label in ("cat", "not_cat") for p in model.predict(pictures))

@@ -78,6 +78,9 @@ def build_network(cfg: TrainConfig, compute: Compute) -> PretrainedNet:
         net.load_state_dict(payload["state_dict"])
     else:
         load_imagenet_backbone(net, name, cfg.weights)
+    # Eval mode for good: batch norm must use (and keep) its ImageNet statistics, both when
+    # the frozen features are computed and in the trained stages; one_epoch turns dropout on.
+    net.eval()
     if cfg.train_stages > net.n_stages():
         raise CatnetError(f"{name} has {net.n_stages()} stages; --train-stages "
                           f"{cfg.train_stages} is too many")  # fmt: skip
