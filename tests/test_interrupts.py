@@ -20,6 +20,8 @@ from conftest import TrainedRun, make_dataset, write_class
 pytestmark = pytest.mark.slow  # trains in `python -m catnet` processes and kills them
 
 TRAIN_ARGS = [
+    "--model",
+    "cnn",
     "--epochs",
     "40",
     "--width",

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from catnet.config import TrainConfig
 from catnet.inference.calibration import fit_temperature
@@ -36,6 +37,8 @@ def clean_train_accuracy(
         compute,
         cfg.batch_size * 2,
         cfg.tta,
+        data.mean,
+        data.std,
     )
     return float(((logits > 0).long() == torch.from_numpy(data.train_labels[pick])).float().mean())
 
@@ -48,17 +51,26 @@ def finalize_run(
     state: TrainState,
     started: float,
     on_message: Callable[[str], None],
+    split_logits: Callable[[str], torch.Tensor] | None = None,
 ) -> TrainResult:
+    """split_logits("val" | "train"), when given, supplies the best weights' logits (the
+    pretrained recipe computes them from its stored features instead of the pixels)."""
     best_path = run_dir / "best.pt"
     payload = load_checkpoint(best_path)
     model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
     model.load_state_dict(payload["state_dict"])
-    val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
     labels = torch.from_numpy(data.val_labels)
+    if split_logits is None:
+        val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+        train_accuracy = clean_train_accuracy(model, data, compute, cfg)
+    else:
+        val = {"logits": split_logits("val")}
+        val["val_loss"] = F.binary_cross_entropy_with_logits(val["logits"], labels.float()).item()
+        train_labels = torch.from_numpy(data.train_labels)
+        train_accuracy = float(((split_logits("train") > 0).long() == train_labels).float().mean())
     temperature = fit_temperature(val["logits"], labels)
     probs = torch.sigmoid(val["logits"] / temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
-    train_accuracy = clean_train_accuracy(model, data, compute, cfg)
     share = float(data.train_labels.mean())
     metrics.update(
         val_loss=val["val_loss"],
