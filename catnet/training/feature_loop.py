@@ -27,7 +27,7 @@ from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_image
 from catnet.runtime.compute import Compute, batches_of
 from catnet.training.features import FeatureStore, cached_features
 from catnet.training.finalize import finalize_run
-from catnet.training.results import TrainCallbacks, TrainResult
+from catnet.training.results import TrainCallbacks, TrainResult, epoch_report
 from catnet.training.runs import write_metrics
 from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
 from catnet.training.state import PreparedData, TrainState, save_run_checkpoints
@@ -223,10 +223,12 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
                    "val_acc": float(((logits > 0).long() == labels).float().mean()),
                    "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
             state.history.append(row)
-            improved = state.stopper.update(row[cfg.monitor], state.epoch) or not keep_best
-            if improved:
+            improved = state.stopper.update(row[cfg.monitor], state.epoch)
+            if improved or not keep_best:
                 best.keep(net)
-            cb.on_epoch_end({**row, "best": improved, "planned_epochs": state.planned_epochs})
+            cb.on_epoch_end(
+                epoch_report(row, cfg, state.planned_epochs, improved or not keep_best, improved)
+            )
             if state.stopper.should_stop:
                 stop_reason = (
                     f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"

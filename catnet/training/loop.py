@@ -25,7 +25,12 @@ from catnet.runtime.compute import (
     setup_threads,
 )
 from catnet.training.finalize import finalize_run
-from catnet.training.results import TrainCallbacks, TrainResult, evaluate_split
+from catnet.training.results import (
+    TrainCallbacks,
+    TrainResult,
+    epoch_report,
+    evaluate_split,
+)
 from catnet.training.runs import new_run_dir, write_metrics
 from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
 from catnet.training.state import (
@@ -190,10 +195,7 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
             run_dir, cfg, data, model, optimizer, state, gen, compute, best=save_best, ema=ema
         )
         write_metrics(run_dir / "metrics.csv", state.history)
-        cb.on_epoch_end(
-            {**row, "best": save_best, "improved": improved, "monitor": cfg.monitor,
-             "planned_epochs": state.planned_epochs, "time_budget": cfg.time_budget}
-        )  # fmt: skip
+        cb.on_epoch_end(epoch_report(row, cfg, state.planned_epochs, save_best, improved))
         if state.stopper.should_stop:
             stop_reason = f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
             break

@@ -56,3 +56,13 @@ def evaluate_split(
     loss = F.binary_cross_entropy_with_logits(logits, labels.float()).item()
     acc = float(((logits > 0).long() == labels).float().mean())
     return {"val_loss": loss, "val_acc": acc, "logits": logits}
+
+
+def epoch_report(
+    row: dict[str, Any], cfg: Any, planned_epochs: int, best: bool, improved: bool
+) -> dict[str, Any]:
+    """What on_epoch_end receives: the metrics row plus `best` (best.pt was written this epoch),
+    `improved` (the monitored value beat every earlier epoch), and what the display needs to say
+    so (`monitor`, `planned_epochs`, `time_budget` in s). Both training loops build it here."""
+    return {**row, "best": best, "improved": improved, "monitor": cfg.monitor,
+            "planned_epochs": planned_epochs, "time_budget": cfg.time_budget}  # fmt: skip
