@@ -47,6 +47,24 @@ def grey_out(batch_u8: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def blur_out(batch_u8: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) uint8 with the masked pixels replaced by a strong blur of the picture
+    (sigma S/8): their detail is gone but no new colour or edge is added, which a flat grey
+    patch or grey dots can be (the ROAD paper's objection to constant fills)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    s = batch_u8.shape[1]
+    sigma = s / 8
+    kernel = 2 * round(2 * sigma) + 1
+    blurred = gaussian_blur(batch_u8.permute(0, 3, 1, 2).float(), [kernel, kernel], [sigma, sigma])
+    out = batch_u8.clone()
+    out[mask] = blurred.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)[mask]
+    return out
+
+
+FILLS = {"grey": grey_out, "blur": blur_out}
+
+
 def class_probability(
     explainer: Explainer, batch_u8: torch.Tensor, cat: torch.Tensor
 ) -> torch.Tensor:
@@ -57,12 +75,16 @@ def class_probability(
 
 
 def deletion_drops(
-    explainer: Explainer, batch_u8: torch.Tensor, fraction: float, generator: torch.Generator
+    explainer: Explainer,
+    batch_u8: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator,
+    fill: str = "grey",
 ) -> dict[str, torch.Tensor]:
     """(B,) drops in the predicted class's probability after greying out `fraction` of the
     pixels: ranked by the map ("heatmap"), at random in cells the size of the map's cells
     ("random_cells", the same granularity as the map), and at random pixel by pixel
-    ("random_pixels")."""
+    ("random_pixels"). fill: grey (the average colour) or blur (see blur_out)."""
     s = batch_u8.shape[1]
     explained = explainer.explain(batch_u8)
     cat = torch.tensor([label == "cat" for label in explained.labels])
@@ -76,7 +98,7 @@ def deletion_drops(
         "random_pixels": top_mask(pixels, fraction, generator),
     }
     return {
-        name: before - class_probability(explainer, grey_out(batch_u8, mask), cat)
+        name: before - class_probability(explainer, FILLS[fill](batch_u8, mask), cat)
         for name, mask in masks.items()
     }
 

@@ -163,25 +163,24 @@ def _explain_batch(
             explained.p_cat[j], explained.labels[j], explained.sides[j], explainer.method, str(path)
         )
         try:
-            picture = _draw(path, explained.maps[j], caption)
+            overlaid = _overlay(path, explained.maps[j])
         except Exception as exc:  # changed or vanished since it was decoded: one error row
             error = f"unreadable when drawing: {type(exc).__name__}: {exc}"
             yield ExplainRow(str(path), "", None, "error", "", explainer.method, error), None
             continue
+        picture = heatmaps.captioned(overlaid, caption.lines())
         target = heatmaps.save_png(picture, output_for(path, root, out))
         row = ExplainRow(
             str(path), str(target), caption.p_cat, caption.label, caption.side, explainer.method
         )
-        yield row, heatmaps.cell(picture, caption) if cfg.sheet_max else None
+        yield row, heatmaps.cell(overlaid, caption) if cfg.sheet_max else None
 
 
-def _draw(path: Path, cam: torch.Tensor, caption: heatmaps.Caption) -> Image.Image:
-    """The picture (display size), its map over the part the network saw, and the caption."""
+def _overlay(path: Path, cam: torch.Tensor) -> Image.Image:
+    """The picture at display size with its map over the part the network saw."""
     picture = heatmaps.open_display(path)
     heat = on_picture(cam, picture.width, picture.height)
-    return heatmaps.captioned(
-        heatmaps.overlay(picture, heat, crop_box(picture.width, picture.height)), caption.lines()
-    )
+    return heatmaps.overlay(picture, heat, crop_box(picture.width, picture.height))
 
 
 def _write_sheet(cells: list[Image.Image], n: int, out: Path, explainer: Explainer) -> Path:

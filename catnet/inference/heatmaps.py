@@ -33,11 +33,12 @@ class Caption:
     name: str  # the input's path, for the caption
 
     def lines(self) -> list[str]:
-        evidence = "cat" if self.side == "cat" else "not-cat (negative logit)"
-        how = "Grad-CAM" if self.method == "grad-cam" else "saliency (MLP: no conv maps)"
+        evidence = "cat" if self.side == "cat" else "not-cat (the negative logit)"
+        how = "Grad-CAM" if self.method == "grad-cam" else "saliency: an MLP has no conv maps"
         return [
             f"p(cat) {self.p_cat:.3f}   label {self.label}",
-            f"map: evidence for {evidence}, {how}",
+            f"map: evidence for {evidence}",
+            f"method: {how}",
             self.name,
         ]
 
@@ -60,14 +61,15 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
 
 
 def open_display(path: str | Path, longest: int = DISPLAY) -> Image.Image:
-    """The picture upright (EXIF) in RGB, shrunk so its longest side is at most `longest`."""
+    """The picture upright (EXIF) in RGB, scaled so its longest side is `longest` px (small
+    pictures are enlarged, so a 32 px picture's map can be seen)."""
     with Image.open(path) as img:
         img.seek(0)
         img.draft("RGB", (longest, longest))  # JPEG: decode at a fraction of the size
-        upright = ImageOps.exif_transpose(img) or img
-        picture = to_rgb(upright)
-        picture.thumbnail((longest, longest), Image.Resampling.BILINEAR)
-        return picture.copy()
+        picture = to_rgb(ImageOps.exif_transpose(img) or img)
+        scale = longest / max(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        return picture.resize(size, Image.Resampling.BICUBIC if scale > 1 else Image.BILINEAR)
 
 
 def overlay(picture: Image.Image, heat: np.ndarray, seen: tuple[int, int, int]) -> Image.Image:
@@ -109,6 +111,7 @@ def captioned(picture: Image.Image, lines: Sequence[str], font_size: int = 14) -
     draw = ImageDraw.Draw(canvas)
     for i, line in enumerate(lines):
         safe = line.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in safe)  # \n, \t as text
         text = _fit(safe, draw, font, width - 8)
         draw.text((4, picture.height + 4 + i * line_h), text, fill=(240, 240, 240), font=font)
     return canvas
@@ -126,9 +129,9 @@ def png_data_uri(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def cell(explained: Image.Image, caption: Caption) -> Image.Image:
+def cell(overlaid: Image.Image, caption: Caption) -> Image.Image:
     """A contact sheet cell: the overlay shrunk to CELL px and two short caption lines."""
-    small = explained.copy()
+    small = overlaid.copy()
     small.thumbnail((CELL, CELL), Image.Resampling.BILINEAR)
     side = "for cat" if caption.side == "cat" else "for not-cat"
     name = Path(caption.name).name
