@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -339,3 +340,21 @@ def test_the_explained_side_matters(shapes_model) -> None:
     assert torch.equal(explained.maps[~cat], not_maps[~cat])  # "predicted" = the negative logit
     assert (not_maps[~cat].flatten(1).amax(1) == 1).all()  # never empty
     assert spearman(cat_maps[~cat], not_maps[~cat]).mean() < 0.3
+
+
+# ---------------------------------------------------------------- the evaluation report
+
+
+@pytest.mark.parametrize(("threshold", "why"), [(0.999, "not-cat"), (0.001, "cat")])
+def test_report_shows_each_mistakes_heatmap(trained, tmp_path: Path, threshold, why) -> None:
+    """A threshold near 1 makes every cat a mistake called not-cat (the negative logit's map),
+    near 0 every not-cat a mistake called cat: both sides appear, and the page stays one
+    offline file."""
+    from catnet.config import EvaluateConfig
+    from catnet.inference.evaluation import evaluate
+    from catnet.inference.report import write_report
+
+    result = evaluate(trained.best, trained.data, EvaluateConfig(threshold=threshold, workers=1))
+    text = write_report(result, tmp_path / "r", top_n=3, checkpoint=trained.best).read_text()
+    assert text.count(f'alt="heatmap: evidence for {why}"') == 3
+    assert not re.search(r"""(src|href)\s*=\s*["']?(?!data:)[^"'\s>]""", text)  # data: only

@@ -123,10 +123,11 @@ def save_png(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def png_data_uri(image: Image.Image) -> str:
+def data_uri(image: Image.Image, fmt: str = "PNG") -> str:
+    """The picture as a data: URI, for pages that must not fetch anything (JPEG: smaller)."""
     buf = io.BytesIO()
-    image.save(buf, "PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    image.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def cell(overlaid: Image.Image, caption: Caption) -> Image.Image:

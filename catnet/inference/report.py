@@ -72,6 +72,7 @@ class Mistake:
     p_cat: float
     predicted: int  # 1 = cat
     confidence: float  # p(predicted label): how sure the model was of its wrong answer
+    heatmap: str = ""  # data: URI of where it looked (report_heatmaps), "" = none
 
 
 def find_mistakes(result: EvaluationResult) -> list[Mistake]:
@@ -199,8 +200,15 @@ def _thumb(m: Mistake) -> str:
         picture = f'<img src="{src}" alt="{path}">'
     except Exception:  # a broken thumbnail must not cost the whole report
         picture = '<div class="missing">unreadable</div>'
+    if m.heatmap:  # side by side: the picture, and where the network looked for its answer
+        why = "evidence for cat" if m.predicted else "evidence for not-cat"
+        heat = f'<img src="{m.heatmap}" alt="heatmap: {why}" title="heatmap: {why}">'
+        picture = f'<div style="display:flex;gap:4px">{picture}{heat}</div>'
+    span = ' style="grid-column:span 2"' if m.heatmap else ""  # two pictures: two columns
     caption = f"<b>p(cat) {m.p_cat:.3f}</b> · {escape(m.sample.class_name)}/"
-    return f"<figure>{picture}<figcaption>{caption}<br><code>{path}</code></figcaption></figure>"
+    return (
+        f"<figure{span}>{picture}<figcaption>{caption}<br><code>{path}</code></figcaption></figure>"
+    )
 
 
 def _gallery(title: str, mistakes: list[Mistake], total: int) -> str:
@@ -289,11 +297,21 @@ def render_html(result: EvaluationResult, mistakes: list[Mistake], top_n: int) -
     )
 
 
-def write_report(result: EvaluationResult, out_dir: str | Path, top_n: int = 12) -> Path:
-    """Write out_dir/index.html and out_dir/mistakes.csv; return the path of the page."""
+def write_report(
+    result: EvaluationResult,
+    out_dir: str | Path,
+    top_n: int = 12,
+    checkpoint: str | Path | None = None,
+) -> Path:
+    """Write out_dir/index.html and out_dir/mistakes.csv; return the path of the page. With the
+    checkpoint, each mistake shown has its heatmap next to its thumbnail."""
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     mistakes = find_mistakes(result)
+    if checkpoint is not None:
+        from catnet.inference.report_heatmaps import with_heatmaps
+
+        mistakes = with_heatmaps(checkpoint, mistakes, top_n)
     model, threshold = str(result.metrics.get("model", "")), float(result.metrics["threshold"])
     write_mistakes_csv(mistakes, model, threshold, out / "mistakes.csv")
     page = out / "index.html"
