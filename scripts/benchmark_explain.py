@@ -68,6 +68,16 @@ def mean_se(values: torch.Tensor) -> str:
     return f"{float(v.mean()):.4f} ± {se:.4f}"
 
 
+def _ratio(heat: torch.Tensor, random_drop: torch.Tensor) -> float | None:
+    """heatmap drop / random drop; None where greying at random did not lower the probability
+    (a ratio to a rise means nothing)."""
+    return float(heat.mean() / random_drop.mean()) if random_drop.mean() > 0 else None
+
+
+def _show(ratio: float | None) -> str:
+    return "n/a (random raised it)" if ratio is None else f"{ratio:.2f}x"
+
+
 def deletion(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespace) -> dict:
     drops: dict[str, list[torch.Tensor]] = {}
     sides: list[str] = []
@@ -92,10 +102,9 @@ def deletion(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespac
         if not mask.any():
             continue
         h, c, p = (result[k][mask] for k in ("heatmap", "random_cells", "random_pixels"))
-        ratio_c = float(h.mean() / c.mean()) if c.mean() > 0 else float("inf")
-        ratio_p = float(h.mean() / p.mean()) if p.mean() > 0 else float("inf")
+        ratio_c, ratio_p = _ratio(h, c), _ratio(h, p)
         print(f"| {label} | {int(mask.sum())} | {mean_se(h)} | {mean_se(c)} | {mean_se(p)} | "
-              f"{ratio_c:.2f}x | {ratio_p:.2f}x |")  # fmt: skip
+              f"{_show(ratio_c)} | {_show(ratio_p)} |")  # fmt: skip
         summary[label] = {
             "n": int(mask.sum()), "heatmap": float(h.mean()), "random_cells": float(c.mean()),
             "random_pixels": float(p.mean()), "ratio_cells": ratio_c, "ratio_pixels": ratio_p,
