@@ -237,6 +237,9 @@ def test_explain_without_pictures_is_a_usage_error(trained, tmp_path: Path) -> N
     assert proc.returncode == 2 and "no pictures" in proc.stderr
     proc = catnet_cli("explain", trained.best, tmp_path / "empty", "--target", "dog")
     assert proc.returncode == 2 and "target" in proc.stderr
+    (tmp_path / "a-file").write_text("")
+    proc = catnet_cli("explain", trained.best, trained.data, "--out", tmp_path / "a-file")
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_api_returns_maps_in_each_pictures_own_size(trained, tmp_path: Path) -> None:

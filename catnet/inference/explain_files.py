@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from catnet.config import ExplainConfig, PredictConfig
+from catnet.errors import CatnetError
 from catnet.inference import heatmaps
 from catnet.inference.explain import Explainer, crop_box, on_picture
 from catnet.inference.outputs import expand_inputs
@@ -94,7 +95,10 @@ def explain_files(
     explainer = Explainer(model)
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     root, out = output_root(inputs), Path(out).expanduser()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CatnetError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
     files = (str(p) for p in _outside(expand_inputs(inputs), out))
     decode_cfg = PredictConfig(
         batch_size=cfg.batch_size, workers=cfg.workers, max_image_pixels=cfg.max_image_pixels
