@@ -376,3 +376,12 @@ def test_report_shows_each_mistakes_heatmap(trained, tmp_path: Path, threshold, 
     text = write_report(result, tmp_path / "r", top_n=3, checkpoint=trained.best).read_text()
     assert text.count(f'alt="heatmap: evidence for {why}"') == 3
     assert not re.search(r"""(src|href)\s*=\s*["']?(?!data:)[^"'\s>]""", text)  # data: only
+
+
+def test_explain_config_checks_its_values() -> None:
+    from catnet.config import ExplainConfig, load_config
+
+    assert load_config(ExplainConfig, None, {"target": "cat"}).target == "cat"
+    for bad in ({"target": "dog"}, {"batch_size": 0}, {"sheet_max": -1}, {"colour": "red"}):
+        with pytest.raises(CatnetError):
+            load_config(ExplainConfig, None, bad)
