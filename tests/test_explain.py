@@ -196,7 +196,7 @@ def test_explain_cli_mirrors_paths_and_goes_on_after_errors(trained, tmp_path: P
         assert row["output"] == str(out / (name + ".png"))
         assert row["explained"] == row["label"] and row["method"] == "grad-cam"
         with Image.open(row["output"]) as img:
-            assert img.format == "PNG" and img.width >= 260
+            assert img.format == "PNG" and img.width >= 360
     with (out / "index.csv").open(newline="") as fh:
         index = list(csv.DictReader(fh))
     assert tuple(index[0]) == COLUMNS and len(index) == 3
