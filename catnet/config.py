@@ -183,7 +183,22 @@ class PredictConfig:
     )
 
 
-Config = TypeVar("Config", TrainConfig, EvaluateConfig, PredictConfig)
+@dataclass
+class ExplainConfig:
+    threshold: float = -1.0  # decision threshold for the label; < 0 = the checkpoint's own
+    target: str = "predicted"  # which side each map shows: predicted (the answer), cat, not_cat
+    batch_size: int = 32  # pictures per forward + backward pass
+    workers: int = 0  # decoding processes; 0 = one per core
+    max_image_pixels: int = 120_000_000
+    sheet_max: int = 400  # pictures on the contact sheet (the first ones; every one gets a PNG)
+
+    def validate(self) -> None:
+        _choice("target", self.target, ("predicted", "cat", "not_cat"))
+        _range("batch_size", self.batch_size, 1, 4096)
+        _range("sheet_max", self.sheet_max, 0, 10_000)
+
+
+Config = TypeVar("Config", TrainConfig, EvaluateConfig, PredictConfig, ExplainConfig)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -236,7 +251,7 @@ def load_config(
         values.update(read_toml(Path(path)))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     config = from_dict(cls, values, source=str(path) if path else "options")
-    if isinstance(config, TrainConfig):
+    if isinstance(config, TrainConfig | ExplainConfig):
         config.validate()
     return config
 

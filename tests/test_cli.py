@@ -99,7 +99,7 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
 def test_help_through_the_module_entry_point() -> None:
     proc = catnet_cli("--help")
     assert proc.returncode == 0, proc.stderr
-    for command in ("train", "evaluate", "predict", "demo", "cache"):
+    for command in ("train", "evaluate", "predict", "explain", "demo", "cache"):
         assert command in proc.stdout
 
 

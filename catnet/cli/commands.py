@@ -108,7 +108,8 @@ def evaluate(
     if report:
         from catnet.inference.report import write_report
 
-        console.print(f"report: {write_report(result, report)}", highlight=False)
+        page = write_report(result, report, checkpoint=checkpoint)
+        console.print(f"report: {page}", highlight=False)
     if as_json:
         stdout.print_json(json.dumps(json_safe(result.metrics)))
     else:

@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 
-from catnet.cli import commands, tools  # noqa: F401  (each registers its commands on `app`)
+from catnet.cli import commands, explain, tools  # noqa: F401  (each registers its commands on `app`)
 from catnet.cli.app import app
 from catnet.cli.signals import install_stop_handlers
 from catnet.errors import interrupt_exit_code

@@ -119,11 +119,22 @@ def export(
 def info(
     checkpoint: Path = typer.Argument(..., help="A catnet checkpoint."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    neurons: Path | None = typer.Option(
+        None, help="MLP only: draw the first hidden neurons' input weights to FILE.png."
+    ),
+    max_neurons: int = typer.Option(64, help="With --neurons: how many neurons to draw."),
 ) -> None:
     """See inside a checkpoint: layers and neurons, input, data, regularizers, metrics."""
     from catnet.cli.render import print_info
     from catnet.models.info import describe
 
+    if neurons:
+        from catnet.inference.heatmaps import neuron_grid, save_png
+        from catnet.models.info import first_layer_weights
+
+        weights = first_layer_weights(checkpoint)[: max(1, max_neurons)]
+        save_png(neuron_grid(weights), neurons)
+        console.print(f"drew {len(weights)} neurons' input weights: {neurons}", highlight=False)
     details = describe(checkpoint)
     if as_json:
         stdout.print_json(json.dumps(details))

@@ -92,6 +92,17 @@ class CatnetModel:
                 preds[j].p_cat, preds[j].label = p, self.label_for(p)
         return preds
 
+    def explain(
+        self, images: Iterable[Image.Image | str | Path], target: str = "predicted"
+    ) -> list[np.ndarray]:
+        """Where the network looked: one (height, width) float32 heatmap in [0, 1] per picture,
+        in the picture's own size. Grad-CAM for convolutional networks, gradient saliency for
+        the MLP; target "predicted" shows the evidence for each picture's own answer (for
+        not_cat, the evidence for not-cat), or "cat" / "not_cat". See catnet.inference.explain."""
+        from catnet.inference.explain import explain_images
+
+        return explain_images(self, images, target)
+
 
 def load_model(path: str | Path, device: str = "auto") -> CatnetModel:
     """Load a checkpoint safely (no code can run) and return a ready-to-use model."""

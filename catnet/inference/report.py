@@ -56,6 +56,7 @@ class Mistake:
     p_cat: float
     predicted: int  # 1 = cat
     confidence: float  # p(predicted label): how sure the model was of its wrong answer
+    heatmap: str = ""  # data: URI of where it looked (report_heatmaps), "" = none
 
 
 def find_mistakes(result: EvaluationResult) -> list[Mistake]:
@@ -183,8 +184,9 @@ def _thumb(m: Mistake) -> dict[str, Any]:
         src = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
     except Exception:  # a broken thumbnail must not cost the whole report
         pass
+    why = "evidence for cat" if m.predicted else "evidence for not-cat"
     return {"src": src, "path": str(m.sample.path), "p_cat": m.p_cat,
-            "class_name": m.sample.class_name}  # fmt: skip
+            "class_name": m.sample.class_name, "heatmap": m.heatmap, "why": why}  # fmt: skip
 
 
 def _fmt(key: str, value: Any) -> str:
@@ -260,12 +262,22 @@ def render_html(result: EvaluationResult, mistakes: list[Mistake], top_n: int) -
     )
 
 
-def write_report(result: EvaluationResult, out_dir: str | Path, top_n: int = 12) -> Path:
-    """Write out_dir/index.html and out_dir/mistakes.csv; return the path of the page."""
+def write_report(
+    result: EvaluationResult,
+    out_dir: str | Path,
+    top_n: int = 12,
+    checkpoint: str | Path | None = None,
+) -> Path:
+    """Write out_dir/index.html and out_dir/mistakes.csv; return the path of the page. With the
+    checkpoint, each mistake shown has its heatmap next to its thumbnail."""
     out = Path(out_dir).expanduser()
     with writing("the report", out):
         out.mkdir(parents=True, exist_ok=True)
     mistakes = find_mistakes(result)
+    if checkpoint is not None:
+        from catnet.inference.report_heatmaps import with_heatmaps
+
+        mistakes = with_heatmaps(checkpoint, mistakes, top_n)
     model, threshold = str(result.metrics.get("model", "")), float(result.metrics["threshold"])
     write_mistakes_csv(mistakes, model, threshold, out / "mistakes.csv")
     # errors="replace": a file name that is not valid UTF-8 shows as "?" rather than crashing.

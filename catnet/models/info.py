@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from catnet.errors import CatnetError
 from catnet.models.checkpoint import load_checkpoint
 from catnet.models.networks import CNN, MLP, build_model, count_parameters
 
@@ -144,3 +145,19 @@ def describe(path: str | Path) -> dict[str, Any]:
         "metrics": payload.get("metrics", {}),
         "catnet_version": payload.get("catnet_version"),
     }
+
+
+def first_layer_weights(path: str | Path) -> Any:
+    """An MLP's first hidden layer as pictures: (n_neurons, 3, S, S) float32 numpy, each
+    neuron's weight for each input pixel and colour. Only an MLP has one weight per pixel; a
+    conv layer's 3x3 filters are not pictures of anything."""
+    payload = load_checkpoint(path)
+    arch = payload["arch"]
+    if arch["type"] != "mlp":
+        raise CatnetError(
+            f"--neurons draws an MLP's first-layer neurons; {path} is a {arch['type']}",
+            hint="for a CNN, `catnet explain` shows where it looks",
+        )
+    size = int(arch["image_size"])
+    weight = payload["state_dict"]["net.1.weight"]  # (n_hidden, 3 * S * S): Flatten, then Linear
+    return weight.float().reshape(-1, 3, size, size).numpy()

@@ -1,0 +1,66 @@
+"""`catnet explain`: where the network looked, as heatmaps over the pictures. Parses options,
+calls catnet.inference.explain_files, prints rows and a summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from catnet.cli.app import app, console, friendly_errors, stdout
+from catnet.errors import EXIT_SOME_FAILED
+
+
+@app.command()
+@friendly_errors
+def explain(
+    checkpoint: Path = typer.Argument(..., help="A catnet checkpoint (best.pt)."),
+    paths: list[str] = typer.Argument(..., help="Files, folders (searched recursively) or globs."),
+    out: Path = typer.Option(
+        Path("explain"), "--out", help="Folder for the PNGs, index.csv and contact_sheet.png."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
+    target: str | None = typer.Option(
+        None, help="Which side each map shows: predicted (each answer's), cat or not_cat."
+    ),
+    threshold: float | None = typer.Option(
+        None, help="Decision threshold [default: the checkpoint's]."
+    ),
+    batch_size: int | None = typer.Option(None, help="Pictures per forward + backward pass."),
+) -> None:
+    """Show which pixels made the network say cat (or not cat): one heatmap PNG per picture.
+    Exit code 1 if some could not be read."""
+    from catnet.config import ExplainConfig, load_config
+    from catnet.data.folders import printable
+    from catnet.errors import CatnetError
+    from catnet.inference.explain_files import ExplainRow, explain_files
+    from catnet.inference.prediction import load_model
+
+    values = {"target": target, "threshold": threshold, "batch_size": batch_size}
+    cfg = load_config(ExplainConfig, None, values)
+    model = load_model(checkpoint)
+
+    def on_row(row: ExplainRow) -> None:
+        if as_json:
+            print(json.dumps(row.as_dict()), flush=True)  # ensure_ascii: any file name is valid
+            return
+        if row.error:
+            line = f"{'':>7}  {'error':<8} {row.input}  ({row.error})"
+        else:
+            line = f"{row.p_cat:>7.4f}  {row.label:<8} {row.input} -> {row.output}"
+        stdout.print(printable(line), highlight=False, markup=False)
+
+    summary = explain_files(model, paths, out, cfg, on_row)
+    if summary["pictures"] == 0:
+        raise CatnetError("no pictures found in the given paths")
+    counts = ", ".join(f"{v} {k}" for k, v in summary["counts"].items() if v)
+    console.print(f"note: {summary['note']}", highlight=False)
+    console.print(
+        f"{summary['pictures']} pictures: {counts}; {summary['images_per_s']:.1f} images/s; "
+        f"index {summary['index']}, contact sheet {summary['contact_sheet']}",
+        highlight=False,
+        markup=False,
+    )
+    if summary["errors"]:
+        raise typer.Exit(EXIT_SOME_FAILED)

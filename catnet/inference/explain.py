@@ -1,0 +1,203 @@
+"""Where the network looked: Grad-CAM for convolutional networks, a gradient saliency map for the
+MLP (which has no convolutional maps to weigh).
+
+Grad-CAM (Selvaraju et al., 2017) on the last convolutional stage: the map is
+relu(sum_c alpha_c * A_c), where A (B, C, h, w) is that stage's output and alpha_c the mean over
+h, w of d score / d A_c. The score is the cat logit for a "cat" answer and the *negative* logit
+for a "not_cat" answer: a one-logit network has no second output to explain, and explaining
++logit for a not-cat answer would show the evidence against the answer (or nothing), the
+inverted-map pitfall of CAM libraries with binary models (pytorch-grad-cam issue #428).
+
+Written with one forward hook and torch.autograd.grad (~30 lines) rather than captum or
+grad-cam: see README, "Explain", for why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from catnet.data.augment import prepare_eval
+from catnet.data.pixels import decode_square, to_square_rgb
+from catnet.errors import CatnetError, DecodeError
+
+if TYPE_CHECKING:
+    from catnet.inference.prediction import CatnetModel
+
+SIDES = ("not_cat", "cat")  # which side a map shows, by sign index: -1 -> not_cat, +1 -> cat
+
+
+def feature_layer(net: nn.Module, image_size: int) -> nn.Module | None:
+    """The last convolutional stage: of the modules whose output is a 4-D feature map with more
+    than one position, the last to finish its forward pass. For catnet's CNN that is
+    `features` (the map before global pooling); for a timm backbone it is the block after
+    `conv_head` (global pooling's (B, C, 1, 1) output has one position and does not count).
+    None for a network without feature maps (the MLP)."""
+    finished: list[nn.Module] = []
+
+    def note(module: nn.Module, _inputs: Any, output: Any) -> None:
+        if isinstance(output, torch.Tensor) and output.dim() == 4 and output[0, 0].numel() > 1:
+            finished.append(module)
+
+    handles = [m.register_forward_hook(note) for m in net.modules() if m is not net]
+    device = next(net.parameters()).device
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return finished[-1] if finished else None
+
+
+def grad_cam(net: nn.Module, layer: nn.Module, x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """x (B, 3, S, S) normalised, sign (B,) of +1 (explain cat) or -1 (explain not-cat) ->
+    (B, h, w) maps at the layer's resolution, each scaled to a maximum of 1 (all 0 where
+    nothing in the picture speaks for that side)."""
+    kept: list[torch.Tensor] = []
+
+    def keep(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        kept.append(output)
+        # Later layers get a copy: an in-place op after this one (timm's activations) must not
+        # overwrite the maps we differentiate against.
+        return output.clone()
+
+    handle = layer.register_forward_hook(keep)
+    try:
+        with torch.enable_grad():
+            logits = net(x.detach().requires_grad_(True)).float()
+            (grads,) = torch.autograd.grad((logits * sign).sum(), kept[0])
+    finally:
+        handle.remove()
+    maps = kept[0].detach().float()
+    alpha = grads.float().mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): each channel's weight
+    return _unit_max(F.relu((alpha * maps).sum(dim=1)))
+
+
+def saliency(net: nn.Module, x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+    """Gradient x input, summed over colours, positive part: (B, S, S). For a network that is
+    linear near x this is each pixel's share of the (signed) logit, measured from the average
+    picture (normalised input 0); the positive part keeps pixels that push toward the side."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = net(x).float()
+        (grads,) = torch.autograd.grad((logits * sign).sum(), x)
+    return _unit_max(F.relu((grads * x.detach()).float().sum(dim=1)))
+
+
+def _unit_max(maps: torch.Tensor) -> torch.Tensor:
+    top = maps.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1)
+    return maps / top
+
+
+@dataclass
+class Explained:
+    maps: torch.Tensor  # (B, h, w) float32 in [0, 1], over the centre square the model saw
+    p_cat: list[float]  # calibrated p(cat), as predict reports it
+    labels: list[str]  # cat or not_cat, at the model's threshold (or the one given)
+    sides: list[str]  # which side each map shows: cat or not_cat
+
+
+class Explainer:
+    """Maps for batches of decoded squares. Runs the network as trained (batch norm unfused,
+    fp32: gradients in bf16 are too coarse to rank pixels by)."""
+
+    def __init__(self, model: CatnetModel, net: nn.Module | None = None) -> None:
+        self.model = model
+        self.net = (net or model.module).eval()
+        self.layer = feature_layer(self.net, model.image_size)
+        self.method = "grad-cam" if self.layer is not None else "saliency"
+
+    @property
+    def note(self) -> str:
+        if self.layer is not None:
+            return "Grad-CAM on the last convolutional stage"
+        return (
+            "an MLP has no convolutional feature maps, so no Grad-CAM: this is a gradient "
+            "saliency map (gradient x input)"
+        )
+
+    def maps(self, batch_u8: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+        """(B, S, S, 3) uint8 squares, sign (B,) +1/-1 -> (B, h, w) maps in [0, 1]."""
+        m = self.model
+        x = prepare_eval(batch_u8.to(m.compute.device), m.image_size, m.mean, m.std)
+        sign = sign.to(x.device, torch.float32)
+        if self.layer is not None:
+            return grad_cam(self.net, self.layer, x, sign).cpu()
+        return saliency(self.net, x, sign).cpu()
+
+    def explain(
+        self, batch_u8: torch.Tensor, target: str = "predicted", threshold: float | None = None
+    ) -> Explained:
+        """target: "predicted" (each picture's own answer), "cat" or "not_cat"."""
+        if target not in ("predicted", *SIDES):
+            raise CatnetError(f"target must be predicted, cat or not_cat; got {target!r}")
+        p_cat = self.model.probabilities(batch_u8).tolist()
+        labels = [self.model.label_for(p, threshold) for p in p_cat]
+        sides = labels if target == "predicted" else [target] * len(labels)
+        sign = torch.tensor([1.0 if s == "cat" else -1.0 for s in sides])
+        return Explained(self.maps(batch_u8, sign), p_cat, labels, sides)
+
+
+def crop_box(width: int, height: int) -> tuple[int, int, int]:
+    """(left, top, side) of the centre square decode_square keeps, in the picture's pixels."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def on_picture(cam: torch.Tensor, width: int, height: int) -> np.ndarray:
+    """A (h, w) map over the centre square -> (height, width) float32 over the whole picture;
+    0 outside the square, which the network never saw."""
+    left, top, side = crop_box(width, height)
+    full = np.zeros((height, width), dtype=np.float32)
+    square = F.interpolate(cam[None, None].float(), size=(side, side), mode="bilinear")
+    full[top : top + side, left : left + side] = square[0, 0].clamp(0, 1).numpy()
+    return full
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, as decode_square sees the picture."""
+    width, height = img.size
+    return (height, width) if img.getexif().get(0x0112) in (5, 6, 7, 8) else (width, height)
+
+
+def _square_and_size(image: Image.Image | str | Path, size: int) -> tuple[np.ndarray, int, int]:
+    if isinstance(image, Image.Image):
+        return to_square_rgb(image, size, 10**9), *oriented_size(image)
+    pixels = decode_square(image, size)
+    with Image.open(image) as img:
+        return pixels, *oriented_size(img)
+
+
+def explain_images(
+    model: CatnetModel,
+    images: Iterable[Image.Image | str | Path],
+    target: str = "predicted",
+    batch_size: int = 32,
+) -> list[np.ndarray]:
+    """One (height, width) float32 map in [0, 1] per picture, in its own size (after EXIF
+    rotation). An unreadable file is a CatnetError naming it: no map can stand in for it."""
+    explainer = Explainer(model)
+    squares, sizes = [], []
+    for i, image in enumerate(images):
+        try:
+            pixels, width, height = _square_and_size(image, model.decode_size)
+        except DecodeError as exc:
+            name = image if not isinstance(image, Image.Image) else f"<image {i}>"
+            raise CatnetError(f"cannot explain {name}: {exc.reason}") from None
+        squares.append(pixels)
+        sizes.append((width, height))
+    out: list[np.ndarray] = []
+    for start in range(0, len(squares), batch_size):
+        batch = torch.from_numpy(np.stack(squares[start : start + batch_size]))
+        maps = explainer.explain(batch, target).maps
+        out += [on_picture(cam, *sizes[start + j]) for j, cam in enumerate(maps)]
+    return out

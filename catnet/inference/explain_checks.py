@@ -1,0 +1,148 @@
+"""Do the maps mean something? The two standard checks, shared by the tests and
+scripts/benchmark_explain.py.
+
+- Deletion (ROAD-style): grey out the 20 % of pixels a map ranks highest and measure how much the
+  probability of the predicted class drops, against greying out 20 % at random. A map that
+  points at the evidence costs the network more.
+- Randomisation (Adebayo et al., 2018): re-initialise every weight at random; the maps must
+  change (low rank correlation with the trained model's maps). A map that survives is an
+  edge detector, not an explanation.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from catnet.data.augment import MEAN
+from catnet.inference.explain import Explainer
+
+GREY = tuple(round(255 * m) for m in MEAN)  # the average colour: normalised input 0
+
+
+def top_mask(scores: torch.Tensor, fraction: float, generator: torch.Generator) -> torch.Tensor:
+    """(B, S, S) scores -> (B, S, S) bool, True on exactly round(fraction * S * S) pixels per
+    picture, the highest scores; ties (a map's flat zeros) are broken at random."""
+    b, s, _ = scores.shape
+    k = round(fraction * s * s)
+    jitter = torch.rand(scores.shape, generator=generator) * 1e-6
+    order = (scores.float() + jitter).flatten(1).argsort(dim=1, descending=True)
+    mask = torch.zeros(b, s * s, dtype=torch.bool)
+    mask.scatter_(1, order[:, :k], True)
+    return mask.view(b, s, s)
+
+
+def upsample(maps: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, h, w) -> (B, size, size), bilinear, the way the maps are drawn."""
+    return F.interpolate(maps[:, None].float(), size=(size, size), mode="bilinear")[:, 0]
+
+
+def grey_out(batch_u8: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) uint8 with the masked pixels set to the average colour."""
+    out = batch_u8.clone()
+    out[mask] = torch.tensor(GREY, dtype=torch.uint8)
+    return out
+
+
+def blur_out(batch_u8: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, S, S, 3) uint8 with the masked pixels replaced by a strong blur of the picture
+    (sigma S/8): their detail is gone but no new colour or edge is added, which a flat grey
+    patch or grey dots can be (the ROAD paper's objection to constant fills)."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    s = batch_u8.shape[1]
+    sigma = s / 8
+    kernel = 2 * round(2 * sigma) + 1
+    blurred = gaussian_blur(batch_u8.permute(0, 3, 1, 2).float(), [kernel, kernel], [sigma, sigma])
+    out = batch_u8.clone()
+    out[mask] = blurred.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)[mask]
+    return out
+
+
+FILLS = {"grey": grey_out, "blur": blur_out}
+
+
+def class_probability(
+    explainer: Explainer, batch_u8: torch.Tensor, cat: torch.Tensor
+) -> torch.Tensor:
+    """(B,) probability of each picture's given class (cat: (B,) bool), single view (no TTA):
+    the view the map explains."""
+    p = explainer.model.probabilities(batch_u8, tta=False)
+    return torch.where(cat, p, 1 - p)
+
+
+def deletion_drops(
+    explainer: Explainer,
+    batch_u8: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator,
+    fill: str = "grey",
+) -> dict[str, torch.Tensor]:
+    """(B,) drops in the predicted class's probability after greying out `fraction` of the
+    pixels: ranked by the map ("heatmap"), at random in cells the size of the map's cells
+    ("random_cells", the same granularity as the map), and at random pixel by pixel
+    ("random_pixels"). fill: grey (the average colour) or blur (see blur_out)."""
+    s = batch_u8.shape[1]
+    explained = explainer.explain(batch_u8)
+    cat = torch.tensor([label == "cat" for label in explained.labels])
+    before = class_probability(explainer, batch_u8, cat)
+    maps = explained.maps
+    cells = upsample(torch.rand(maps.shape, generator=generator), s)
+    pixels = torch.rand(batch_u8.shape[:3], generator=generator)
+    masks = {
+        "heatmap": top_mask(upsample(maps, s), fraction, generator),
+        "random_cells": top_mask(cells, fraction, generator),
+        "random_pixels": top_mask(pixels, fraction, generator),
+    }
+    return {
+        name: before - class_probability(explainer, FILLS[fill](batch_u8, mask), cat)
+        for name, mask in masks.items()
+    }
+
+
+def randomised(net: nn.Module, seed: int = 0) -> nn.Module:
+    """A copy of the network with every layer re-initialised at random (its own init)."""
+    torch.manual_seed(seed)
+    copied = copy.deepcopy(net)
+    for module in copied.modules():
+        reset = getattr(module, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return copied.eval()
+
+
+def ranks(x: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, N) ranks with ties given their average rank (as Spearman needs)."""
+    out = torch.empty_like(x, dtype=torch.float64)
+    for row, values in enumerate(x.double()):
+        sorted_values, order = values.sort()
+        _, inverse, counts = torch.unique_consecutive(
+            sorted_values, return_inverse=True, return_counts=True
+        )
+        ends = counts.cumsum(0).double()
+        average = ends - (counts.double() - 1) / 2  # 1-based average rank of each tie group
+        out[row, order] = average[inverse]
+    return out
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Rank correlation per row of two (B, ...) map batches; 0 where a map is constant (an
+    empty map has no ranking to agree with)."""
+    ra, rb = ranks(a.flatten(1)), ranks(b.flatten(1))
+    ra, rb = ra - ra.mean(1, keepdim=True), rb - rb.mean(1, keepdim=True)
+    denominator = (ra.norm(dim=1) * rb.norm(dim=1)).clamp_min(1e-12)
+    return ((ra * rb).sum(1) / denominator).float()
+
+
+def randomisation_correlation(
+    explainer: Explainer, batch_u8: torch.Tensor, seed: int = 0
+) -> torch.Tensor:
+    """(B,) rank correlation between the trained network's maps and those of the same network
+    re-initialised at random, each explaining the trained network's answer."""
+    trained = explainer.explain(batch_u8)
+    sign = torch.tensor([1.0 if side == "cat" else -1.0 for side in trained.sides])
+    shuffled = Explainer(explainer.model, randomised(explainer.net, seed))
+    return spearman(trained.maps, shuffled.maps(batch_u8, sign))
