@@ -6,7 +6,7 @@ import contextlib
 import os
 import sys
 
-from catnet.cli import commands, tools  # noqa: F401  (each registers its commands on `app`)
+from catnet.cli import commands, label, tools  # noqa: F401  (each registers its commands on `app`)
 from catnet.cli.app import app
 from catnet.errors import EXIT_INTERRUPTED
 
