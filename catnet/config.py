@@ -145,6 +145,7 @@ class LabelConfig:
     out: str = ""  # where each Teach writes its run folder; "" = DATA_DIR/.catnet/runs
     teach_epochs: int = 5  # epochs of each Teach (the fine-tune), as `catnet finetune`'s default
     first_epochs: int = 30  # epochs of the first model when Teach starts with no model
+    first_model: str = "cnn"  # network of that first model (TrainConfig.model)
     seed: int = 0  # the random order shown before there is a model
     max_upload_mb: float = 20.0  # largest picture the Try page accepts
 

@@ -156,15 +156,18 @@ class LabelSession:
         return self.job.start("ranking", self.rank)
 
     def start_teach(self) -> bool:
-        return self.job.start("teaching", self._teach)
+        return self.job.start("teaching", self.teach_now)
 
-    def _teach(self) -> None:
+    def teach_now(self) -> None:
+        """One Teach, then re-rank with the new model (the job thread runs this)."""
         from catnet.inference.prediction import load_model
         from catnet.labelling.teach import teach
 
         start = self.model.path if self.model is not None else None
         out_root = Path(self.config.out) if self.config.out else self.data_dir / ".catnet" / "runs"
-        first = TrainConfig(epochs=self.config.first_epochs, seed=self.config.seed)
+        first = TrainConfig(
+            model=self.config.first_model, epochs=self.config.first_epochs, seed=self.config.seed
+        )
         result = teach(
             self.data_dir, start, out_root, self.config.teach_epochs, first, TeachCallbacks(self.job)
         )
