@@ -1,5 +1,5 @@
-// catnet label: keyboard-first tagging. Talks only to this app; builds every piece of text with
-// textContent (never innerHTML), so a file name like <script>.jpg stays text.
+// catnet label: keyboard-first tagging. Talks only to this app; puts every piece of text in with
+// textContent (never as markup), so a file name like <script>.jpg stays text.
 "use strict";
 
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
