@@ -43,22 +43,32 @@ def score_pictures(
     paths: Sequence[Path],
     workers: int = 0,
     on_progress: Callable[[int, int], None] | None = None,
+    cache: bool = True,
 ) -> dict[Path, float]:
-    """p(cat) of each picture by `model` (a CatnetModel); unreadable pictures are left out."""
-    from catnet.config import PredictConfig
-    from catnet.inference.prediction import predict
+    """p(cat) of each picture by `model` (a CatnetModel); unreadable pictures are left out.
+    With cache, pixels come through the decode cache training uses ($CATNET_CACHE): every
+    Teach re-ranks the same pictures, and decoding them again would cost most of the time."""
+    import numpy as np
+    import torch
 
+    from catnet.data.cache import default_cache_root, load_pixels
+
+    if not paths:
+        return {}
+    table = load_pixels(
+        list(paths),
+        model.decode_size,  # type: ignore[attr-defined]
+        cache_root=default_cache_root() if cache else None,
+        workers=workers,
+        on_progress=on_progress,
+    )
+    good = np.flatnonzero(table.ok)
     scores: dict[Path, float] = {}
-    total = len(paths)
-
-    def on_row(row: object) -> None:
-        if row.p_cat is not None:  # type: ignore[attr-defined]
-            scores[Path(row.path)] = float(row.p_cat)  # type: ignore[attr-defined]
-        if on_progress:
-            on_progress(len(scores), total)
-
-    if paths:
-        predict(model, [str(p) for p in paths], PredictConfig(workers=workers), on_row)  # type: ignore[arg-type]
+    for start in range(0, len(good), 64):
+        rows = good[start : start + 64]
+        batch = torch.from_numpy(np.ascontiguousarray(table.array[table.slots[rows]]))
+        probs = model.probabilities(batch).tolist()  # type: ignore[attr-defined]
+        scores.update((paths[i], float(p)) for i, p in zip(rows, probs, strict=True))
     return scores
 
 
