@@ -91,7 +91,7 @@ def test_label_queue_is_ranked_by_the_model(trained: TrainedRun, tmp_path: Path)
     data = labelled_dir(tmp_path)
     session = open_session(data, LabelConfig(), trained.best)
     session.rank()
-    items = session.label_queue(100)[:-1]
+    items = session.label_queue(100)["items"]
     ps = [it["p_cat"] for it in items]
     assert len(ps) == 6 and all(p is not None for p in ps)
     assert [abs(p - 0.5) for p in ps] == sorted(abs(p - 0.5) for p in ps)
@@ -222,7 +222,7 @@ def test_review_wrong_fixes_and_right_is_remembered(trained: TrainedRun, tmp_pat
     assert right.status_code == 200
     assert [r["label"] for r in log_rows(data, "reviewed.csv")] == ["cat"]
     session.rank()
-    queue = session.review_queue(100)[:-1]
+    queue = session.review_queue(100)["items"]
     assert "cats/cats_1.png" not in [it["path"] for it in queue]  # left the queue for good
     from catnet.curation.reviewed import reviewed_paths
 
@@ -287,3 +287,37 @@ def test_label_cli_usage_errors(tmp_path: Path) -> None:
     data = labelled_dir(tmp_path)
     inside = catnet_cli("label", data, "--unlabeled", data / "cats")
     assert inside.returncode == 2 and "inside DATA_DIR" in inside.stderr
+
+
+def test_heatmaps_appear_only_where_the_model_can_explain(
+    trained: TrainedRun, tmp_path: Path
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    data = labelled_dir(tmp_path)
+    session = open_session(data, LabelConfig(), trained.best)
+    client = client_for(session)
+    pic = {"root": "data", "path": "cats/cats_0.png", "token": TOKEN}
+    has_api = callable(getattr(session.model, "explain", None))
+    assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is has_api
+    if not has_api:
+        assert client.get("/api/heatmap", params=pic).status_code == 404
+
+    def explain(images: list) -> list[np.ndarray]:  # stands in for CatnetModel.explain
+        return [np.linspace(0, 1, img.width * img.height).reshape(img.height, img.width)
+                for img in images]  # fmt: skip
+
+    session.model.explain = explain
+    assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is True
+    r = client.get("/api/heatmap", params=pic)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    overlay = Image.open(io.BytesIO(r.content))
+    assert overlay.mode == "RGBA" and overlay.size == (24, 24)
+    alpha = np.asarray(overlay)[..., 3]
+    assert alpha[0, 0] == 0 and alpha[-1, -1] == 200  # cold is see-through, hot is not
+    tried = client.post("/api/try", content=(data / "dogs" / "dogs_0.png").read_bytes(),
+                        headers=HEAD).json()  # fmt: skip
+    assert tried["heatmap"].startswith("data:image/png;base64,")

@@ -127,8 +127,8 @@ def test_first_teach_without_a_model(tmp_path: Path) -> None:
     data = labelled_dir(tmp_path)
     cfg = LabelConfig(first_epochs=1, out=str(tmp_path / "runs"))
     session = open_session(data, cfg, None)
-    assert session.label_queue(10)[-1]["order"] == "random"
+    assert session.label_queue(10)["order"] == "random"
     session.teach_now()
     assert session.model is not None and session.last_teach["before_acc"] is None
     assert Path(session.last_teach["run_dir"]).parent == tmp_path / "runs"
-    assert session.label_queue(10)[-1]["order"] == "least sure first"
+    assert session.label_queue(10)["order"] == "least sure first"

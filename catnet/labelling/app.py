@@ -81,8 +81,7 @@ def create_app(session: LabelSession, token: str, host: str, port: int) -> Starl
     async def queue(request: Request) -> Response:
         kind, limit = request.query_params.get("kind", "label"), 200
         make = session.review_queue if kind == "review" else session.label_queue
-        items = await asyncio.to_thread(make, limit)
-        return _json({"items": items[:-1], **items[-1]})
+        return _json(await asyncio.to_thread(make, limit))
 
     def picture_path(request: Request, root: str, path: str) -> Path | None:
         base = {"data": session.data_dir, "unlabeled": session.unlabeled_dir}.get(root)

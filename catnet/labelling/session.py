@@ -52,26 +52,32 @@ class LabelSession:
 
     # --- queues ---------------------------------------------------------------------------
 
-    def label_queue(self, limit: int) -> list[dict[str, Any]]:
+    def label_queue(self, limit: int) -> dict[str, Any]:
+        """{items: the next `limit` untagged pictures, total, order}."""
         paths = untagged_pictures(self.unlabeled_dir)
         with self._state:
             scores, ranked = dict(self.scores), self.ranked and self.model is not None
         order = least_sure_first(paths, scores) if ranked else random_order(paths, self.config.seed)
-        return [self._item(p, "unlabeled", None, scores) for p in order[:limit]] + [
-            {"total": len(paths), "order": "least sure first" if ranked else "random"}
-        ]
+        return {
+            "items": [self._item(p, "unlabeled", None, scores) for p in order[:limit]],
+            "total": len(paths),
+            "order": "least sure first" if ranked else "random",
+        }
 
-    def review_queue(self, limit: int) -> list[dict[str, Any]]:
+    def review_queue(self, limit: int) -> dict[str, Any]:
+        """{items: the next `limit` disputed tagged pictures, total, order}."""
         with self._state:
             scores, model = dict(self.scores), self.model
         if model is None:
-            return [{"total": 0, "order": "needs a model"}]
-        items = review_order(
+            return {"items": [], "total": 0, "order": "needs a model: Teach first"}
+        found = review_order(
             tagged_pictures(self.data_dir), scores, model.threshold, reviewed_paths(self.data_dir)
         )
-        return [self._item(t.path, "data", t.label, scores) for t in items[:limit]] + [
-            {"total": len(items), "order": "most confident disagreement first"}
-        ]
+        return {
+            "items": [self._item(t.path, "data", t.label, scores) for t in found[:limit]],
+            "total": len(found),
+            "order": "most confident disagreement first",
+        }
 
     def _item(self, path: Path, root: str, tag: str | None, scores: dict) -> dict[str, Any]:
         base = self.unlabeled_dir if root == "unlabeled" else self.data_dir
