@@ -151,8 +151,10 @@ def summarize(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
         print(f"  {labels:>4} labels  {cells}")
     top, target = means["random"][-1][0], means["random"][-1][1]
     reach = next((n for n, acc, _ in means["least-sure"] if acc >= target), None)
-    print(f"\nrandom order reaches {target:.1%} with {top} labels; least-sure first reaches it "
-          + (f"with {reach} labels ({reach / top:.0%} of them)" if reach else "not at all"))
+    print(
+        f"\nrandom order reaches {target:.1%} with {top} labels; least-sure first reaches it "
+        + (f"with {reach} labels ({reach / top:.0%} of them)" if reach else "not at all")
+    )
     for order in ORDERS:
         fixed = sum(r["fixed"] for r in results[order])
         total = sum(r["corrections"] for r in results[order])

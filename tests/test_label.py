@@ -212,13 +212,19 @@ def test_review_wrong_fixes_and_right_is_remembered(trained: TrainedRun, tmp_pat
     data = labelled_dir(tmp_path)
     session = open_session(data, LabelConfig(), trained.best)
     client = client_for(session)
-    wrong = client.post("/api/review", headers=HEAD,
-                        json={"path": "dogs/dogs_0.png", "tag": "not_cat", "verdict": "wrong"})
+    wrong = client.post(
+        "/api/review",
+        headers=HEAD,
+        json={"path": "dogs/dogs_0.png", "tag": "not_cat", "verdict": "wrong"},
+    )
     assert wrong.status_code == 200, wrong.text
     assert (data / "cats" / "dogs_0.png").exists() and not (data / "dogs" / "dogs_0.png").exists()
     assert log_rows(data)[0]["new_label"] == "cat"
-    right = client.post("/api/review", headers=HEAD,
-                        json={"path": "cats/cats_1.png", "tag": "cat", "verdict": "right"})
+    right = client.post(
+        "/api/review",
+        headers=HEAD,
+        json={"path": "cats/cats_1.png", "tag": "cat", "verdict": "right"},
+    )
     assert right.status_code == 200
     assert [r["label"] for r in log_rows(data, "reviewed.csv")] == ["cat"]
     session.rank()
@@ -287,37 +293,3 @@ def test_label_cli_usage_errors(tmp_path: Path) -> None:
     data = labelled_dir(tmp_path)
     inside = catnet_cli("label", data, "--unlabeled", data / "cats")
     assert inside.returncode == 2 and "inside DATA_DIR" in inside.stderr
-
-
-def test_heatmaps_appear_only_where_the_model_can_explain(
-    trained: TrainedRun, tmp_path: Path
-) -> None:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    data = labelled_dir(tmp_path)
-    session = open_session(data, LabelConfig(), trained.best)
-    client = client_for(session)
-    pic = {"root": "data", "path": "cats/cats_0.png", "token": TOKEN}
-    has_api = callable(getattr(session.model, "explain", None))
-    assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is has_api
-    if not has_api:
-        assert client.get("/api/heatmap", params=pic).status_code == 404
-
-    def explain(images: list) -> list[np.ndarray]:  # stands in for CatnetModel.explain
-        return [np.linspace(0, 1, img.width * img.height).reshape(img.height, img.width)
-                for img in images]  # fmt: skip
-
-    session.model.explain = explain
-    assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is True
-    r = client.get("/api/heatmap", params=pic)
-    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-    overlay = Image.open(io.BytesIO(r.content))
-    assert overlay.mode == "RGBA" and overlay.size == (24, 24)
-    alpha = np.asarray(overlay)[..., 3]
-    assert alpha[0, 0] == 0 and alpha[-1, -1] == 200  # cold is see-through, hot is not
-    tried = client.post("/api/try", content=(data / "dogs" / "dogs_0.png").read_bytes(),
-                        headers=HEAD).json()  # fmt: skip
-    assert tried["heatmap"].startswith("data:image/png;base64,")

@@ -114,8 +114,11 @@ def test_keys_move_files_and_undo_puts_them_back(
     shown = lambda: driver.find_element(By.ID, "label-name").text  # type: ignore[attr-defined]  # noqa: E731
     body = driver.find_element(By.TAG_NAME, "body")  # type: ignore[attr-defined]
     first = str(wait_for(lambda: shown() if shown() and "no untagged" not in shown() else ""))
-    wait_for(lambda: driver.execute_script(  # type: ignore[attr-defined]
-        "const i = document.getElementById('label-img'); return i.complete && i.naturalWidth > 0"))
+    wait_for(
+        lambda: driver.execute_script(  # type: ignore[attr-defined]
+            "const i = document.getElementById('label-img'); return i.complete && i.naturalWidth > 0"
+        )
+    )
     driver.save_screenshot(str(tmp_path / "label-page.png"))  # type: ignore[attr-defined]
     driver.save_screenshot(str(SHOT_FOR_THE_LEAD))  # type: ignore[attr-defined]
 
@@ -144,8 +147,12 @@ def test_keys_move_files_and_undo_puts_them_back(
         body.send_keys("s")
         time.sleep(0.2)
     assert shown() == EVIL  # shown as text, not run
-    assert driver.execute_script(  # type: ignore[attr-defined]
-        "return document.querySelectorAll('img[onerror], #label-name *').length") == 0
+    assert (
+        driver.execute_script(  # type: ignore[attr-defined]
+            "return document.querySelectorAll('img[onerror], #label-name *').length"
+        )
+        == 0
+    )
     with pytest.raises(NoAlertPresentException):
         driver.switch_to.alert.text  # type: ignore[attr-defined]  # noqa: B018
     assert (tmp_path / "label-page.png").stat().st_size > 10_000

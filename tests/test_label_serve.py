@@ -19,6 +19,9 @@ from conftest import TrainedRun, make_dataset, write_class
 from catnet.config import LabelConfig
 from catnet.labelling.server import bind
 
+TOKEN = "t"
+HEAD = {"x-catnet-token": TOKEN}
+
 
 def labelled_dir(tmp_path: Path) -> Path:
     data = make_dataset(tmp_path / "data", n_per_class=6)
@@ -132,3 +135,41 @@ def test_first_teach_without_a_model(tmp_path: Path) -> None:
     assert session.model is not None and session.last_teach["before_acc"] is None
     assert Path(session.last_teach["run_dir"]).parent == tmp_path / "runs"
     assert session.label_queue(10)["order"] == "least sure first"
+
+
+def test_heatmaps_appear_only_where_the_model_can_explain(
+    trained: TrainedRun, tmp_path: Path
+) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from starlette.testclient import TestClient
+
+    from catnet.labelling.app import create_app
+    from catnet.labelling.session import open_session
+
+    data = labelled_dir(tmp_path)
+    session = open_session(data, LabelConfig(), trained.best)
+    client = TestClient(create_app(session, TOKEN, "127.0.0.1", 1), base_url="http://127.0.0.1:1")
+    pic = {"root": "data", "path": "cats/cats_0.png", "token": TOKEN}
+    has_api = callable(getattr(session.model, "explain", None))
+    assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is has_api
+    if not has_api:
+        assert client.get("/api/heatmap", params=pic).status_code == 404
+
+    def explain(images: list) -> list[np.ndarray]:  # stands in for CatnetModel.explain
+        return [np.linspace(0, 1, img.width * img.height).reshape(img.height, img.width)
+                for img in images]  # fmt: skip
+
+    session.model.explain = explain
+    assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is True
+    r = client.get("/api/heatmap", params=pic)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    overlay = Image.open(io.BytesIO(r.content))
+    assert overlay.mode == "RGBA" and overlay.size == (24, 24)
+    alpha = np.asarray(overlay)[..., 3]
+    assert alpha[0, 0] == 0 and alpha[-1, -1] == 200  # cold is see-through, hot is not
+    tried = client.post("/api/try", content=(data / "dogs" / "dogs_0.png").read_bytes(),
+                        headers=HEAD).json()  # fmt: skip
+    assert tried["heatmap"].startswith("data:image/png;base64,")

@@ -15,19 +15,19 @@ from catnet.cli.app import app, console, friendly_errors
 def label(
     data: Path = typer.Argument(..., metavar="DIR", help="The tagged folder (DATA_DIR)."),
     model: Path | None = typer.Option(
-        None, "--model", help="Checkpoint that ranks the pictures [default: none until Teach]."
+        None, "--model", help="Checkpoint that ranks the pictures (default: none until Teach)."
     ),
     unlabeled: Path | None = typer.Option(
-        None, "--unlabeled", help="Folder of untagged pictures [default: DIR/unlabeled]."
+        None, "--unlabeled", help="Folder of untagged pictures (default: DIR/unlabeled)."
     ),
     host: str | None = typer.Option(
-        None, help="Address to listen on [default: 127.0.0.1, this machine only]."
+        None, help="Address to listen on (default: 127.0.0.1, this machine only)."
     ),
-    port: int | None = typer.Option(None, help="Port [default: 8765; 0 = any free port]."),
+    port: int | None = typer.Option(None, help="Port (default: 8765; 0 = any free port)."),
     out: Path | None = typer.Option(
-        None, "--out", help="Folder for Teach's run folders [default: DIR/.catnet/runs]."
+        None, "--out", help="Folder for Teach's run folders (default: DIR/.catnet/runs)."
     ),
-    epochs: int | None = typer.Option(None, help="Epochs of each Teach [default: 5]."),
+    epochs: int | None = typer.Option(None, help="Epochs of each Teach (default: 5)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="TOML file of settings."),
 ) -> None:
     """Tag pictures in a local web page, least-sure first; review and teach the model."""

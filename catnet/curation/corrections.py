@@ -52,7 +52,9 @@ def class_folders(base: Path) -> tuple[Path, Path]:
     """(cat folder, not-cat folder) inside `base` (DATA_DIR, or one of its split folders).
     A not-cat correction goes into the folder `not_cat` (created if needed)."""
     names = (
-        [p.name for p in base.iterdir() if p.is_dir() and not is_reserved(p)] if base.is_dir() else []
+        [p.name for p in base.iterdir() if p.is_dir() and not is_reserved(p)]
+        if base.is_dir()
+        else []
     )
     positive = next((n for n in names if n.lower() in POSITIVE_NAMES), "cats")
     return base / positive, base / "not_cat"
@@ -83,7 +85,9 @@ def correct(
             if not source.is_file():
                 raise CatnetError(f"picture not found: {source}")
             digest = _sha256_cached(source, hashes)
-            done.append(_correct_one(data_dir, source, digest, by_hash.get(digest, []), label, move))
+            done.append(
+                _correct_one(data_dir, source, digest, by_hash.get(digest, []), label, move)
+            )
     return done
 
 

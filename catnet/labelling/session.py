@@ -175,7 +175,12 @@ class LabelSession:
             model=self.config.first_model, epochs=self.config.first_epochs, seed=self.config.seed
         )
         result = teach(
-            self.data_dir, start, out_root, self.config.teach_epochs, first, TeachCallbacks(self.job)
+            self.data_dir,
+            start,
+            out_root,
+            self.config.teach_epochs,
+            first,
+            TeachCallbacks(self.job),
         )
         self.use_model(load_model(result.checkpoint))
         self.last_teach = {

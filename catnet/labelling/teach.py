@@ -92,8 +92,6 @@ def accuracy_on(checkpoint: Path | Any, samples: list[Sample]) -> float:
     model = checkpoint if isinstance(checkpoint, CatnetModel) else load_model(checkpoint)
     scores = score_pictures(model, [s.path for s in samples])
     right = sum(
-        1
-        for s in samples
-        if s.path in scores and int(scores[s.path] >= model.threshold) == s.label
+        1 for s in samples if s.path in scores and int(scores[s.path] >= model.threshold) == s.label
     )
     return right / len(samples)
