@@ -18,6 +18,7 @@ tagged (the corrections), the share the model gets right after that round's Teac
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -48,6 +49,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, default=0, help="first model's input side (0 = auto)")
     ap.add_argument("--plot", type=Path, default=Path("active.png"))
     ap.add_argument("--work", type=Path, default=None, help="scratch folder [temp]")
+    ap.add_argument(
+        "--summarize", action="store_true", help="only summarize the seeds finished in --work"
+    )
     return ap.parse_args()
 
 
@@ -189,15 +193,19 @@ def main() -> None:
     args = parse()
     work = Path(args.work or tempfile.mkdtemp(prefix="catnet-active-"))
     os.environ.setdefault("CATNET_CACHE", str(work / "cache"))  # decoded pixels, shared
-    started = time.monotonic()
+    done_file = work / "results.json"  # each finished run, so a long benchmark can be cut short
     results: dict[str, list[dict]] = {o: [] for o in ORDERS}
+    if args.summarize and done_file.exists():
+        results = json.loads(done_file.read_text())
+        results = {o: results[o][: min(len(results[o]) for o in ORDERS)] for o in ORDERS}
+        args.seeds = len(results[ORDERS[0]])
+        summarize(args, results)
+        return
+    started = time.monotonic()
     for seed in range(args.seeds):
         for order in ORDERS:
             results[order].append(run_one(args, seed, order, work / f"seed{seed}-{order}"))
+            done_file.write_text(json.dumps(results))
     summarize(args, results)
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"{time.monotonic() - started:.0f} s; load {load}")
-
-
-if __name__ == "__main__":
-    main()
