@@ -4,7 +4,7 @@
 
 const TOKEN = new URLSearchParams(location.search).get("token") || "";
 const $ = (id) => document.getElementById(id);
-const state = { view: "label", heat: false, heatmaps: false, running: false, lastJob: "" };
+const state = { view: "label", heat: false, heatmaps: false, running: false, ranked: undefined };
 const queues = {
   label: { items: [], history: [], total: 0, order: "" },
   review: { items: [], history: [], total: 0, order: "" },
@@ -160,10 +160,11 @@ async function poll() {
     const s = await api("/api/state");
     showJob(s);
     const running = !!(s.job && s.job.running);
-    if (state.running && !running) {  // a job ended: new model or new ranking
-      loadQueue("label"); loadQueue("review");
+    if ((state.running && !running) || s.ranked !== state.ranked) {  // new model or ranking
+      if (state.ranked !== undefined) { loadQueue("label"); loadQueue("review"); }
     }
     state.running = running;
+    state.ranked = s.ranked;
   } catch (e) { $("teach-phase").textContent = e.message; }
   setTimeout(poll, state.running ? 700 : 2500);
 }
