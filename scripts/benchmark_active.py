@@ -209,3 +209,7 @@ def main() -> None:
     summarize(args, results)
     load = Path("/proc/loadavg").read_text().split()[0]
     print(f"{time.monotonic() - started:.0f} s; load {load}")
+
+
+if __name__ == "__main__":
+    main()
