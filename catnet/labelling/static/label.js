@@ -75,7 +75,7 @@ async function answer(view, value) {
   try {
     const result = view === "label"
       ? await post("/api/label", { path: item.path, label: value })
-      : await post("/api/review", { path: item.path, tag: item.tag, verdict: value });
+      : await post("/api/review", { path: item.path, verdict: value });
     q.items.shift();
     q.total -= 1;
     q.history.push({ item, action: result.action });
