@@ -156,3 +156,8 @@ def test_keys_move_files_and_undo_puts_them_back(
     with pytest.raises(NoAlertPresentException):
         driver.switch_to.alert.text  # type: ignore[attr-defined]  # noqa: B018
     assert (tmp_path / "label-page.png").stat().st_size > 10_000
+
+    body.send_keys("4")  # Try: choose a file; with no model yet the page says to Teach first
+    driver.find_element(By.ID, "try-file").send_keys(str(data / "cats" / "cats_1.png"))  # type: ignore[attr-defined]
+    status = lambda: driver.find_element(By.ID, "try-status").text  # type: ignore[attr-defined]  # noqa: E731
+    assert "Teach first" in str(wait_for(lambda: "Teach" in status() and status()))

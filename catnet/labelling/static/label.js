@@ -137,9 +137,11 @@ function showJob(s) {
   $("model-name").textContent = s.model;
   state.heatmaps = !!s.heatmaps;
   for (const b of document.querySelectorAll(".heat-toggle")) b.hidden = !state.heatmaps;
-  const total = job.total || 0;
+  $("teach-model-now").textContent = s.model;
+  const total = job.running ? job.total || 0 : 0;  // the bar moves only while a job runs
   $("teach-bar").style.width = total ? `${Math.round(100 * (job.done || 0) / total)}%` : "0";
   let text = job.running ? `${job.phase}` : (job.phase === "failed" ? `failed: ${job.error}` : "");
+  if (!job.running && job.phase === "done") text = `${job.job} finished`;
   if (job.running && job.epoch) text += ` · epoch ${job.epoch}/${job.epochs}`;
   if (job.running && total) text += ` · ${job.done}/${total}`;
   $("teach-phase").textContent = text;
