@@ -198,7 +198,28 @@ class ExplainConfig:
         _range("sheet_max", self.sheet_max, 0, 10_000)
 
 
-Config = TypeVar("Config", TrainConfig, EvaluateConfig, PredictConfig, ExplainConfig)
+@dataclass
+class LabelConfig:
+    host: str = "127.0.0.1"  # only this machine can reach the page; 0.0.0.0 opens it to the network
+    port: int = 8765  # 0 = any free port (the printed URL says which)
+    unlabeled: str = ""  # folder of untagged pictures; "" = DATA_DIR/unlabeled
+    out: str = ""  # where each Teach writes its run folder; "" = DATA_DIR/.catnet/runs
+    teach_epochs: int = 5  # epochs of each Teach (the fine-tune), as `catnet finetune`'s default
+    first_epochs: int = 30  # epochs of the first model when Teach starts with no model
+    first_model: str = "cnn"  # network of that first model (TrainConfig.model)
+    seed: int = 0  # the random order shown before there is a model
+    max_upload_mb: float = 20.0  # largest picture the Try page accepts
+
+    def validate(self) -> None:
+        _range("port", self.port, 0, 65535)
+        _range("teach_epochs", self.teach_epochs, 1, 10_000)
+        _range("first_epochs", self.first_epochs, 1, 10_000)
+        _range("max_upload_mb", self.max_upload_mb, 0.001, 10_000)
+
+
+Config = TypeVar(
+    "Config", TrainConfig, EvaluateConfig, PredictConfig, ExplainConfig, LabelConfig
+)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

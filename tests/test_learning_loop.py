@@ -472,3 +472,10 @@ def test_finetune_cli_starts_from_the_checkpoint(trained: TrainedRun, tmp_path: 
     assert payload["train_config"]["init_from"] == str(trained.best)
     assert payload["train_config"]["lr"] == pytest.approx(original["train_config"]["lr"] / 3)
     assert dataclasses.asdict(trained.config)["precision"] == payload["train_config"]["precision"]
+    # Fine-tuning the fine-tuned model (every Teach of catnet label does) keeps that LR.
+    again = catnet_cli(
+        "finetune", out / "best.pt", data, "--epochs", "1", "--out", tmp_path / "ft2"
+    )
+    assert again.returncode == 0, again.stderr
+    twice = load_checkpoint(tmp_path / "ft2" / "best.pt")["train_config"]
+    assert twice["lr"] == pytest.approx(original["train_config"]["lr"] / 3)

@@ -6,7 +6,12 @@ import contextlib
 import os
 import sys
 
-from catnet.cli import commands, explain, tools  # noqa: F401  (each registers its commands on `app`)
+from catnet.cli import (  # noqa: F401  (each registers its commands on `app`)
+    commands,
+    explain,
+    label,
+    tools,
+)
 from catnet.cli.app import app
 from catnet.cli.signals import install_stop_handlers
 from catnet.errors import interrupt_exit_code

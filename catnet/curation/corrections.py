@@ -2,7 +2,9 @@
 
 A correction copies the picture into the right class folder, removes copies of the same picture
 (same bytes) from the wrong class folders, and appends a row to DATA_DIR/.catnet/corrections.csv.
-`catnet finetune` then trains on, with the corrected pictures weighted up.
+`catnet finetune` then trains on, with the corrected pictures weighted up. `catnet label` uses the
+same code with move=True (an untagged picture leaves unlabeled/) and `undo` to take one back.
+Every change happens under DATA_DIR's writer lock, never overwrites a file, and is fsynced.
 """
 
 from __future__ import annotations
@@ -10,17 +12,15 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import io
 import os
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from catnet.data.folders import POSITIVE_NAMES, is_hidden, list_files
+from catnet.curation.safe_files import append_row, data_lock, place, put_back, remove_row
+from catnet.data.folders import POSITIVE_NAMES, is_reserved, list_files
 from catnet.errors import CatnetError, WriteFailed, writing
-from catnet.runtime.files import append_whole, copy_new, create_new, move_new
 
 LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
 LABELS = ("cat", "not_cat")
@@ -33,6 +33,12 @@ class Correction:
     old_label: str  # where copies were found before: cat, not_cat, both or new
     new_label: str
     removed: list[Path]
+    moved_from: Path | None = None  # where dest was before, when the picture was moved
+    logged: tuple[str, ...] = field(default=())  # its row in corrections.csv
+
+
+# sha256 by (path, size, mtime in ns): a long-lived caller (catnet label) hashes each file once.
+HashCache = dict[tuple[str, int, int], str]
 
 
 def sha256_of(path: Path) -> str:
@@ -47,71 +53,100 @@ def class_folders(base: Path) -> tuple[Path, Path]:
     """(cat folder, not-cat folder) inside `base` (DATA_DIR, or one of its split folders).
     A not-cat correction goes into the folder `not_cat` (created if needed)."""
     names = (
-        [p.name for p in base.iterdir() if p.is_dir() and not is_hidden(p)] if base.is_dir() else []
+        [p.name for p in base.iterdir() if p.is_dir() and not is_reserved(p)]
+        if base.is_dir()
+        else []
     )
     positive = next((n for n in names if n.lower() in POSITIVE_NAMES), "cats")
     return base / positive, base / "not_cat"
 
 
-def correct(data_dir: str | Path, images: Iterable[str | Path], label: str) -> list[Correction]:
+def correct(
+    data_dir: str | Path,
+    images: Iterable[str | Path],
+    label: str,
+    move: bool = False,
+    hashes: HashCache | None = None,
+) -> list[Correction]:
     """Record that each image is `label` (cat or not_cat); returns what was done.
 
     A picture already in DATA_DIR under the wrong class moves to the right class folder of the
-    same split (a test picture stays a test picture); a new picture is copied into train/."""
+    same split (a test picture stays a test picture); a new picture is copied into train/ (moved
+    with move=True). Raises CatnetError when a picture is gone (another tab took it first)."""
     if label not in LABELS:
         raise CatnetError(f"--label must be cat or not_cat, not {label!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CatnetError(f"data folder not found: {data_dir}")
-    by_hash = _hash_index(data_dir)
     done = []
-    for image in images:
-        source = Path(image)
-        if not source.is_file():
-            raise CatnetError(f"picture not found: {source}")
-        digest = sha256_of(source)
-        copies = by_hash.get(digest, [])
-        old = {_label_of(p) for p in copies}
-        right = [p for p in copies if _label_of(p) == label]
-        wrong = [p for p in copies if _label_of(p) != label]
-        dest = right[0] if right else None
-        moved: tuple[Path, Path] | None = None  # (from, to), to undo if the log cannot be written
-        for path in wrong:
-            folder = _target_dir(path.parent.parent, label)
-            with writing("the corrected picture", folder):
-                if dest is None:  # keep one copy, moved to the right class
-                    folder.mkdir(parents=True, exist_ok=True)
-                    dest = create_new(folder / path.name, partial(move_new, path))
-                    moved = (path, dest)
-                else:  # the right copy exists, so this never loses the picture
-                    path.unlink()
-        if dest is None:  # not in the data yet: a new training example
-            base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
-            folder = _target_dir(base, label)
-            with writing("the corrected picture", folder):  # copy_new leaves no half picture
-                folder.mkdir(parents=True, exist_ok=True)
-                dest = create_new(folder / source.name, partial(copy_new, source))
-            moved = (source, dest)
-        old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
-        try:
-            _log(data_dir, digest, old_label, label, source, dest)
-        except WriteFailed:
-            _undo(moved)  # a correction is in the log or not made at all
-            raise
-        done.append(Correction(source, dest, old_label, label, wrong))
+    with data_lock(data_dir):
+        by_hash = _hash_index(data_dir, hashes)
+        for image in images:
+            source = Path(image)
+            if not source.is_file():
+                raise CatnetError(f"picture not found: {source}")
+            digest = _sha256_cached(source, hashes)
+            done.append(
+                _correct_one(data_dir, source, digest, by_hash.get(digest, []), label, move)
+            )
     return done
 
 
-def _undo(moved: tuple[Path, Path] | None) -> None:
-    """Put back the move (or remove the copy) of a correction whose log row failed."""
-    if moved is None:
-        return
-    origin, placed = moved
-    with contextlib.suppress(OSError):
-        if origin.exists():  # a copy from outside DATA_DIR
-            placed.unlink()
-        else:
-            os.rename(placed, origin)
+def _correct_one(
+    data_dir: Path, source: Path, digest: str, copies: list[Path], label: str, move: bool
+) -> Correction:
+    old = {_label_of(p) for p in copies}
+    right = [p for p in copies if _label_of(p) == label]
+    wrong = [p for p in copies if _label_of(p) != label]
+    dest, moved_from, removed = (right[0] if right else None), None, []
+    for path in wrong:
+        if dest is None:  # keep one copy, moved to the right class
+            folder = _target_dir(path.parent.parent, label)
+            with writing("the corrected picture", folder):
+                dest = place(path, folder, path.name, move=True)
+            moved_from = path
+        else:  # the right copy exists, so this never loses the picture
+            path.unlink()
+            removed.append(path)
+    if dest is None:  # not in the data yet: a new training example
+        base = data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+        folder = _target_dir(base, label)
+        with writing("the corrected picture", folder):
+            dest = place(source, folder, source.name, move=move)
+        moved_from = source if move else None
+    elif move and source.exists() and source not in copies:  # an untagged duplicate: taken
+        source.unlink()  # too, so it leaves the queue; undo rebuilds it from dest's bytes
+        removed.append(source)
+    old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
+    done = Correction(source, dest, old_label, label, removed, moved_from)
+    try:
+        done.logged = _log(data_dir, digest, old_label, label, source, dest)
+    except WriteFailed:  # a correction is in the log or not made at all
+        with contextlib.suppress(OSError, CatnetError):
+            undo(data_dir, done, locked=True)
+        raise
+    return done
+
+
+def undo(data_dir: str | Path, done: Correction, locked: bool = False) -> None:
+    """Take back one correction exactly: the picture returns to where it was (removed copies of
+    it too) and its row leaves corrections.csv. Refuses when the files changed since. locked:
+    the caller already holds DATA_DIR's lock (flock is per open file, so taking it twice would
+    wait for ever)."""
+    data_dir = Path(data_dir)
+    with contextlib.nullcontext() if locked else data_lock(data_dir):
+        if not done.dest.is_file() or (done.logged and sha256_of(done.dest) != done.logged[1]):
+            raise CatnetError(f"cannot undo: {done.dest} changed or is gone")
+        if done.moved_from is not None and os.path.lexists(done.moved_from):
+            raise CatnetError(f"cannot undo: {done.moved_from} exists again")
+        for path in done.removed:  # same bytes as dest, by construction
+            place(done.dest, path.parent, path.name, move=False)
+        if done.moved_from is not None:
+            put_back(done.dest, done.moved_from)
+        elif done.old_label == "new":
+            done.dest.unlink()
+        if done.logged:
+            remove_row(data_dir / ".catnet" / "corrections.csv", done.logged)
 
 
 def _target_dir(base: Path, label: str) -> Path:
@@ -153,11 +188,21 @@ def corrected_paths(data_dir: str | Path) -> set[str]:
         }
 
 
-def _hash_index(data_dir: Path) -> dict[str, list[Path]]:
+def _hash_index(data_dir: Path, hashes: HashCache | None = None) -> dict[str, list[Path]]:
     index: dict[str, list[Path]] = {}
-    for path in list_files(data_dir):
-        index.setdefault(sha256_of(path), []).append(path)
+    for path in list_files(data_dir, tagged_only=True):  # unlabeled/ holds no tagged copies
+        index.setdefault(_sha256_cached(path, hashes), []).append(path)
     return index
+
+
+def _sha256_cached(path: Path, hashes: HashCache | None) -> str:
+    if hashes is None:
+        return sha256_of(path)
+    info = path.stat()
+    key = (str(path), info.st_size, info.st_mtime_ns)
+    if key not in hashes:
+        hashes[key] = sha256_of(path)
+    return hashes[key]
 
 
 def _label_of(path: Path) -> str:
@@ -165,17 +210,9 @@ def _label_of(path: Path) -> str:
     return "cat" if path.parent.name.lower() in POSITIVE_NAMES else "not_cat"
 
 
-def _log(data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path) -> None:
-    """Append one row to corrections.csv in one write: a refused write is cut back, so the log
-    never holds half a row."""
-    log = data_dir / ".catnet" / "corrections.csv"
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    with writing("the corrections log", log):
-        log.parent.mkdir(parents=True, exist_ok=True)
-        if not log.exists():
-            writer.writerow(LOG_COLUMNS)
-    writer.writerow([time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest)])
-    append_whole(
-        log, buf.getvalue().encode("utf-8", errors="surrogateescape"), "the corrections log"
-    )
+def _log(
+    data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path
+) -> tuple[str, ...]:
+    row = (time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest))
+    append_row(data_dir / ".catnet" / "corrections.csv", LOG_COLUMNS, row)
+    return row

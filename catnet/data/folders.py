@@ -20,6 +20,9 @@ SPLIT_NAMES = {"train": "train", "val": "val", "validation": "val", "test": "tes
 # Extensions searched when predict walks a folder. Training folders take every file and
 # decide by content; this list only keeps `predict DIR` from reporting README.txt as an error.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".jfif"}
+# Folder names that never hold tagged pictures, wherever they are: `catnet label` keeps the
+# untagged pictures in DATA_DIR/unlabeled/, which must not count as one more not-cat class.
+RESERVED_NAMES = frozenset({"unlabeled"})
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,27 @@ def is_hidden(path: Path) -> bool:
     return path.name.startswith(".")
 
 
-def list_files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
-    """Regular files below folder, recursively, sorted; skips hidden entries and symlink loops."""
-    return list(iter_files(folder, suffixes))
+def is_reserved(path: Path) -> bool:
+    """Hidden (.catnet/, .git/) or a reserved name (unlabeled/): never a class folder."""
+    return is_hidden(path) or path.name.lower() in RESERVED_NAMES
 
 
-def iter_files(folder: Path, suffixes: set[str] | None = None) -> Iterator[Path]:
+def list_files(
+    folder: Path, suffixes: set[str] | None = None, tagged_only: bool = False
+) -> list[Path]:
+    """Regular files below folder, recursively, sorted; skips hidden entries and symlink loops,
+    and with tagged_only the reserved folders (unlabeled/) too."""
+    return list(iter_files(folder, suffixes, tagged_only))
+
+
+def iter_files(
+    folder: Path, suffixes: set[str] | None = None, tagged_only: bool = False
+) -> Iterator[Path]:
     """list_files one folder at a time, in the same order: predict starts on the first
     folders of a big tree while the rest is still being listed."""
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        skip = RESERVED_NAMES if tagged_only else frozenset()
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in skip)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
@@ -68,7 +82,7 @@ def iter_files(folder: Path, suffixes: set[str] | None = None) -> Iterator[Path]
 
 
 def _class_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_hidden(p))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_reserved(p))
 
 
 def _positive_or_absent(classes: list[str], positive: str, required: bool) -> str:

@@ -98,9 +98,11 @@ def atomic_write_text(
 
 def append_whole(path: str | Path, data: bytes, what: str = "") -> None:
     """Append `data` in full or not at all: a refused write (full disk) is cut back to where
-    the file ended, so a log or a table never holds half a row. Raises WriteFailed."""
+    the file ended, so a log or a table never holds half a row. Raises WriteFailed. fsynced
+    before it returns: a row that a caller acknowledged (a label on the page) survives a crash."""
     with writing(what, path), open(path, "ab", buffering=0) as fh:
         append_to(fh, data, what, path)
+        os.fsync(fh.fileno())
 
 
 def append_to(fh: BinaryIO, data: bytes, what: str, path: str | Path) -> None:

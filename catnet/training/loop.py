@@ -262,7 +262,11 @@ def finetune(
     payload = load_checkpoint(checkpoint)
     values = dict(payload.get("train_config", {}))
     values.update(data=str(data), out=out, epochs=epochs, time_budget=0.0, resume="", patience=0)
-    values.update(init_from=str(checkpoint), lr=values.get("lr", 3e-3) / 3, warmup=0.0)
+    # A third of the training learning rate; a fine-tuned checkpoint (init_from set) already
+    # carries that third, and dividing again at every Teach would shrink it to nothing (3^-9
+    # after nine rounds: measured, the model stopped learning).
+    lr = values.get("lr", 3e-3) if values.get("init_from") else values.get("lr", 3e-3) / 3
+    values.update(init_from=str(checkpoint), lr=lr, warmup=0.0)
     # The corrected pictures are in training, not validation, so validation cannot tell which
     # epoch learnt them best: keep the last epoch, after the whole (decaying) schedule.
     values.update(select_best=False)

@@ -16,6 +16,7 @@ from torch import nn
 
 from catnet.config import TrainConfig, from_dict, save_config
 from catnet.curation.corrections import corrected_paths
+from catnet.curation.reviewed import reviewed_paths
 from catnet.data.augment import MEAN, STD
 from catnet.data.cache import cache_size_for, default_cache_root, load_pixels
 from catnet.data.folders import Dataset, Sample, scan_dataset
@@ -87,7 +88,8 @@ def prepare_data(
     dataset = scan_dataset(cfg.data, cfg.positive, cfg.val_fraction, cfg.seed)
     if not dataset.val:
         raise CatnetError("no validation pictures: use --val-fraction > 0 or add a val/ folder")
-    corrected = corrected_paths(dataset.root)
+    # Corrected pictures, and tagged ones a person confirmed against the model's opinion.
+    corrected = corrected_paths(dataset.root) | reviewed_paths(dataset.root)
     if corrected:  # a correction is a lesson: it must be in the training pictures
         moved = [s for s in dataset.val if str(s.path.resolve()) in corrected]
         dataset.val = [s for s in dataset.val if s not in moved]

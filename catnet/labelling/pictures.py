@@ -1,0 +1,77 @@
+"""Pictures the page shows beyond the files themselves: p(cat) of a dropped picture (Try) and
+the explain heatmap as a see-through PNG laid over the picture.
+
+The heatmap needs `CatnetModel.explain(images)` (catnet/inference/explain.py, one heatmap array
+per picture in the picture's own size). It is looked up at run time, so the page shows heatmaps
+as soon as that API exists and simply leaves them out before.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from catnet.errors import CatnetError
+
+MAX_PIXELS = 120_000_000  # as TrainConfig.max_image_pixels: bigger uploads are refused
+
+
+def has_explain(model: Any) -> bool:
+    return model is not None and callable(getattr(model, "explain", None))
+
+
+def open_upload(data: bytes) -> Image.Image:
+    """A dropped or pasted picture, decoded (RGB); CatnetError for anything else."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_PIXELS:
+            raise CatnetError(f"picture too large ({img.width}x{img.height} pixels)")
+        img.load()
+        return img.convert("RGB")
+    except CatnetError:
+        raise
+    except Exception as exc:
+        raise CatnetError(f"not a picture this app can read ({type(exc).__name__})") from None
+
+
+def try_bytes(model: Any, data: bytes) -> dict[str, Any]:
+    """Try page: {p_cat, label, heatmap (data: URL of a PNG, or null)}."""
+    img = open_upload(data)
+    pred = model.predict([img])[0]
+    heat = heatmap_png(model, img) if has_explain(model) else None
+    return {
+        "p_cat": pred.p_cat,
+        "label": pred.label,
+        "heatmap": "data:image/png;base64," + base64.b64encode(heat).decode() if heat else None,
+    }
+
+
+def heatmap_png_of_file(model: Any, path: Path) -> bytes:
+    with Image.open(path) as img:
+        return heatmap_png(model, img.convert("RGB"))
+
+
+def heatmap_png(model: Any, img: Image.Image) -> bytes:
+    """The model's heatmap for img as an RGBA PNG of img's size: hot parts red to yellow and
+    opaque, cold parts transparent, so the page can lay it over the picture."""
+    heat = np.asarray(model.explain([img])[0], dtype=np.float32)
+    heat = np.squeeze(heat)
+    if heat.ndim != 2:
+        raise CatnetError(f"explain returned a heatmap of shape {heat.shape}, expected (H, W)")
+    heat = np.nan_to_num(heat - heat.min())
+    heat = heat / heat.max() if heat.max() > 0 else heat
+    rgba = np.zeros((*heat.shape, 4), dtype=np.uint8)
+    rgba[..., 0] = 255
+    rgba[..., 1] = (255 * np.clip(heat * 2 - 1, 0, 1)).astype(np.uint8)  # yellow at the top
+    rgba[..., 3] = (200 * heat).astype(np.uint8)
+    overlay = Image.fromarray(rgba, "RGBA")
+    if overlay.size != img.size:
+        overlay = overlay.resize(img.size, Image.Resampling.BILINEAR)
+    out = io.BytesIO()
+    overlay.save(out, "PNG")
+    return out.getvalue()

@@ -1,0 +1,107 @@
+"""Which picture to show next: the ranking that `catnet label`'s pages and
+scripts/benchmark_active.py both use.
+
+- Label queue: untagged pictures, the ones the model is least sure of first (|p(cat) - 0.5|
+  ascending: the answer that teaches the most), or a seeded random order while there is no model.
+- Review queue: tagged pictures whose tag the model most confidently disputes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from catnet.data.folders import IMAGE_SUFFIXES, list_files, scan_dataset
+from catnet.errors import CatnetError
+
+
+@dataclass(frozen=True)
+class Tagged:
+    path: Path
+    label: str  # cat or not_cat, from the class folder
+
+
+def untagged_pictures(folder: Path) -> list[Path]:
+    """Pictures (by extension) below the untagged folder, sorted; none when it is missing."""
+    return list_files(folder, IMAGE_SUFFIXES) if folder.is_dir() else []
+
+
+def tagged_pictures(data_dir: Path) -> list[Tagged]:
+    """Every tagged picture of DATA_DIR (all splits), with its folder's label."""
+    try:
+        dataset = scan_dataset(data_dir, require_both=False, allow_no_positive=True)
+    except CatnetError:
+        return []  # nothing tagged yet: an empty review queue, not an error
+    samples = dataset.train + dataset.val + dataset.test
+    return [Tagged(s.path, "cat" if s.label == 1 else "not_cat") for s in samples]
+
+
+def score_pictures(
+    model: object,
+    paths: Sequence[Path],
+    workers: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    cache: bool = True,
+) -> dict[Path, float]:
+    """p(cat) of each picture by `model` (a CatnetModel); unreadable pictures are left out.
+    With cache, pixels come through the decode cache training uses ($CATNET_CACHE): every
+    Teach re-ranks the same pictures, and decoding them again would cost most of the time."""
+    import numpy as np
+    import torch
+
+    from catnet.data.cache import default_cache_root, load_pixels
+
+    if not paths:
+        return {}
+    table = load_pixels(
+        list(paths),
+        model.decode_size,  # type: ignore[attr-defined]
+        cache_root=default_cache_root() if cache else None,
+        workers=workers,
+        on_progress=on_progress,
+    )
+    good = np.flatnonzero(table.ok)
+    scores: dict[Path, float] = {}
+    for start in range(0, len(good), 64):
+        rows = good[start : start + 64]
+        batch = torch.from_numpy(np.ascontiguousarray(table.array[table.slots[rows]]))
+        probs = model.probabilities(batch).tolist()  # type: ignore[attr-defined]
+        scores.update((paths[i], float(p)) for i, p in zip(rows, probs, strict=True))
+    return scores
+
+
+def least_sure_first(paths: Iterable[Path], scores: dict[Path, float]) -> list[Path]:
+    """Scored pictures by |p - 0.5| ascending (ties by name); unscored ones after them."""
+    paths = list(paths)
+    scored = sorted((p for p in paths if p in scores), key=lambda p: (abs(scores[p] - 0.5), str(p)))
+    return scored + [p for p in paths if p not in scores]
+
+
+def random_order(paths: Iterable[Path], seed: int = 0) -> list[Path]:
+    """A shuffled copy, the same for the same seed and pictures (before any model exists)."""
+    ordered = sorted(paths, key=str)
+    random.Random(seed).shuffle(ordered)
+    return ordered
+
+
+def review_order(
+    tagged: Iterable[Tagged],
+    scores: dict[Path, float],
+    threshold: float,
+    reviewed: set[str] | None = None,
+) -> list[Tagged]:
+    """Tagged pictures the model disagrees with (p(cat) on the other side of its threshold
+    from the tag), most confident disagreement first; reviewed ones (resolved paths) never."""
+    reviewed = reviewed or set()
+    disputed = []
+    for item in tagged:
+        p = scores.get(item.path)
+        if p is None or str(item.path.resolve()) in reviewed:
+            continue
+        says_cat = p >= threshold
+        if says_cat != (item.label == "cat"):
+            disputed.append((abs(p - threshold), item))
+    disputed.sort(key=lambda pair: (-pair[0], str(pair[1].path)))
+    return [item for _, item in disputed]
