@@ -34,7 +34,8 @@ from catnet.training.state import PreparedData, TrainState, save_run_checkpoints
 
 
 def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, compute: Compute,
-                  root: Path) -> FeatureStore:  # fmt: skip
+                  root: Path, on_message: Callable[[str], None] | None = None,
+                  ) -> FeatureStore:  # fmt: skip
     """The on-disk store for this frozen part: the tag names everything features depend on
     besides the picture (backbone, frozen weights, size, cut, precision)."""
     frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
@@ -42,7 +43,7 @@ def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, com
         backbone, weights_checksum(frozen_state)[:16], f"s{size}", f"cut{stages}",
         compute.name.replace("/", "-"),
     ])  # fmt: skip
-    return FeatureStore(root, tag)
+    return FeatureStore(root, tag, on_message)
 
 
 class Features:
@@ -53,7 +54,9 @@ class Features:
         root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
         name = cfg.backbone or DEFAULT_BACKBONE
         store = (
-            feature_store(net, name, data.eval_size, stages, compute, root) if cfg.cache else None
+            feature_store(net, name, data.eval_size, stages, compute, root, cb.on_message)
+            if cfg.cache
+            else None
         )
         cb.on_message(f"computing the frozen backbone's features at {data.eval_size} px")
 

@@ -14,7 +14,6 @@ The file key is the pixel cache's "abs path | bytes | mtime ns", so an edited ph
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +22,9 @@ import torch
 
 from catnet.data.augment import prepare_eval
 from catnet.data.cache import file_key
+from catnet.errors import WriteFailed, writing
 from catnet.runtime.compute import Compute, batches_of
+from catnet.runtime.files import atomic_write
 
 # 2: version 1 files could hold batch-statistics features (a train-mode bug); never reuse them
 FEATURES_VERSION = 2
@@ -61,10 +62,16 @@ def frozen_features(
 
 class FeatureStore:
     """Per-picture feature files; `tag` names everything the features depend on besides the
-    picture (backbone, weights checksum, size, cut, precision)."""
+    picture (backbone, weights checksum, size, cut, precision). Like the pixel cache, an
+    optimisation: when its folder cannot be written it says so once (on_message) and the run
+    goes on with features kept in memory."""
 
-    def __init__(self, root: Path, tag: str) -> None:
+    def __init__(
+        self, root: Path, tag: str, on_message: Callable[[str], None] | None = None
+    ) -> None:
         self.dir = Path(root) / f"features-v{FEATURES_VERSION}" / tag
+        self.on_message = on_message
+        self.writable = True
 
     def _file(self, key: str) -> Path:
         return self.dir / f"{hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()}.pt"
@@ -83,17 +90,20 @@ class FeatureStore:
 
     def put(self, path: Path, plain: torch.Tensor, mirror: torch.Tensor) -> None:
         key = file_key(path)
-        if key is None:
+        if key is None or not self.writable:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        target = self._file(key)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}")
         entry = {"key": key, "plain": plain.half().clone(), "mirror": mirror.half().clone()}
         try:
-            torch.save(entry, tmp)
-            os.replace(tmp, target)
-        except OSError:  # a full or read-only disk only costs speed
-            tmp.unlink(missing_ok=True)
+            with writing("the feature cache", self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self._file(key), lambda fh: torch.save(entry, fh), "the feature cache")
+        except WriteFailed as exc:  # a full or read-only disk only costs speed
+            self.writable = False
+            if self.on_message:
+                self.on_message(
+                    f"cannot use the feature cache in {self.dir} ({exc.reason}): keeping "
+                    "features in memory this time"
+                )
 
 
 def cached_features(
