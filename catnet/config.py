@@ -185,12 +185,18 @@ class PredictConfig:
 
 @dataclass
 class ExplainConfig:
-    threshold: float = -1.0  # decision threshold for the label; < 0 = the checkpoint's own
-    target: str = "predicted"  # which side each map shows: predicted (the answer), cat, not_cat
-    batch_size: int = 32  # pictures per forward + backward pass
-    workers: int = 0  # decoding processes; 0 = one per core
-    max_image_pixels: int = 120_000_000
-    sheet_max: int = 400  # pictures on the contact sheet (the first ones; every one gets a PNG)
+    threshold: float = setting(-1.0, "Decision threshold for the label (< 0 = the checkpoint's).")
+    # The answer's own side by default: "why did it say that?" is the usual question.
+    target: str = setting(
+        "predicted", "Which side each map shows: predicted (each answer's), cat or not_cat."
+    )
+    batch_size: int = setting(32, "Pictures per forward + backward pass.")
+    workers: int = setting(0, "Decoding processes (0 = one per core).")
+    max_image_pixels: int = setting(
+        120_000_000, "Bigger pictures are refused (decompression bombs)."
+    )
+    # Only the first ones: a sheet of thousands is unreadable; every picture still gets a PNG.
+    sheet_max: int = setting(400, "Pictures on the contact sheet (the first ones; 0 = no sheet).")
 
     def validate(self) -> None:
         _choice("target", self.target, ("predicted", "cat", "not_cat"))
@@ -200,19 +206,21 @@ class ExplainConfig:
 
 @dataclass
 class LabelConfig:
-    host: str = "127.0.0.1"  # only this machine can reach the page; 0.0.0.0 opens it to the network
-    port: int = 8765  # 0 = any free port (the printed URL says which)
-    unlabeled: str = ""  # folder of untagged pictures; "" = DATA_DIR/unlabeled
-    out: str = ""  # where each Teach writes its run folder; "" = DATA_DIR/.catnet/runs
-    teach_epochs: int = 5  # epochs of each Teach (the fine-tune), as `catnet finetune`'s default
-    first_epochs: int = 30  # epochs of the first model when Teach starts with no model
-    first_model: str = "cnn"  # network of that first model (TrainConfig.model)
-    seed: int = 0  # the random order shown before there is a model
-    max_upload_mb: float = 20.0  # largest picture the Try page accepts
+    # Only this machine can reach the page by default; 0.0.0.0 opens it to the network.
+    host: str = setting("127.0.0.1", "Address to listen on (127.0.0.1 = this machine only).")
+    port: int = setting(8765, "Port (0 = any free port; the printed URL says which).")
+    unlabeled: str = setting("", "Folder of untagged pictures [default: DIR/unlabeled].")
+    out: str = setting("", "Folder for Teach's run folders [default: DIR/.catnet/runs].")
+    # Each Teach is a fine-tune, so `catnet finetune`'s default.
+    epochs: int = setting(5, "Epochs of each Teach (the fine-tune).")
+    first_epochs: int = setting(30, "Epochs of the first model when Teach starts with no model.")
+    first_model: str = setting("cnn", "Network of that first model: cnn, mlp or pretrained.")
+    seed: int = setting(0, "Seed of the random order shown before there is a model.")
+    max_upload_mb: float = setting(20.0, "Largest picture the Try page accepts, in MB.")
 
     def validate(self) -> None:
         _range("port", self.port, 0, 65535)
-        _range("teach_epochs", self.teach_epochs, 1, 10_000)
+        _range("epochs", self.epochs, 1, 10_000)
         _range("first_epochs", self.first_epochs, 1, 10_000)
         _range("max_upload_mb", self.max_upload_mb, 0.001, 10_000)
 

@@ -18,7 +18,14 @@ from typer.testing import CliRunner
 from catnet.cli import app
 from catnet.cli.commands import TRAIN_INTERNAL
 from catnet.cli.options import config_options, flag, overrides
-from catnet.config import EvaluateConfig, PredictConfig, TrainConfig, setting
+from catnet.config import (
+    EvaluateConfig,
+    ExplainConfig,
+    LabelConfig,
+    PredictConfig,
+    TrainConfig,
+    setting,
+)
 
 WIDE = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}  # help text unwrapped, no "…" cut names
 
@@ -42,13 +49,31 @@ def test_every_train_config_field_is_a_train_flag_with_its_help() -> None:
     assert TRAIN_INTERNAL.keys() <= {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+# The settings of each other command that are no flags (none yet): name -> why.
+INTERNAL: dict[str, dict[str, str]] = {"evaluate": {}, "predict": {}, "explain": {}, "label": {}}
+
+
 @pytest.mark.parametrize(
-    ("command", "cls"), [("evaluate", EvaluateConfig), ("predict", PredictConfig)]
+    ("command", "cls"),
+    [
+        ("evaluate", EvaluateConfig),
+        ("predict", PredictConfig),
+        ("explain", ExplainConfig),
+        ("label", LabelConfig),
+    ],
 )
-def test_evaluate_and_predict_settings_are_flags(command: str, cls: type) -> None:
+def test_every_setting_of_the_other_commands_is_a_flag_with_its_help(
+    command: str, cls: type
+) -> None:
     options = command_options(command)
     for f in dataclasses.fields(cls):
-        assert flag(f.name) in options, f"{cls.__name__}.{f.name}"
+        if f.name in INTERNAL[command]:
+            assert flag(f.name) not in options, f"{cls.__name__}.{f.name} is internal"
+            continue
+        option = options.get(flag(f.name))
+        assert option is not None, f"{cls.__name__}.{f.name} has no --flag"
+        assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help line"
+        assert escape(f.metadata["help"]) in option.help, f"{cls.__name__}.{f.name}"
 
 
 def test_train_help_lists_every_option_with_its_help() -> None:
@@ -127,6 +152,56 @@ def test_bad_comma_list_is_one_clean_usage_error(tmp_path: Path, captured_train:
     result = CliRunner().invoke(app, ["train", str(tmp_path), "--hidden", "64,abc"])
     assert result.exit_code == 2 and not captured_train
     assert "--hidden takes comma-separated ints like 512,128" in " ".join(result.output.split())
+
+
+def test_label_flags_override_its_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`catnet label` up to the session it would open: flags over the file over the defaults,
+    and its own --model, --unlabeled, --out and -c as the README gives them."""
+    import catnet.labelling.session
+    from catnet.errors import CatnetError
+
+    seen: list[tuple[LabelConfig, Path | None]] = []
+
+    def opened(data: Path, cfg: LabelConfig, model: Path | None) -> None:
+        seen.append((cfg, model))
+        raise CatnetError("stop before serving")
+
+    monkeypatch.setattr(catnet.labelling.session, "open_session", opened)
+    config = tmp_path / "label.toml"
+    config.write_text('port = 9000\nepochs = 7\nfirst_model = "mlp"\n')
+    args = ["label", str(tmp_path), "-c", str(config), "--epochs", "3", "--model", "m.pt",
+            "--unlabeled", "u", "--out", "o", "--max-upload-mb", "2.5"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert "stop before serving" in result.output
+    ((cfg, model),) = seen
+    assert (cfg.epochs, cfg.unlabeled, cfg.out, cfg.max_upload_mb) == (3, "u", "o", 2.5)
+    assert (cfg.port, cfg.first_model) == (9000, "mlp")  # from the file
+    assert (cfg.host, cfg.first_epochs) == ("127.0.0.1", 30) and model == Path("m.pt")
+
+
+def test_explain_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`catnet explain` up to the job it would run, with the config its flags made."""
+    import catnet.inference.explain_files
+    import catnet.inference.prediction
+    from catnet.errors import CatnetError
+
+    seen: list[tuple[Any, list[str], Path, ExplainConfig]] = []
+
+    def explain_files(model: Any, paths: list[str], out: Path, cfg: ExplainConfig, _: Any) -> None:
+        seen.append((model, paths, out, cfg))
+        raise CatnetError("stop before explaining")
+
+    monkeypatch.setattr(catnet.inference.prediction, "load_model", lambda path: f"model {path}")
+    monkeypatch.setattr(catnet.inference.explain_files, "explain_files", explain_files)
+    args = ["explain", "m.pt", "a.jpg", "b/", "--out", "maps", "--target", "cat",
+            "--sheet-max", "0", "--workers", "1"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert "stop before explaining" in result.output
+    ((model, paths, out, cfg),) = seen
+    assert (model, paths, out) == ("model m.pt", ["a.jpg", "b/"], Path("maps"))
+    assert (cfg.target, cfg.sheet_max, cfg.workers, cfg.batch_size) == ("cat", 0, 1, 32)
 
 
 # --- the training console ------------------------------------------------------------------------

@@ -100,7 +100,7 @@ def test_teach_writes_a_new_run_and_reranks(trained: TrainedRun, tmp_path: Path)
     start_ckpt = tmp_path / "start.pt"
     start_ckpt.write_bytes(trained.best.read_bytes())
     before = digest(start_ckpt)
-    session = open_session(data, LabelConfig(teach_epochs=1), start_ckpt)
+    session = open_session(data, LabelConfig(epochs=1), start_ckpt)
     client = TestClient(create_app(session, "t", "127.0.0.1", 1), base_url="http://127.0.0.1:1")
     head = {"x-catnet-token": "t"}
     client.post("/api/label", json={"path": "cats_100.png", "label": "cat"}, headers=head)

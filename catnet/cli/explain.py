@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from catnet.cli.app import app, console, friendly_errors, stdout
+from catnet.cli.options import config_options, overrides
+from catnet.config import ExplainConfig
 from catnet.errors import EXIT_SOME_FAILED
 
 
 @app.command()
 @friendly_errors
+@config_options(ExplainConfig)
 def explain(
     checkpoint: Path = typer.Argument(..., help="A catnet checkpoint (best.pt)."),
     paths: list[str] = typer.Argument(..., help="Files, folders (searched recursively) or globs."),
@@ -21,24 +25,19 @@ def explain(
         Path("explain"), "--out", help="Folder for the PNGs, index.csv and contact_sheet.png."
     ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
-    target: str | None = typer.Option(
-        None, help="Which side each map shows: predicted (each answer's), cat or not_cat."
-    ),
-    threshold: float | None = typer.Option(
-        None, help="Decision threshold [default: the checkpoint's]."
-    ),
-    batch_size: int | None = typer.Option(None, help="Pictures per forward + backward pass."),
+    **settings: Any,
 ) -> None:
     """Show which pixels made the network say cat (or not cat): one heatmap PNG per picture.
-    Exit code 1 if some could not be read."""
-    from catnet.config import ExplainConfig, load_config
+    Exit code 1 if some could not be read.
+
+    Every setting of catnet.config.ExplainConfig is a flag."""
+    from catnet.config import load_config
     from catnet.data.folders import printable
     from catnet.errors import CatnetError
     from catnet.inference.explain_files import ExplainRow, explain_files
     from catnet.inference.prediction import load_model
 
-    values = {"target": target, "threshold": threshold, "batch_size": batch_size}
-    cfg = load_config(ExplainConfig, None, values)
+    cfg = load_config(ExplainConfig, None, overrides(ExplainConfig, settings))
     model = load_model(checkpoint)
 
     def on_row(row: ExplainRow) -> None:

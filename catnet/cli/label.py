@@ -4,50 +4,38 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from catnet.cli.app import app, console, friendly_errors
+from catnet.cli.options import config_options, overrides
+from catnet.config import LabelConfig
 
 
 @app.command()
 @friendly_errors
+@config_options(LabelConfig)
 def label(
     data: Path = typer.Argument(..., metavar="DIR", help="The tagged folder (DATA_DIR)."),
     model: Path | None = typer.Option(
         None, "--model", help="Checkpoint that ranks the pictures (default: none until Teach)."
     ),
-    unlabeled: Path | None = typer.Option(
-        None, "--unlabeled", help="Folder of untagged pictures (default: DIR/unlabeled)."
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="TOML file of settings (LabelConfig keys)."
     ),
-    host: str | None = typer.Option(
-        None, help="Address to listen on (default: 127.0.0.1, this machine only)."
-    ),
-    port: int | None = typer.Option(None, help="Port (default: 8765; 0 = any free port)."),
-    out: Path | None = typer.Option(
-        None, "--out", help="Folder for Teach's run folders (default: DIR/.catnet/runs)."
-    ),
-    epochs: int | None = typer.Option(None, help="Epochs of each Teach (default: 5)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="TOML file of settings."),
+    **settings: Any,
 ) -> None:
-    """Tag pictures in a local web page, least-sure first; review and teach the model."""
-    from catnet.config import LabelConfig, load_config
+    """Tag pictures in a local web page, least-sure first; review and teach the model.
+
+    Every setting of catnet.config.LabelConfig is a flag; flags override the --config file."""
+    from catnet.config import load_config
     from catnet.labelling.app import create_app
     from catnet.labelling.security import new_token
     from catnet.labelling.server import bind, serve, url_for
     from catnet.labelling.session import open_session
 
-    cfg = load_config(
-        LabelConfig,
-        config,
-        {
-            "host": host,
-            "port": port,
-            "unlabeled": str(unlabeled) if unlabeled else None,
-            "out": str(out) if out else None,
-            "teach_epochs": epochs,
-        },
-    )
+    cfg = load_config(LabelConfig, config, overrides(LabelConfig, settings))
     session = open_session(data, cfg, model)
     sock = bind(cfg.host, cfg.port)
     token = new_token()

@@ -178,7 +178,7 @@ class LabelSession:
             self.data_dir,
             start,
             out_root,
-            self.config.teach_epochs,
+            self.config.epochs,
             first,
             TeachCallbacks(self.job),
         )
