@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from catnet.config import ExplainConfig, PredictConfig
+from catnet.data.decoding import Decoded
 from catnet.errors import CatnetError
 from catnet.inference import heatmaps
 from catnet.inference.explain import Explainer, crop_box, on_picture
@@ -143,24 +144,24 @@ def explain_files(
 def _explain_batch(
     explainer: Explainer,
     paths: list[Path],
-    results: list[bytes | str],
+    results: list[Decoded],
     root: Path,
     out: Path,
     cfg: ExplainConfig,
     threshold: float,
 ) -> Iterator[tuple[ExplainRow, Image.Image | None]]:
-    """Rows (and contact sheet cells) for one batch of decoded results ('!reason' = failed)."""
+    """Rows (and contact sheet cells) for one batch of decoded results (no pixels = failed)."""
     s = explainer.model.decode_size
-    good = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    good = [i for i, r in enumerate(results) if r.pixels is not None]
     explained = None
     if good:
-        pixels = np.stack([np.frombuffer(results[i], np.uint8) for i in good])
+        pixels = np.stack([np.frombuffer(results[i].pixels, np.uint8) for i in good])
         batch = torch.from_numpy(pixels.reshape(len(good), s, s, 3))
         explained = explainer.explain(batch, cfg.target, threshold)
     where = {i: j for j, i in enumerate(good)}
     for i, (path, result) in enumerate(zip(paths, results, strict=True)):
-        if explained is None or isinstance(result, str):
-            yield ExplainRow(str(path), "", None, "error", "", explainer.method, result[1:]), None
+        if explained is None or result.pixels is None:
+            yield ExplainRow(str(path), "", None, "error", "", explainer.method, result.reason), None
             continue
         j = where[i]
         caption = heatmaps.Caption(
