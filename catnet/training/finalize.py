@@ -22,7 +22,6 @@ from catnet.training.diagnosis import diagnose
 from catnet.training.results import TrainResult, evaluate_split
 from catnet.training.state import PreparedData, TrainState
 
-
 # Temperature scaling of a pretrained head, measured on 3 dev splits each (held-out ECE before
 # -> after): 320 validation photos 0.0107 -> 0.0089 on average; 40 (100 photos a class at
 # 64 px) 0.026 -> 0.036 and 8 (20 a class) 0.026 -> 0.028. A temperature fitted on a few dozen
