@@ -22,6 +22,12 @@ from catnet.training.diagnosis import diagnose
 from catnet.training.results import TrainResult, evaluate_split
 from catnet.training.state import PreparedData, TrainState
 
+# Temperature scaling of a pretrained head, measured on 3 dev splits each (held-out ECE before
+# -> after): 320 validation photos 0.0107 -> 0.0089 on average; 40 (100 photos a class at
+# 64 px) 0.026 -> 0.036 and 8 (20 a class) 0.026 -> 0.028. A temperature fitted on a few dozen
+# photos is noise, so below this many the head's own probabilities are kept (T = 1).
+MIN_CALIBRATION_PICTURES = 100
+
 
 def clean_train_accuracy(
     model: torch.nn.Module, data: PreparedData, compute: Compute, cfg: TrainConfig
@@ -69,6 +75,8 @@ def finalize_run(
         train_labels = torch.from_numpy(data.train_labels)
         train_accuracy = float(((split_logits("train") > 0).long() == train_labels).float().mean())
     temperature = fit_temperature(val["logits"], labels)
+    if payload["arch"]["type"] == "pretrained" and len(labels) < MIN_CALIBRATION_PICTURES:
+        temperature = 1.0
     probs = torch.sigmoid(val["logits"] / temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
     share = float(data.train_labels.mean())
