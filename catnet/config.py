@@ -126,6 +126,9 @@ class EvaluateConfig:
     positive: str = ""  # "" = the checkpoint's positive class name, else cat/cats
     unsure: list[float] = field(default_factory=list)  # [low, high]: p(cat) in it is "unsure"
     max_image_pixels: int = 120_000_000
+    # The open-set check: a picture unlike every training picture is never "cat" (README,
+    # "Unlike anything I saw"). Off by default only where the checkpoint predates it.
+    open_set: bool = True
 
 
 @dataclass
@@ -135,6 +138,7 @@ class PredictConfig:
     tta: bool | None = None  # average each picture with its mirror; None = as trained
     workers: int = 0  # decoding processes; 0 = one per core
     max_image_pixels: int = 120_000_000
+    open_set: bool = True  # the open-set check, as for evaluate
 
 
 Config = TypeVar("Config", TrainConfig, EvaluateConfig, PredictConfig)

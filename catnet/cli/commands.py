@@ -14,6 +14,7 @@ import typer
 
 from catnet.cli.app import (
     _csv_ints,
+    _on_off,
     _unsure_range,
     app,
     cache_app,
@@ -131,6 +132,9 @@ def evaluate(
         None, help="With --pick-threshold: write the new checkpoint here."
     ),
     report: Path | None = typer.Option(None, help="Write DIR/index.html and DIR/mistakes.csv."),
+    open_set: str | None = typer.Option(
+        None, "--open-set", help="on/off: pictures unlike all training pictures are never cat."
+    ),
 ) -> None:
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
     from catnet.cli.render import print_evaluation
@@ -146,7 +150,8 @@ def evaluate(
             parse_threshold_rule(pick_threshold)
         except ValueError as exc:
             raise CatnetError(str(exc)) from None
-    values = {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache}
+    values = {"threshold": threshold, "tta": tta, "positive": positive, "cache": cache,
+              "open_set": _on_off("--open-set", open_set)}  # fmt: skip
     cfg = load_config(EvaluateConfig, None, {**values, "unsure": _unsure_range(unsure)})
     result = run_evaluate(checkpoint, data, cfg)
     if pick_threshold and save_to:
@@ -197,14 +202,18 @@ def predict(
     link: bool = typer.Option(
         False, "--link", help="With --sort-into: hard-link instead of copying."
     ),
+    open_set: str | None = typer.Option(
+        None, "--open-set", help="on/off: pictures unlike all training pictures are never cat."
+    ),
 ) -> None:
     """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
     from catnet.cli.predict_view import run_prediction
     from catnet.config import PredictConfig, load_config
 
     cfg = load_config(
-        PredictConfig, None, {"threshold": threshold, "tta": tta, "batch_size": batch_size}
-    )
+        PredictConfig, None, {"threshold": threshold, "tta": tta, "batch_size": batch_size,
+                              "open_set": _on_off("--open-set", open_set)},
+    )  # fmt: skip
     if skip_done and not output:
         raise CatnetError("--skip-done needs --output FILE to know what is done")
     low_high = _unsure_range(unsure)

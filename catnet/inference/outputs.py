@@ -23,9 +23,14 @@ class Prediction:
     label: str  # cat, not_cat, unsure or error
     p_cat: float | None
     error: str = ""
+    # The open-set check: True = unlike every training picture (so never "cat"); None = not
+    # checked (--open-set off, a checkpoint from before the check, or an unreadable file).
+    unfamiliar: bool | None = None
+    unfamiliar_score: float | None = None  # distance to the k-th nearest training picture
 
     def as_row(self, model_hash: str, threshold: float | None = None) -> dict[str, Any]:
         p = None if self.p_cat is None else round(self.p_cat, 6)
+        score = None if self.unfamiliar_score is None else round(self.unfamiliar_score, 6)
         return {
             "path": self.path,
             "label": self.label,
@@ -33,6 +38,8 @@ class Prediction:
             "error": self.error,
             "model": model_hash,
             "threshold": threshold,  # with p_cat, recovers the model's answer after edits
+            "unfamiliar": self.unfamiliar,
+            "unfamiliar_score": score,
         }
 
 
@@ -55,7 +62,10 @@ class RowWriter:
     """Writes prediction rows to .csv or .jsonl as they come, flushed per row, so a killed
     run leaves a valid file that --skip-done can resume from."""
 
-    COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold")
+    # New columns go last: an older file resumed with --skip-done keeps its own header (below).
+    COLUMNS = (
+        "path", "label", "p_cat", "error", "model", "threshold", "unfamiliar", "unfamiliar_score"
+    )  # fmt: skip
 
     def __init__(self, path: Path, append: bool = False) -> None:
         suffix = path.suffix.lower()
@@ -71,13 +81,14 @@ class RowWriter:
         self.fh = path.open(
             "w" if new else "a", newline="", encoding="utf-8", errors="surrogateescape"
         )
-        self.csv = None if self.jsonl else csv.DictWriter(self.fh, fieldnames=self.COLUMNS)
+        self.columns = self.COLUMNS if new or self.jsonl else _csv_header(path) or self.COLUMNS
+        self.csv = None if self.jsonl else csv.DictWriter(self.fh, fieldnames=self.columns)
         if self.csv and new:
             self.csv.writeheader()
 
     def write(self, row: dict[str, Any]) -> None:
         if self.csv:
-            self.csv.writerow({k: "" if row[k] is None else row[k] for k in self.COLUMNS})
+            self.csv.writerow({k: _csv_value(row.get(k)) for k in self.columns})
         else:
             self.fh.write(json.dumps(row) + "\n")
         self.fh.flush()
@@ -129,6 +140,23 @@ def sort_into(pred: Prediction, dest: Path, link: bool = False) -> Path | None:
             pass
     shutil.copy2(source, target)
     return target
+
+
+def _csv_value(value: Any) -> Any:
+    """Empty for None; true/false for booleans, as in the JSON rows."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _csv_header(path: Path) -> tuple[str, ...]:
+    """The columns of an existing CSV file (a file from before a column was added keeps its
+    own, so appended rows line up with its header)."""
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        header = next(csv.reader(fh), [])
+    return tuple(header) if "path" in header and "label" in header else ()
 
 
 def _cut_partial_line(path: Path) -> None:

@@ -14,6 +14,8 @@ import torch
 from catnet.config import TrainConfig
 from catnet.inference.calibration import fit_temperature
 from catnet.inference.metrics import binary_metrics
+from catnet.inference.openset import KEY as OPEN_SET_KEY
+from catnet.inference.openset import capture_features, fit_open_set, mean_features
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 from catnet.models.networks import build_model, count_parameters
 from catnet.runtime.compute import Compute, predict_logits
@@ -21,13 +23,16 @@ from catnet.training.diagnosis import diagnose
 from catnet.training.results import TrainResult, evaluate_split
 from catnet.training.state import PreparedData, TrainState
 
+TRAIN_SAMPLE = 2000  # training pictures measured at the end, and kept for the open-set check
+
 
 def clean_train_accuracy(
     model: torch.nn.Module, data: PreparedData, compute: Compute, cfg: TrainConfig
 ) -> float:
-    """Accuracy on (up to 2,000 of) the training pictures without augmentation: the honest
-    side of the train/val gap (train_acc in metrics.csv is measured on augmented pictures)."""
-    pick = np.random.default_rng(0).permutation(len(data.train_slots))[:2000]
+    """Accuracy on (up to TRAIN_SAMPLE of) the training pictures without augmentation: the
+    honest side of the train/val gap (train_acc in metrics.csv is measured on augmented
+    pictures)."""
+    pick = np.random.default_rng(0).permutation(len(data.train_slots))[:TRAIN_SAMPLE]
     logits = predict_logits(
         model,
         data.pixels,
@@ -53,12 +58,20 @@ def finalize_run(
     payload = load_checkpoint(best_path)
     model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
     model.load_state_dict(payload["state_dict"])
-    val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+    # The open-set check is fitted on the features of these two passes: no extra forward pass.
+    with capture_features(model) as val_seen:
+        val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
     labels = torch.from_numpy(data.val_labels)
     temperature = fit_temperature(val["logits"], labels)
     probs = torch.sigmoid(val["logits"] / temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
-    train_accuracy = clean_train_accuracy(model, data, compute, cfg)
+    with capture_features(model) as train_seen:
+        train_accuracy = clean_train_accuracy(model, data, compute, cfg)
+    check = fit_open_set(
+        mean_features(train_seen, min(len(data.train_slots), TRAIN_SAMPLE)),
+        mean_features(val_seen, len(data.val_slots)),
+        seed=cfg.seed,
+    )
     share = float(data.train_labels.mean())
     metrics.update(
         val_loss=val["val_loss"],
@@ -68,6 +81,7 @@ def finalize_run(
         majority_accuracy=max(share, 1 - share),  # what always answering the commoner class scores
     )
     payload.update(temperature=temperature, metrics=_plain(metrics))
+    payload[OPEN_SET_KEY] = check.to_payload()
     save_checkpoint(payload, best_path)
     diagnosis = diagnose(
         state.history,
