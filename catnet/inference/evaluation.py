@@ -28,10 +28,10 @@ class EvaluationResult:
     samples: list[Sample] = field(default_factory=list)  # the pictures scored, in order
     probs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n,) calibrated p(cat)
     logits: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n,) raw logits
+    skipped: list[tuple[str, str]] = field(default_factory=list)
     # (n,) open-set scores and flags; None when the check is off or the checkpoint has none.
     scores: torch.Tensor | None = None
     unfamiliar: torch.Tensor | None = None
-    skipped: list[tuple[str, str]] = field(default_factory=list)
 
 
 def pick_samples(dataset: Dataset) -> tuple[list[Sample], str]:
@@ -109,7 +109,7 @@ def evaluate(
     if unfamiliar is not None:
         metrics["open_set"] = open_set_metrics(probs, labels, unfamiliar, threshold)
     metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
-    return EvaluationResult(metrics, kept, probs, logits, scores, unfamiliar, skipped)
+    return EvaluationResult(metrics, kept, probs, logits, skipped, scores, unfamiliar)
 
 
 def logits_and_scores(
