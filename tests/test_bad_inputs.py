@@ -284,7 +284,7 @@ class TrainRun:
 def trained_on_corpus(corpus: Corpus, cli: Cli) -> TrainRun:
     run_dir = cli.base / "run"
     start = time.monotonic()
-    proc = cli("train", corpus.root, "--epochs", "1", "--width", "8", "--depth", "2",
+    proc = cli("train", corpus.root, "--epochs", "1", "--model", "cnn", "--width", "8", "--depth", "2",
                "--image-size", "24", "--precision", "fp32", "--out", run_dir)  # fmt: skip
     return TrainRun(proc, run_dir, time.monotonic() - start)
 

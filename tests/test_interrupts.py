@@ -16,6 +16,8 @@ import torch
 from conftest import make_dataset
 
 TRAIN_ARGS = [
+    "--model",
+    "cnn",
     "--epochs",
     "40",
     "--width",

@@ -36,7 +36,16 @@ def train(
         None, "--config", "-c", help="TOML file of settings (see configs/)."
     ),
     out: str | None = typer.Option(None, help="Run folder [default: runs/<timestamp>]."),
-    model: str | None = typer.Option(None, help="mlp or cnn."),
+    model: str | None = typer.Option(
+        None, help="pretrained (default: ImageNet backbone + new head), cnn or mlp."
+    ),
+    backbone: str | None = typer.Option(
+        None, help="timm backbone name [default: tf_efficientnet_lite0, offline weights]."
+    ),
+    weights: str | None = typer.Option(None, help="Local state dict (.pth) for the backbone."),
+    train_stages: int | None = typer.Option(
+        None, help="Backbone stages trained after the head (0 = head only)."
+    ),
     epochs: int | None = typer.Option(None, help="Most epochs to train."),
     time_budget: float | None = typer.Option(
         None, help="Seconds for the whole command; fits the schedule."
@@ -86,6 +95,7 @@ def train(
 
     overrides = {
         "data": data or None, "out": out, "model": model, "epochs": epochs,
+        "backbone": backbone, "weights": weights, "train_stages": train_stages,
         "time_budget": time_budget, "image_size": image_size, "eval_image_size": eval_image_size,
         "batch_size": batch_size, "lr": lr,
         "weight_decay": weight_decay, "dropout": dropout, "patience": patience,

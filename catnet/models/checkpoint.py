@@ -23,7 +23,10 @@ from catnet import __version__
 from catnet.errors import CatnetError
 
 FORMAT = "catnet-checkpoint"
-FORMAT_VERSION = 1
+# 2: per-checkpoint normalisation and pretrained (timm) architectures. Version 1 files (CNN and
+# MLP only, same fields) still load: READABLE_VERSIONS.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 REQUIRED_KEYS = ("arch", "state_dict", "classes", "preprocessing", "threshold", "weights_sha256")
 
 
@@ -119,10 +122,10 @@ def check_payload(payload: Any, path: Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CatnetError(f"{path} is not a catnet checkpoint")
     version = payload.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise CatnetError(
             f"{path} uses checkpoint format {version}; this catnet ({__version__}) reads "
-            f"format {FORMAT_VERSION}",
+            f"formats {', '.join(map(str, READABLE_VERSIONS))}",
             hint="use the catnet version that wrote it, or retrain",
         )
     missing = [k for k in REQUIRED_KEYS if k not in payload]

@@ -63,6 +63,40 @@ def cnn_layers(model: CNN, arch: dict[str, Any]) -> list[dict[str, Any]]:
     return layers
 
 
+def pretrained_layers(model: nn.Module, arch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Input, the backbone's stem and stages (frozen or trained), its last conv, the new head;
+    shapes from one forward pass of a blank picture."""
+    import torch
+
+    size, trained = arch["image_size"], int(arch.get("train_stages", 0))
+    b, n = model.backbone, model.n_stages()
+    layers = [{"layer": "input", "kind": "pixels", "units": 3 * size * size,
+               "shape": f"3x{size}x{size}", "activation": "", "parameters": 0}]  # fmt: skip
+    if n == 0:  # a backbone without stages: one row for all of it
+        parts = [("backbone (frozen)", "pretrained", b, lambda x: b(x))]
+    else:
+        parts = [("stem (frozen)", "conv+BN", nn.ModuleList([b.conv_stem, b.bn1]),
+                  lambda x: b.bn1(b.conv_stem(x)))]  # fmt: skip
+        for i, stage in enumerate(b.blocks):
+            state = "trained" if i >= n - trained else "frozen"
+            parts.append((f"stage {i + 1} ({state})", f"{len(stage)} conv blocks", stage, stage))
+        state = "trained" if trained else "frozen"
+        parts.append((f"last conv + pool ({state})", "conv1x1+BN, avg pool",
+                      nn.ModuleList([b.conv_head, b.bn2]),
+                      lambda x: b.forward_head(b.bn2(b.conv_head(x)), pre_logits=True)))  # fmt: skip
+    x = torch.zeros(1, 3, size, size)
+    with torch.no_grad():
+        for name, kind, module, run in parts:
+            x = run(x)
+            layers.append({"layer": name, "kind": kind, "units": x[0].numel(),
+                           "shape": "x".join(map(str, x.shape[1:])), "activation": "",
+                           "parameters": _params(module)})  # fmt: skip
+    layers.append({"layer": "output (trained)", "kind": "dropout, dense", "units": 1,
+                   "shape": f"{model.head.in_features} -> 1", "activation": "sigmoid (p(cat))",
+                   "parameters": _params(model.head)})  # fmt: skip
+    return layers
+
+
 def _conv_row(name: str, block: nn.Module, side: int, arch: dict[str, Any]) -> dict[str, Any]:
     convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
     channels = convs[-1].out_channels
@@ -81,7 +115,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     payload = load_checkpoint(path)
     arch = payload["arch"]
     model = build_model(arch)
-    layers = mlp_layers(model, arch) if arch["type"] == "mlp" else cnn_layers(model, arch)  # type: ignore[arg-type]
+    by_type = {"mlp": mlp_layers, "cnn": cnn_layers, "pretrained": pretrained_layers}
+    layers = by_type[arch["type"]](model, arch)  # type: ignore[operator]
     total = count_parameters(model)
     assert sum(row["parameters"] for row in layers) == total, "layer table misses parameters"
     cfg = payload.get("train_config", {})

@@ -94,6 +94,16 @@ class CNN(nn.Module):
 
 def architecture_from_config(cfg: Any, image_size: int) -> dict[str, Any]:
     """The plain-dict description of the network a TrainConfig asks for."""
+    if cfg.model == "pretrained":
+        from catnet.models.pretrained import DEFAULT_BACKBONE
+
+        return {
+            "type": "pretrained",
+            "backbone": cfg.backbone or DEFAULT_BACKBONE,
+            "image_size": image_size,
+            "dropout": cfg.dropout,
+            "train_stages": cfg.train_stages,
+        }
     if cfg.model == "mlp":
         return {
             "type": "mlp",
@@ -117,6 +127,10 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
         return MLP(arch["image_size"], list(arch["hidden"]), arch["activation"], arch["dropout"])
     if arch["type"] == "cnn":
         return CNN(arch["width"], arch["depth"], arch["activation"], arch["dropout"])
+    if arch["type"] == "pretrained":  # timm's architecture code, random weights: no download
+        from catnet.models.pretrained import build_pretrained
+
+        return build_pretrained(arch)
     raise ValueError(f"unknown model type {arch['type']!r}")
 
 

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from catnet.config import TrainConfig
 from catnet.inference.calibration import fit_temperature
 from catnet.inference.metrics import binary_metrics
 from catnet.inference.openset import KEY as OPEN_SET_KEY
-from catnet.inference.openset import capture_features, fit_open_set, mean_features
+from catnet.inference.openset import OpenSetCheck, capture_features, fit_open_set, mean_features
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 from catnet.models.networks import build_model, count_parameters
 from catnet.runtime.compute import Compute, predict_logits
@@ -41,6 +42,8 @@ def clean_train_accuracy(
         compute,
         cfg.batch_size * 2,
         cfg.tta,
+        data.mean,
+        data.std,
     )
     return float(((logits > 0).long() == torch.from_numpy(data.train_labels[pick])).float().mean())
 
@@ -53,25 +56,21 @@ def finalize_run(
     state: TrainState,
     started: float,
     on_message: Callable[[str], None],
+    split_logits: Callable[[str], torch.Tensor] | None = None,
+    split_net: torch.nn.Module | None = None,
 ) -> TrainResult:
+    """split_logits("val" | "train"), when given, supplies the best weights' logits (the
+    pretrained recipe computes them from its stored features instead of the pixels);
+    split_net is the network it runs (the open-set check reads its penultimate features)."""
     best_path = run_dir / "best.pt"
     payload = load_checkpoint(best_path)
     model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
     model.load_state_dict(payload["state_dict"])
-    # The open-set check is fitted on the features of these two passes: no extra forward pass.
-    with capture_features(model) as val_seen:
-        val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
     labels = torch.from_numpy(data.val_labels)
+    val, train_accuracy, check = _measure_splits(cfg, data, compute, model, split_logits, split_net)
     temperature = fit_temperature(val["logits"], labels)
     probs = torch.sigmoid(val["logits"] / temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
-    with capture_features(model) as train_seen:
-        train_accuracy = clean_train_accuracy(model, data, compute, cfg)
-    check = fit_open_set(
-        mean_features(train_seen, min(len(data.train_slots), TRAIN_SAMPLE)),
-        mean_features(val_seen, len(data.val_slots)),
-        seed=cfg.seed,
-    )
     share = float(data.train_labels.mean())
     metrics.update(
         val_loss=val["val_loss"],
@@ -110,6 +109,40 @@ def finalize_run(
         seconds=time.monotonic() - started,
         diagnosis=diagnosis,
     )
+
+
+def _measure_splits(
+    cfg: TrainConfig,
+    data: PreparedData,
+    compute: Compute,
+    model: torch.nn.Module,
+    split_logits: Callable[[str], torch.Tensor] | None,
+    split_net: torch.nn.Module | None,
+) -> tuple[dict[str, Any], float, OpenSetCheck]:
+    """Validation logits and loss, clean training accuracy, and the open-set check fitted on
+    the penultimate features of those same two passes (no extra forward pass)."""
+    labels = torch.from_numpy(data.val_labels)
+    source = model if split_logits is None or split_net is None else split_net
+    with capture_features(source) as val_seen:
+        if split_logits is None:
+            val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+        else:
+            val = {"logits": split_logits("val")}
+            val["val_loss"] = F.binary_cross_entropy_with_logits(val["logits"], labels.float()).item()
+    with capture_features(source) as train_seen:
+        if split_logits is None:
+            train_accuracy = clean_train_accuracy(model, data, compute, cfg)
+            n_train = min(len(data.train_slots), TRAIN_SAMPLE)
+        else:
+            train_labels = torch.from_numpy(data.train_labels)
+            train_logits = split_logits("train")
+            train_accuracy = float(((train_logits > 0).long() == train_labels).float().mean())
+            n_train = len(data.train_slots)
+    check = fit_open_set(
+        mean_features(train_seen, n_train), mean_features(val_seen, len(data.val_slots)),
+        seed=cfg.seed,
+    )  # fmt: skip
+    return val, train_accuracy, check
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -139,6 +139,10 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
     resume = restore_state(cfg) if cfg.resume else None
     run_dir = Path(cfg.resume).parent if resume else new_run_dir(cfg.out)
     data = prepare_data(cfg, run_dir, cb.on_message, cb.on_decode)
+    if cfg.model == "pretrained":
+        from catnet.training.feature_loop import train_on_features
+
+        return train_on_features(cfg, data, run_dir, compute, gen, started, cb, resume)
     model = _build(cfg, data, compute)
     optimizer = build_optimizer(model, cfg)
     # The exponential moving average of the weights: what validation sees and best.pt keeps.

@@ -45,8 +45,9 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Validation loss, accuracy and the raw logits (for calibration) on the held-out pictures."""
     logits = predict_logits(
-        model, data.pixels, data.val_slots, data.eval_size, compute, batch_size, tta
-    )
+        model, data.pixels, data.val_slots, data.eval_size, compute, batch_size, tta,
+        data.mean, data.std,
+    )  # fmt: skip
     labels = torch.from_numpy(data.val_labels)
     loss = F.binary_cross_entropy_with_logits(logits, labels.float()).item()
     acc = float(((logits > 0).long() == labels).float().mean())

@@ -41,6 +41,10 @@ class PreparedData:
     counts: dict[str, dict[str, int]]  # split -> class folder -> pictures used
     skipped: list[tuple[str, str]]  # (path, reason)
     train_repeat: np.ndarray | None = None  # (n_train,) times shown per epoch; corrections get more
+    mean: tuple = MEAN  # per-channel normalisation the network expects (pixels in [0, 1])
+    std: tuple = STD
+    train_paths: list[Path] = field(default_factory=list)  # the file behind each train slot
+    val_paths: list[Path] = field(default_factory=list)
 
 
 def auto_image_size(samples: list[Sample], cap: int, seed: int = 0) -> int:
@@ -65,6 +69,8 @@ def eval_size_for(cfg: TrainConfig) -> int:
     """The inference-time side (px); see TrainConfig.eval_image_size."""
     if cfg.model == "mlp":
         return cfg.image_size  # one input neuron per pixel: the size is part of the network
+    if cfg.model == "pretrained":  # trained on whole pictures (cached features), seen alike
+        return cfg.eval_image_size or cfg.image_size
     return cfg.eval_image_size or cache_size_for(cfg.image_size)
 
 
@@ -85,10 +91,19 @@ def prepare_data(
         moved = [s for s in dataset.val if str(s.path.resolve()) in corrected]
         dataset.val = [s for s in dataset.val if s not in moved]
         dataset.train = dataset.train + moved
+    mean, std = MEAN, STD
+    if cfg.model == "pretrained":
+        from catnet.models.pretrained import DEFAULT_BACKBONE, check_backbone_name, input_defaults
+
+        check_backbone_name(cfg.backbone or DEFAULT_BACKBONE)
+        size, mean, std = input_defaults(cfg.backbone or DEFAULT_BACKBONE)
+        cfg.image_size = cfg.image_size or size
     cfg.image_size = cfg.image_size or auto_image_size(dataset.train, cfg.max_image_size, cfg.seed)
     save_config(cfg, run_dir / "config.toml")  # the resolved config, image size included
     eval_size = eval_size_for(cfg)
     decode_size = max(cache_size_for(cfg.image_size), eval_size)
+    if cfg.model == "pretrained":  # no random crops: decode at the size the network sees
+        decode_size = eval_size
     samples = dataset.train + dataset.val
     cache_root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
     on_message(f"reading {len(samples)} pictures from {dataset.root} at {decode_size} px")
@@ -141,6 +156,10 @@ def prepare_data(
         counts,
         skipped,
         train_repeat=repeat,
+        mean=tuple(mean),
+        std=tuple(std),
+        train_paths=[samples[i].path for i in train_idx],
+        val_paths=[samples[i].path for i in val_idx],
     )
 
 
@@ -241,8 +260,8 @@ def save_run_checkpoints(
             "decode_size": data.decode_size,
             "image_size": data.eval_size,  # what inference feeds the network
             "train_image_size": data.image_size,  # the random crops it learnt from
-            "mean": list(MEAN),
-            "std": list(STD),
+            "mean": list(data.mean),
+            "std": list(data.std),
             "resize": "short side to decode_size, centre square, bilinear to image_size",
         },
         "threshold": 0.5,

@@ -1,0 +1,229 @@
+"""Training a pretrained network on cached features: the `--model pretrained` recipe.
+
+The frozen part of the backbone runs once per picture and once on its mirror image
+(catnet.training.features); the trained part (the last `train_stages` stages and the new head)
+then learns from those stored outputs. Regularisers here: dropout before the head, AdamW weight
+decay, mirror images (the only augmentation that survives caching), label smoothing, early
+stopping and the LR schedule. Batch norm in trained stages keeps its ImageNet statistics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from catnet.config import TrainConfig
+from catnet.data.cache import default_cache_root
+from catnet.errors import CatnetError
+from catnet.models.checkpoint import load_checkpoint, weights_checksum
+from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_imagenet_backbone
+from catnet.runtime.compute import Compute, batches_of
+from catnet.training.features import FeatureStore, cached_features
+from catnet.training.finalize import finalize_run
+from catnet.training.results import TrainCallbacks, TrainResult
+from catnet.training.runs import write_metrics
+from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
+from catnet.training.state import PreparedData, TrainState, save_run_checkpoints
+
+
+class Features:
+    """Frozen-part outputs of the training and validation pictures: (n, ...) fp32 tensors."""
+
+    def __init__(self, net: PretrainedNet, stages: int, data: PreparedData, cfg: TrainConfig,
+                 compute: Compute, cb: TrainCallbacks) -> None:  # fmt: skip
+        frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+        tag = "-".join([
+            str(cfg.backbone or DEFAULT_BACKBONE), weights_checksum(frozen_state)[:16],
+            f"s{data.eval_size}", f"cut{stages}", compute.name.replace("/", "-"),
+        ])  # fmt: skip
+        root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
+        store = FeatureStore(root, tag) if cfg.cache else None
+        cb.on_message(f"computing the frozen backbone's features at {data.eval_size} px")
+
+        def run(paths: list[Path], slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return cached_features(
+                lambda x: net.frozen_part(x, stages), paths, data.pixels, slots,
+                data.eval_size, data.mean, data.std, compute, store, cb.on_decode,
+            )  # fmt: skip
+
+        self.train, self.train_mirror = run(data.train_paths, data.train_slots)
+        self.val, self.val_mirror = run(data.val_paths, data.val_slots)
+
+
+def build_network(cfg: TrainConfig, compute: Compute) -> PretrainedNet:
+    """The backbone with ImageNet (or --weights, or --init-from) weights and a new head."""
+    name = cfg.backbone or DEFAULT_BACKBONE
+    net = PretrainedNet(name, cfg.dropout)
+    if cfg.init_from:  # catnet finetune: continue from a trained catnet checkpoint
+        payload = load_checkpoint(cfg.init_from)
+        if payload["arch"].get("backbone") != name:
+            raise CatnetError(f"{cfg.init_from} has another architecture than this config")
+        net.load_state_dict(payload["state_dict"])
+    else:
+        load_imagenet_backbone(net, name, cfg.weights)
+    if cfg.train_stages > net.n_stages():
+        raise CatnetError(f"{name} has {net.n_stages()} stages; --train-stages "
+                          f"{cfg.train_stages} is too many")  # fmt: skip
+    return net.to(compute.device)
+
+
+def logits_on(net: PretrainedNet, stages: int, plain: torch.Tensor, mirror: torch.Tensor | None,
+              compute: Compute, batch_size: int = 256) -> torch.Tensor:  # fmt: skip
+    """(n,) logits of the trained part on stored features; with mirror, the mean of both."""
+    was_training = net.training
+    net.eval()
+    out = []
+    with torch.no_grad(), compute.autocast():
+        for part in batches_of(len(plain), batch_size):
+            logit = net.trainable_part(plain[part].to(compute.device), stages).float()
+            if mirror is not None:
+                logit = (logit + net.trainable_part(mirror[part].to(compute.device), stages)) / 2
+            out.append(logit.float().cpu())
+    net.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def one_epoch(net: PretrainedNet, stages: int, optimizer: torch.optim.Optimizer,
+              feats: Features, data: PreparedData, cfg: TrainConfig, state: TrainState,
+              compute: Compute, gen: torch.Generator) -> dict[str, float]:  # fmt: skip
+    """One pass over the stored training features in a fresh random order; each picture is
+    shown plain or mirrored at random (with `augment`)."""
+    net.eval()  # frozen batch-norm statistics in the trained stages ...
+    net.dropout.train()  # ... but dropout on
+    n = len(feats.train)
+    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
+    shown = np.repeat(np.arange(n), repeat)
+    order = shown[torch.randperm(len(shown), generator=gen).numpy()]
+    labels_all = torch.from_numpy(data.train_labels)
+    loss_sum, correct, lr = 0.0, 0, cfg.lr
+    for part in batches_of(len(order), cfg.batch_size):
+        idx = torch.from_numpy(order[part])
+        x = feats.train[idx]
+        if cfg.augment:
+            flip = torch.rand(len(idx), generator=gen) < 0.5
+            x = torch.where(flip.view(-1, *[1] * (x.ndim - 1)), feats.train_mirror[idx], x)
+        lr = cfg.lr * lr_factor(cfg.lr_schedule, state.step / max(state.total_steps, 1), cfg.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        labels = labels_all[idx].to(compute.device)
+        with compute.autocast():
+            logits = net.trainable_part(x.to(compute.device), stages)
+        targets = labels.float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+        loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
+        if not torch.isfinite(loss):
+            raise CatnetError(f"the loss became {loss.item()}: training diverged (try a smaller "
+                              f"--lr than {cfg.lr:g})", exit_code=1)  # fmt: skip
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state.step += 1
+        loss_sum += loss.item() * len(idx)
+        correct += int(((logits.detach() > 0).long() == labels).sum())
+    seen = max(len(order), 1)
+    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr}
+
+
+def optimizer_for(net: PretrainedNet, stages: int, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over the trained part only; decay on weight matrices and kernels, not on biases
+    or batch norm. Everything else is frozen (requires_grad False)."""
+    net.requires_grad_(False)
+    trained = [p for m in net.trained_modules(stages) for p in m.parameters()]
+    for p in trained:
+        p.requires_grad_(True)
+    groups = [
+        {"params": [p for p in trained if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.99))
+
+
+class _Best:
+    """The best epoch's weights so far, shaped like an EMA holder (`.module`) so that
+    save_run_checkpoints writes them as the model and keeps the current ones to resume from."""
+
+    def __init__(self, net: PretrainedNet) -> None:
+        self.module = copy.deepcopy(net)
+
+    def keep(self, net: PretrainedNet) -> None:
+        self.module.load_state_dict(net.state_dict())
+
+
+def _plan(cfg: TrainConfig, state: TrainState, started: float, steps: int) -> None:
+    """Fit the epochs (and so the LR schedule) to the time budget that is left."""
+    planned = cfg.epochs
+    if cfg.time_budget > 0 and state.epoch_seconds > 0:
+        left = cfg.time_budget - (time.monotonic() - started) - 4.0  # finalize + checkpoints
+        planned = epochs_that_fit(left, state.epoch_seconds, state.epoch, cfg.epochs)
+    state.planned_epochs = max(planned, state.epoch, 1)
+    state.total_steps = max(state.planned_epochs * steps, state.step)
+
+
+def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compute: Compute,
+                      gen: torch.Generator, started: float, cb: TrainCallbacks,
+                      resume: dict | None) -> TrainResult:  # fmt: skip
+    """The pretrained recipe's epochs, checkpoints and end of run (see the module docstring)."""
+    net = build_network(cfg, compute)
+    stages = cfg.train_stages
+    feats = Features(net, stages, data, cfg, compute, cb)
+    optimizer = optimizer_for(net, stages, cfg)
+    mode = "min" if cfg.monitor == "val_loss" else "max"
+    state = TrainState(stopper=EarlyStopping(cfg.patience, cfg.min_delta, mode))
+    if resume:
+        state.load(resume, net, optimizer, gen)
+        cb.on_message(f"resuming from epoch {state.epoch} of {run_dir}")
+    best = _Best(net)
+    if resume:
+        best.module.load_state_dict(resume["state_dict"])
+    shown = int(data.train_repeat.sum()) if data.train_repeat is not None else len(feats.train)
+    steps = math.ceil(shown / cfg.batch_size)
+    _plan(cfg, state, started, steps)
+    keep_best = cfg.select_best or cfg.patience > 0
+    val_mirror = feats.val_mirror if cfg.tta else None
+    labels = torch.from_numpy(data.val_labels)
+    stop_reason = "finished the planned epochs"
+    try:
+        while state.epoch < state.planned_epochs:
+            cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
+            tick = time.monotonic()
+            row = one_epoch(net, stages, optimizer, feats, data, cfg, state, compute, gen)
+            logits = logits_on(net, stages, feats.val, val_mirror, compute)
+            state.epoch += 1
+            state.epoch_seconds = time.monotonic() - tick
+            row = {"epoch": state.epoch, **row,
+                   "val_loss": F.binary_cross_entropy_with_logits(logits, labels.float()).item(),
+                   "val_acc": float(((logits > 0).long() == labels).float().mean()),
+                   "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+            state.history.append(row)
+            improved = state.stopper.update(row[cfg.monitor], state.epoch) or not keep_best
+            if improved:
+                best.keep(net)
+            cb.on_epoch_end({**row, "best": improved, "planned_epochs": state.planned_epochs})
+            if state.stopper.should_stop:
+                stop_reason = (
+                    f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
+                )
+                break
+            _plan(cfg, state, started, steps)
+            if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
+                stop_reason = f"time budget of {cfg.time_budget:g} s reached"
+    finally:  # also on Ctrl-C: the epochs so far are kept (last.pt resumes them)
+        save_run_checkpoints(
+            run_dir, cfg, data, net, optimizer, state, gen, compute, best=True, ema=best
+        )
+        write_metrics(run_dir / "metrics.csv", state.history)
+    net.load_state_dict(best.module.state_dict())
+    logits: Callable[[str], torch.Tensor] = lambda split: logits_on(  # noqa: E731
+        net, stages, *((feats.val, val_mirror) if split == "val" else
+                       (feats.train, feats.train_mirror if cfg.tta else None)), compute,
+    )  # fmt: skip
+    result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message, logits,
+                          net)  # fmt: skip
+    result.stop_reason = stop_reason
+    return result
