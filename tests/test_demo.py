@@ -18,7 +18,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert sorted(p.name for p in (out / "data" / split).iterdir()) == [
             "birds", "cars", "cats", "houses", "noise",
         ]  # fmt: skip
-    for model in ("cnn", "mlp"):
+    for model in ("cnn", "mlp", "pretrained"):
         assert (out / "runs" / model / "best.pt").is_file()
         assert (out / "runs" / model / "curves.png").is_file()
     assert "test accuracy" in result.stdout

@@ -3,7 +3,6 @@ every command working with the checkpoint."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +146,10 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
     payload = load_checkpoint(run / "best.pt")
     assert payload["format_version"] == FORMAT_VERSION and payload["arch"]["type"] == "pretrained"
     assert payload["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    # Only the head trained: the backbone, batch-norm statistics included, is ImageNet's.
+    imagenet = imagenet_state(DEFAULT_BACKBONE)
+    for key in ("bn2.running_mean", "blocks.3.1.bn1.running_var", "conv_head.weight"):
+        assert torch.equal(payload["state_dict"][f"backbone.{key}"], imagenet[key]), key
     model = load_model(run / "best.pt")
     pictures = sorted((data / "cats").iterdir())[:3]
     assert all(p.label in ("cat", "not_cat") for p in model.predict(pictures))
@@ -174,5 +177,9 @@ def test_version_1_checkpoints_still_load_and_predict(tmp_path: Path, tiny_confi
     assert [r.label in ("cat", "not_cat") for r in rows] == [True, True]
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main([__file__, "-q"]))
+def test_tune_searches_stages_and_regularisation_for_pretrained() -> None:
+    from catnet.training.tune import candidates
+
+    trials = candidates("pretrained")
+    assert {t.overrides["train_stages"] for t in trials} >= {0, 1}
+    assert len({(t.overrides["dropout"], t.overrides["weight_decay"]) for t in trials}) > 1

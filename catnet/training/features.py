@@ -7,7 +7,7 @@ one augmentation that survives caching), and the trained part learns from the st
 for as many epochs as it needs, in seconds.
 
 Disk layout (one folder per backbone, weights, size and cut; optional, never required):
-    <cache_root>/features-v1/<tag>/<sha1(file key)>.pt   {"plain": (…), "mirror": (…)} fp16
+    <cache_root>/features-v2/<tag>/<sha1(file key)>.pt   {"plain": (…), "mirror": (…)} fp16
 The file key is the pixel cache's "abs path | bytes | mtime ns", so an edited photo misses.
 """
 
@@ -25,7 +25,8 @@ from catnet.data.augment import prepare_eval
 from catnet.data.cache import file_key
 from catnet.runtime.compute import Compute, batches_of
 
-FEATURES_VERSION = 1
+# 2: version 1 files could hold batch-statistics features (a train-mode bug); never reuse them
+FEATURES_VERSION = 2
 
 
 @torch.no_grad()

@@ -1,4 +1,5 @@
-"""`catnet tune`: find the right network size by trial, with successive halving.
+"""`catnet tune`: find the right network size by trial, with successive halving. For a pretrained
+model the candidates are how many backbone stages to train and how strongly to regularise.
 
 Round 1 trains every candidate size briefly; each later round keeps the better half (by
 validation accuracy) and gives each survivor twice the time. Too small a network underfits (low
@@ -42,7 +43,22 @@ class Trial:
     result: dict[str, Any] | None = None
 
 
+# For a pretrained backbone the size is fixed; what matters is how much of it is trained on the
+# new pictures and how strongly: (backbone stages trained, dropout, weight decay).
+PRETRAINED_TRIALS = [(0, 0.2, 0.05), (0, 0.4, 0.2), (0, 0.6, 0.5), (1, 0.2, 0.05), (1, 0.4, 0.2),
+                     (2, 0.4, 0.2)]  # fmt: skip
+
+
 def candidates(model: str) -> list[Trial]:
+    if model == "pretrained":
+        return [
+            Trial(
+                f"pretrained-s{k}-d{d}-wd{wd}",
+                {"train_stages": k, "dropout": d, "weight_decay": wd},
+                f"{k} stages trained, dropout {d}, decay {wd}",
+            )
+            for k, d, wd in PRETRAINED_TRIALS
+        ]
     if model == "mlp":
         return [
             Trial(f"mlp-{'-'.join(map(str, h))}", {"hidden": h}, "x".join(map(str, h)))
