@@ -146,16 +146,17 @@ def measure(best: Path, test: Path, other: Path, assorted: Path, rounds: int) ->
         for flag in (False, True):
             times[flag].append(labels(model, [str(test)], flag)[1])
     res["time_ratio"] = statistics.median(times[True]) / statistics.median(times[False])
-    res["forward_ratio"] = forward_ratio(model, test, rounds + 1)
+    res["forward_ratio"], res["check_share"] = forward_ratio(model, test, rounds + 1)
     res["seconds_off"] = statistics.median(times[False])
     load = Path("/proc/loadavg")
     res["loadavg"] = load.read_text().split()[0] if load.exists() else "?"
     return res
 
 
-def forward_ratio(model: object, test: Path, rounds: int) -> float:
+def forward_ratio(model: object, test: Path, rounds: int) -> tuple[float, float]:
     """Network time with the check over network time without it, on one batch of 32 held-out
-    pictures already decoded: the check's own cost, without decoding's noise."""
+    pictures already decoded (no decoding noise); and the k-NN scoring's time alone as a share
+    of the network's."""
     import torch
 
     from catnet.data.pixels import decode_square
@@ -169,7 +170,20 @@ def forward_ratio(model: object, test: Path, rounds: int) -> float:
             started = time.perf_counter()
             model.logits_and_scores(batch, None, flag)
             times[flag].append(time.perf_counter() - started)
-    return statistics.median(times[True]) / statistics.median(times[False])
+    ratio = statistics.median(times[True]) / statistics.median(times[False])
+    # The check's own arithmetic (k-NN over the stored training features), timed alone: what
+    # it adds, without the noise of a shared machine's network timings.
+    from catnet.inference.openset import capture_features, mean_features
+
+    with capture_features(model.inference_module) as seen:
+        model.logits_and_scores(batch, False, False)
+    features = mean_features(seen, len(batch)).to(model.open_set.bank.device)
+    check = []
+    for _ in range(10):
+        started = time.perf_counter()
+        model.open_set.scores(features)
+        check.append(time.perf_counter() - started)
+    return ratio, statistics.median(check) / statistics.median(times[False])
 
 
 def report(model: str, seed: int, r: dict) -> None:
@@ -181,7 +195,7 @@ def report(model: str, seed: int, r: dict) -> None:
         f"(cost {100 * (r['acc_off'] - r['acc_on']):+.2f} points); cats kept {r['cats_kept']:.1%}; "
         f"64px cats kept {r['64px_kept']}/{r['64px_n']}; chelsea kept {r['chelsea_kept']}/"
         f"{r['chelsea_n']}; predict time on/off {r['time_ratio']:.3f}, network only "
-        f"{r['forward_ratio']:.3f} "
+        f"{r['forward_ratio']:.3f}, k-NN alone {r['check_share']:.2%} of the network "
         f"({r['seconds_off']:.1f} s off, load {r['loadavg']})",
         flush=True,
     )
@@ -198,6 +212,7 @@ def summary(model: str, results: list[dict]) -> None:
         ("64x64 cats still cat (%)", lambda r: r["64px_kept"] / max(1, r["64px_n"])),
         ("predict time, on / off (ratio x 100)", lambda r: r["time_ratio"]),
         ("network time, on / off (ratio x 100)", lambda r: r["forward_ratio"]),
+        ("k-NN alone, share of network time (%)", lambda r: r["check_share"]),
     )
     print(f"{model}: over {len(results)} split(s), mean ± sd")
     for name, value in rows:
