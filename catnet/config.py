@@ -170,6 +170,10 @@ class EvaluateConfig:
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
+    # The open-set check: a picture unlike every training picture is never "cat" (README,
+    # "Unlike anything I saw"). Checkpoints from before it have no check to turn on. The CLI
+    # spells it `--open-set on|off` (an explicit option in cli/commands.py).
+    open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
 
 
 @dataclass
@@ -181,6 +185,7 @@ class PredictConfig:
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
+    open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
 
 
 @dataclass

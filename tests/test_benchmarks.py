@@ -36,3 +36,17 @@ def test_accuracy_benchmark_trains_and_scores_each_model(tmp_path: Path) -> None
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     assert re.search(r"^mlp\s+1\s+\d+\.\d ± \d+\.\d %", out.stdout, re.M), out.stdout
+
+
+@pytest.mark.slow
+def test_openset_benchmark_prints_before_and_after(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    pytest.importorskip("sklearn")
+    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_openset.py"), "--data", str(data)]
+    cmd += ["--time-budget", "4", "--splits", "1", "--rounds", "1", "--models", "mlp"]
+    cmd += ["--out", str(tmp_path / "runs")]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"assorted tagged cat \d+/160 \(.*\) -> \d+/160", out.stdout), out.stdout
+    assert re.search(r"network time, on / off \(ratio x 100\)\s+\d+\.\d\d", out.stdout), out.stdout

@@ -26,7 +26,7 @@ from catnet.cli import app
 
 # The module trains a CNN for 30 epochs before its first test: all of it is slow.
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
-ROW_KEYS = {"path", "label", "p_cat", "error", "model", "threshold"}
+ROW_KEYS = {"path", "label", "p_cat", "error", "model", "threshold", "unfamiliar", "unfamiliar_score"}
 
 
 def strict_json(text: str) -> Any:
@@ -177,10 +177,14 @@ def test_pick_threshold_f1_saves_a_checkpoint_that_predict_uses(
     assert len(rows) == 40
     for row in rows:
         assert row["threshold"] == pytest.approx(payload["threshold"])
-        if abs(row["p_cat"] - row["threshold"]) > 1e-5:
+        if row["unfamiliar"]:  # the open-set check: never cat, whatever the threshold
+            assert row["label"] == "not_cat"
+        elif abs(row["p_cat"] - row["threshold"]) > 1e-5:
             assert row["label"] == ("cat" if row["p_cat"] >= row["threshold"] else "not_cat")
 
-    overridden = invoke("predict", new, synth.fresh, "--json", "--threshold", "0.0")
+    overridden = invoke(
+        "predict", new, synth.fresh, "--json", "--threshold", "0.0", "--open-set", "off"
+    )
     assert overridden.exit_code == 0, overridden.output
     rows = json_rows(overridden.stdout)
     assert {r["label"] for r in rows} == {"cat"} and {r["threshold"] for r in rows} == {0.0}
@@ -245,8 +249,11 @@ def test_unsure_band_in_evaluate_and_predict(synth: SynthRun) -> None:
     m = strict_json(result.stdout)
     assert m["unsure_range"] == [0.3, 0.7]
     evaluated = evaluate(synth.best, synth.fresh, EvaluateConfig(workers=1))
-    probs, labels = evaluated.probs, torch.tensor([s.label for s in evaluated.samples])
-    inside = (probs >= 0.3) & (probs <= 0.7)
+    probs, labels, unfamiliar = (
+        evaluated.probs, torch.tensor([s.label for s in evaluated.samples]), evaluated.unfamiliar
+    )  # fmt: skip
+    assert unfamiliar is not None  # unfamiliar pictures are unsure too
+    inside = ((probs >= 0.3) & (probs <= 0.7)) | unfamiliar
     assert m["unsure_rate"] == pytest.approx(inside.float().mean().item())
     sure_hits = ((probs[~inside] >= m["threshold"]).long() == labels[~inside]).float().mean().item()
     assert m["sure_accuracy"] == pytest.approx(sure_hits) and m["n_sure"] == int((~inside).sum())
@@ -257,7 +264,7 @@ def test_unsure_band_in_evaluate_and_predict(synth: SynthRun) -> None:
         invoke("predict", synth.best, synth.fresh, "--unsure", "0.3,0.7", "--json").stdout
     )
     for row in rows:
-        if 0.3 + 1e-5 < row["p_cat"] < 0.7 - 1e-5:
+        if row["unfamiliar"] or 0.3 + 1e-5 < row["p_cat"] < 0.7 - 1e-5:
             assert row["label"] == "unsure", row
         elif not 0.3 - 1e-5 <= row["p_cat"] <= 0.7 + 1e-5:
             assert row["label"] in ("cat", "not_cat"), row

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from catnet.cli.app import (
+    _on_off,
     _unsure_range,
     app,
     cache_app,
@@ -75,6 +76,9 @@ def evaluate(
         None, help="With --pick-threshold: write the new checkpoint here."
     ),
     report: Path | None = typer.Option(None, help="Write DIR/index.html and DIR/mistakes.csv."),
+    open_set: str | None = typer.Option(
+        None, "--open-set", help=f"on or off. {help_of(EvaluateConfig, 'open_set')}"
+    ),
     **settings: Any,
 ) -> None:
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
@@ -91,7 +95,8 @@ def evaluate(
             parse_threshold_rule(pick_threshold)
         except ValueError as exc:
             raise CatnetError(str(exc)) from None
-    values = {**overrides(EvaluateConfig, settings), "unsure": _unsure_range(unsure)}
+    values = {**overrides(EvaluateConfig, settings), "unsure": _unsure_range(unsure),
+              "open_set": _on_off("--open-set", open_set)}  # fmt: skip
     cfg = load_config(EvaluateConfig, None, values)
     say = functools.partial(console.print, highlight=False, markup=False)
     result = run_evaluate(checkpoint, data, cfg, on_message=say)
@@ -138,13 +143,17 @@ def predict(
     link: bool = typer.Option(
         False, "--link", help="With --sort-into: hard-link instead of copying."
     ),
+    open_set: str | None = typer.Option(
+        None, "--open-set", help=f"on or off. {help_of(EvaluateConfig, 'open_set')}"
+    ),
     **settings: Any,
 ) -> None:
     """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
     from catnet.cli.predict_view import run_prediction
     from catnet.config import load_config
 
-    cfg = load_config(PredictConfig, None, overrides(PredictConfig, settings))
+    values = {**overrides(PredictConfig, settings), "open_set": _on_off("--open-set", open_set)}
+    cfg = load_config(PredictConfig, None, values)
     if skip_done and not output:
         raise CatnetError("--skip-done needs --output FILE to know what is done")
     low_high = _unsure_range(unsure)

@@ -111,6 +111,7 @@ def _row_handler(
         else:
             p = "" if pred.p_cat is None else f"{pred.p_cat:.4f}"
             note = f"  ({pred.error})" if pred.error else ""
+            note = "  (unfamiliar: unlike every training picture)" if pred.unfamiliar else note
             line = printable(f"{p:>7}  {pred.label:<8} {pred.path}{note}")  # odd file names too
             stdout.print(line, highlight=False, markup=False)
 

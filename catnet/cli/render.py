@@ -146,6 +146,10 @@ def print_evaluation(result: Any, console: Console) -> None:
         table.add_row("unsure_rate", f"{m['unsure_rate']:.2%}")
         table.add_row("sure_accuracy", f"{m['sure_accuracy']:.2%}")
     table.add_row("threshold", f"{m['threshold']:.3f}")
+    if "open_set" in m:  # the accuracy above is with the check; this is what it cost or saved
+        o = m["open_set"]
+        table.add_row("unfamiliar", f"{o['unfamiliar']} ({o['cats_turned_away']} cats turned away)")
+        table.add_row("accuracy_without_check", f"{o['accuracy_without_check']:.2%}")
     console.print(table)
     c = m["confusion"]
     confusion = Table(title="Confusion matrix (rows: truth)")

@@ -17,7 +17,7 @@ from catnet.errors import CatnetError
 from catnet.inference.calibration import expected_calibration_error
 from catnet.inference.metrics import binary_metrics, pr_curve, unsure_metrics
 from catnet.inference.prediction import CatnetModel, load_model
-from catnet.runtime.compute import predict_logits, setup_threads
+from catnet.runtime.compute import batches_of, setup_threads
 
 
 @dataclass
@@ -29,6 +29,9 @@ class EvaluationResult:
     probs: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n,) calibrated p(cat)
     logits: torch.Tensor = field(default_factory=lambda: torch.zeros(0))  # (n,) raw logits
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    # (n,) open-set scores and flags; None when the check is off or the checkpoint has none.
+    scores: torch.Tensor | None = None
+    unfamiliar: torch.Tensor | None = None
 
 
 def pick_samples(dataset: Dataset) -> tuple[list[Sample], str]:
@@ -88,30 +91,70 @@ def evaluate(
     if len(keep) == 0:
         raise CatnetError(f"none of the {len(samples)} pictures under {dataset.root} could be read")
     kept = [samples[i] for i in keep]
-    logits = predict_logits(
-        model.inference_module,
-        table.array,
-        table.slots[keep],
-        model.image_size,
-        model.compute,
-        cfg.batch_size,
-        model.tta if cfg.tta is None else cfg.tta,
-        model.mean,
-        model.std,
-    )
+    logits, scores = logits_and_scores(model, table.array, table.slots[keep], cfg)
     probs = torch.sigmoid(logits / model.temperature)
     labels = torch.tensor([s.label for s in kept])
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
-    metrics = binary_metrics(probs, labels, threshold)
+    unfamiliar = None if scores is None or model.open_set is None else scores > model.open_set.threshold
+    metrics = binary_metrics(decided(probs, unfamiliar, cfg.unsure), labels, threshold)
     has_cats = bool(labels.any())
     metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"] if has_cats else None
     metrics["ece"] = expected_calibration_error(probs, labels)
     metrics["ece_uncalibrated"] = expected_calibration_error(torch.sigmoid(logits), labels)
     metrics["temperature"] = model.temperature
+    metrics["roc_auc"] = binary_metrics(probs, labels, threshold)["roc_auc"]  # the raw ranking
     if cfg.unsure:
-        metrics.update(unsure_metrics(probs, labels, cfg.unsure[0], cfg.unsure[1], threshold))
+        low, high = cfg.unsure
+        metrics.update(
+            unsure_metrics(decided(probs, unfamiliar, cfg.unsure), labels, low, high, threshold)
+        )
+    if unfamiliar is not None:
+        metrics["open_set"] = open_set_metrics(probs, labels, unfamiliar, threshold)
     metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
-    return EvaluationResult(metrics, kept, probs, logits, skipped)
+    return EvaluationResult(metrics, kept, probs, logits, skipped, scores, unfamiliar)
+
+
+def logits_and_scores(
+    model: CatnetModel, pixels: np.ndarray, slots: np.ndarray, cfg: EvaluateConfig
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Raw logits (n,) and open-set scores (n,) (None: check off) for pixels[slots]."""
+    logits, scores = [], []
+    for part in batches_of(len(slots), cfg.batch_size):
+        batch = torch.from_numpy(np.ascontiguousarray(pixels[slots[part]]))
+        lg, sc = model.logits_and_scores(batch, cfg.tta, cfg.open_set)
+        logits.append(lg)
+        scores.append(sc)
+    if not logits:
+        return torch.zeros(0), None
+    joined = None if scores[0] is None else torch.cat([s for s in scores if s is not None])
+    return torch.cat(logits), joined
+
+
+def decided(
+    probs: torch.Tensor, unfamiliar: torch.Tensor | None, unsure: list[float] | None = None
+) -> torch.Tensor:
+    """p(cat) as the decision sees it: an unfamiliar picture is never a cat, so its p(cat)
+    counts as 0, or as the middle of the unsure range when there is one (it is then unsure)."""
+    if unfamiliar is None:
+        return probs
+    stand_in = (unsure[0] + unsure[1]) / 2 if unsure else 0.0
+    return torch.where(unfamiliar, torch.full_like(probs, stand_in), probs)
+
+
+def open_set_metrics(
+    probs: torch.Tensor, labels: torch.Tensor, unfamiliar: torch.Tensor, threshold: float
+) -> dict[str, Any]:
+    """What the check did here: how many pictures it flagged, how many cats it cost, and the
+    accuracy without it (the headline metrics are with it)."""
+    cats = labels.bool()
+    tagged_cat = probs >= threshold
+    return {
+        "unfamiliar": int(unfamiliar.sum()),
+        "unfamiliar_cats": int((unfamiliar & cats).sum()),
+        "cats_turned_away": int((unfamiliar & cats & tagged_cat).sum()),
+        "not_cats_turned_away": int((unfamiliar & ~cats & tagged_cat).sum()),
+        "accuracy_without_check": float((tagged_cat == cats).float().mean()) if len(labels) else 0.0,
+    }
 
 
 def save_with_threshold(

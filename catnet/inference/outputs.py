@@ -25,9 +25,14 @@ class Prediction:
     label: str  # cat, not_cat, unsure or error
     p_cat: float | None
     error: str = ""
+    # The open-set check: True = unlike every training picture (so never "cat"); None = not
+    # checked (--open-set off, a checkpoint from before the check, or an unreadable file).
+    unfamiliar: bool | None = None
+    unfamiliar_score: float | None = None  # distance to the k-th nearest training picture
 
     def as_row(self, model_hash: str, threshold: float | None = None) -> dict[str, Any]:
         p = None if self.p_cat is None else round(self.p_cat, 6)
+        score = None if self.unfamiliar_score is None else round(self.unfamiliar_score, 6)
         return {
             "path": self.path,
             "label": self.label,
@@ -35,6 +40,8 @@ class Prediction:
             "error": self.error,
             "model": model_hash,
             "threshold": threshold,  # with p_cat, recovers the model's answer after edits
+            "unfamiliar": self.unfamiliar,
+            "unfamiliar_score": score,
         }
 
 
@@ -58,7 +65,10 @@ class RowWriter:
     killed run leaves a valid file that --skip-done can resume from. A write the disk refuses
     (full, read-only) is cut back to the last complete row and raised as WriteFailed."""
 
-    COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold")
+    # New columns go last: an older file resumed with --skip-done keeps its own header (below).
+    COLUMNS = (
+        "path", "label", "p_cat", "error", "model", "threshold", "unfamiliar", "unfamiliar_score"
+    )  # fmt: skip
 
     def __init__(self, path: Path, append: bool = False) -> None:
         suffix = path.suffix.lower()
@@ -72,15 +82,17 @@ class RowWriter:
             if not new:
                 _cut_partial_line(path)  # a run killed mid-row left half a line: drop it
             path.parent.mkdir(parents=True, exist_ok=True)
+            # An older CSV resumed with --skip-done keeps its own header, so rows line up.
+            self.columns = self.COLUMNS if new or self.jsonl else _csv_header(path) or self.COLUMNS
             # Unbuffered: a row is on disk (or refused) when write() returns, and close() has
             # nothing left to flush that could fail.
             self.fh = path.open("wb" if new else "ab", buffering=0)
             if not self.jsonl and new:
-                self._put(self._csv_line(dict(zip(self.COLUMNS, self.COLUMNS, strict=True))))
+                self._put(self._csv_line(dict(zip(self.columns, self.columns, strict=True))))
 
     def _csv_line(self, row: dict[str, Any]) -> str:
         buf = io.StringIO()
-        csv.writer(buf).writerow(["" if row[k] is None else row[k] for k in self.COLUMNS])
+        csv.writer(buf).writerow([_csv_value(row.get(k)) for k in self.columns])
         return buf.getvalue()
 
     def _put(self, text: str) -> None:
@@ -142,6 +154,23 @@ def _put(source: Path, target: Path, link: bool) -> None:
         except OSError:  # another filesystem: fall back to a copy
             pass
     copy_new(source, target)
+
+
+def _csv_value(value: Any) -> Any:
+    """Empty for None; true/false for booleans, as in the JSON rows."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+def _csv_header(path: Path) -> tuple[str, ...]:
+    """The columns of an existing CSV file (a file from before a column was added keeps its
+    own, so appended rows line up with its header)."""
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        header = next(csv.reader(fh), [])
+    return tuple(header) if "path" in header and "label" in header else ()
 
 
 def _cut_partial_line(path: Path) -> None:

@@ -7,6 +7,7 @@ bounded for any number of files.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -21,6 +22,8 @@ from catnet.config import PredictConfig
 from catnet.data.decoding import Decoded
 from catnet.data.pixels import to_square_rgb
 from catnet.errors import DecodeError
+from catnet.inference.openset import KEY as OPEN_SET_KEY
+from catnet.inference.openset import OpenSetCheck, capture_features, mean_features
 from catnet.inference.outputs import Prediction
 from catnet.inference.readahead import DecodeAhead
 from catnet.models.checkpoint import load_checkpoint
@@ -48,29 +51,58 @@ class CatnetModel:
         self.temperature: float = float(payload.get("temperature", 1.0))
         self.tta: bool = bool(payload.get("tta", False))  # flip-averaging, as validated
         self.hash = payload["weights_sha256"][:12]  # short model id carried by every output row
+        # None for checkpoints written before the open-set check existed: the check is off.
+        self.open_set = OpenSetCheck.from_payload(payload.get(OPEN_SET_KEY), self.compute.device)
 
     def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
+        return torch.sigmoid(self.logits_and_scores(batch_u8, tta, False)[0] / self.temperature)
+
+    def logits_and_scores(
+        self, batch_u8: torch.Tensor, tta: bool | None = None, open_set: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, S, S, 3) uint8 -> raw logits (B,) and open-set scores (B,), the distance to the
+        k-th nearest training picture, from the same forward pass (None: check off/absent)."""
         tta = self.tta if tta is None else tta
-        logits = logits_for(
-            self.inference_module, batch_u8, self.image_size, self.compute, tta, self.mean, self.std
-        )
-        return torch.sigmoid(logits / self.temperature)
+        check = self.open_set if open_set else None
+        with capture_features(self.inference_module) if check else contextlib.nullcontext() as seen:
+            logits = logits_for(
+                self.inference_module, batch_u8, self.image_size, self.compute, tta,
+                self.mean, self.std,
+            )  # fmt: skip
+        if check is None or seen is None:
+            return logits, None
+        return logits, check.scores(mean_features(seen, len(batch_u8))).cpu()
+
+    def is_unfamiliar(self, score: float | None) -> bool | None:
+        """None where no score exists (check off, or a checkpoint without it)."""
+        if score is None or self.open_set is None:
+            return None
+        return bool(score > self.open_set.threshold)
 
     def label_for(
         self,
         p_cat: float,
         threshold: float | None = None,
         unsure: tuple[float, float] | None = None,
+        unfamiliar: bool | None = None,
     ) -> str:
+        """An unfamiliar picture is never a cat: not_cat, or unsure when the user asked for an
+        unsure range (so that someone looks at it)."""
+        if unfamiliar:
+            return "unsure" if unsure else "not_cat"
         if unsure and unsure[0] <= p_cat <= unsure[1]:
             return "unsure"
         return "cat" if p_cat >= (self.threshold if threshold is None else threshold) else "not_cat"
 
     def predict(
-        self, images: Iterable[Image.Image | str | Path], tta: bool | None = None
+        self,
+        images: Iterable[Image.Image | str | Path],
+        tta: bool | None = None,
+        open_set: bool = True,
     ) -> list[Prediction]:
-        """Predict PIL images or paths held in memory (for Python users; the CLI streams)."""
+        """Predict PIL images or paths held in memory (for Python users; the CLI streams).
+        open_set=False turns the check off (every row's unfamiliar is then None)."""
         preds: list[Prediction] = []
         pixels, where = [], []
         for i, image in enumerate(images):
@@ -87,9 +119,13 @@ class CatnetModel:
             except DecodeError as exc:
                 preds.append(Prediction(name, "error", None, exc.reason))
         if pixels:
-            probs = self.probabilities(torch.from_numpy(np.stack(pixels)), tta)
-            for j, p in zip(where, probs.tolist(), strict=True):
-                preds[j].p_cat, preds[j].label = p, self.label_for(p)
+            logits, scores = self.logits_and_scores(torch.from_numpy(np.stack(pixels)), tta, open_set)
+            probs = torch.sigmoid(logits / self.temperature).tolist()
+            for n, (j, p) in enumerate(zip(where, probs, strict=True)):
+                score = None if scores is None else float(scores[n])
+                unfamiliar = self.is_unfamiliar(score)
+                preds[j].p_cat, preds[j].label = p, self.label_for(p, unfamiliar=unfamiliar)
+                preds[j].unfamiliar, preds[j].unfamiliar_score = unfamiliar, score
         return preds
 
     def explain(
@@ -138,13 +174,15 @@ def predict(
             chunk, results = reader.take()
             if not chunk:
                 break
-            probs = _probabilities(model, results, cfg.batch_size, cfg.tta)
+            probs = _probabilities(model, results, cfg.batch_size, cfg.tta, cfg.open_set)
             reader.start_next()
-            for path, result, p in zip(chunk, results, probs, strict=True):
+            for path, result, (p, score) in zip(chunk, results, probs, strict=True):
                 if p is None:
                     pred = Prediction(str(path), "error", None, result.reason)
                 else:
-                    pred = Prediction(str(path), model.label_for(p, threshold, unsure), p)
+                    unfamiliar = model.is_unfamiliar(score)
+                    label = model.label_for(p, threshold, unsure, unfamiliar)
+                    pred = Prediction(str(path), label, p, "", unfamiliar, score)
                 counts[pred.label] += 1
                 if on_row:
                     on_row(pred)
@@ -153,24 +191,32 @@ def predict(
         "errors": counts["error"],
         "model": model.hash,
         "threshold": threshold,
+        "open_set": bool(cfg.open_set and model.open_set),
     }
 
 
 def _probabilities(
-    model: CatnetModel, results: list[Decoded], batch_size: int, tta: bool | None
-) -> list[float | None]:
-    """p(cat) for each decoded result, None where decoding failed."""
+    model: CatnetModel,
+    results: list[Decoded],
+    batch_size: int,
+    tta: bool | None,
+    open_set: bool = True,
+) -> list[tuple[float | None, float | None]]:
+    """(p(cat), open-set score) for each decoded result; p is None where decoding failed, the
+    score is None where the check is off."""
     s = model.decode_size
     good = [i for i, r in enumerate(results) if r.pixels is not None]
-    probs: list[float | None] = [None] * len(results)
+    probs: list[tuple[float | None, float | None]] = [(None, None)] * len(results)
     if not good:
         return probs
     # (n_good, s, s, 3) uint8: one copy out of the decoders' byte strings
     pixels = np.stack([np.frombuffer(results[i].pixels or b"", dtype=np.uint8) for i in good])
     pixels = torch.from_numpy(pixels.reshape(len(good), s, s, 3))
-    values: list[float] = []
+    values: list[tuple[float | None, float | None]] = []
     for start in range(0, len(good), batch_size):
-        values += model.probabilities(pixels[start : start + batch_size], tta).tolist()
-    for i, p in zip(good, values, strict=True):
-        probs[i] = p
+        logits, scores = model.logits_and_scores(pixels[start : start + batch_size], tta, open_set)
+        p = torch.sigmoid(logits / model.temperature).tolist()
+        values += zip(p, scores.tolist() if scores is not None else [None] * len(p), strict=True)
+    for i, value in zip(good, values, strict=True):
+        probs[i] = value
     return probs

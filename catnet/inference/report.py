@@ -24,6 +24,7 @@ from catnet.data.pixels import decode_square
 from catnet.errors import writing
 from catnet.inference.calibration import expected_calibration_error
 from catnet.inference.metrics import pr_curve, roc_curve
+from catnet.inference.outputs import RowWriter
 from catnet.runtime.files import atomic_write_text
 
 if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads its result
@@ -36,7 +37,7 @@ THUMB = 128
 # predict --output's columns first, so the file can go straight to `catnet correct --from`.
 # label starts as the folder's tag: an unedited file changes nothing when fed to
 # `catnet correct --from`; edit label where the folder is wrong (predicted shows the model's view).
-CSV_COLUMNS = ("path", "label", "p_cat", "error", "model", "threshold", "folder_label", "predicted")
+CSV_COLUMNS = (*RowWriter.COLUMNS, "folder_label", "predicted")
 LABELS = ("not_cat", "cat")  # by label: 0, 1
 # The metrics shown, in order, with the words a reader needs rather than the JSON keys.
 METRIC_NAMES = {
@@ -57,17 +58,26 @@ class Mistake:
     predicted: int  # 1 = cat
     confidence: float  # p(predicted label): how sure the model was of its wrong answer
     heatmap: str = ""  # data: URI of where it looked (report_heatmaps), "" = none
+    unfamiliar: bool | None = None  # flagged by the open-set check (so never called cat)
+    score: float | None = None  # its open-set score
 
 
 def find_mistakes(result: EvaluationResult) -> list[Mistake]:
     """Every misclassified picture, most confident first (ties by path, for stable output)."""
     probs = result.probs.detach().float().cpu()
-    # Same comparison as metrics.confusion, so the list always matches the confusion matrix.
+    n = len(probs)
+    flags = [None] * n if result.unfamiliar is None else result.unfamiliar.tolist()
+    scores = [None] * n if result.scores is None else result.scores.tolist()
+    # Same comparison as metrics.confusion, so the list always matches the confusion matrix;
+    # an unfamiliar picture is never called cat (as in evaluate's metrics).
     predicted = (probs >= float(result.metrics["threshold"])).long().tolist()
     out = []
-    for sample, p, pred in zip(result.samples, probs.tolist(), predicted, strict=True):
+    for sample, p, pred, flag, score in zip(
+        result.samples, probs.tolist(), predicted, flags, scores, strict=True
+    ):
+        pred = 0 if flag else pred
         if pred != sample.label:
-            out.append(Mistake(sample, p, pred, p if pred else 1.0 - p))
+            out.append(Mistake(sample, p, pred, p if pred else 1.0 - p, flag, score))
     return sorted(out, key=lambda m: (-m.confidence, str(m.sample.path)))
 
 
@@ -78,7 +88,9 @@ def write_mistakes_csv(mistakes: list[Mistake], model: str, threshold: float, pa
     writer.writerow(CSV_COLUMNS)
     for m in mistakes:
         tag = LABELS[m.sample.label]
-        row = (m.sample.path, tag, round(m.p_cat, 6), "", model, threshold)
+        flag = "" if m.unfamiliar is None else str(m.unfamiliar).lower()
+        score = "" if m.score is None else round(m.score, 6)
+        row = (m.sample.path, tag, round(m.p_cat, 6), "", model, threshold, flag, score)
         writer.writerow((*row, tag, LABELS[m.predicted]))
     atomic_write_text(path, text.getvalue(), errors="surrogateescape", what="the report")
     return path

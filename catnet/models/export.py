@@ -3,7 +3,9 @@
 The exported graph takes what `load_model(...).module` takes — normalised float pixels
 (B, 3, image_size, image_size) — and returns the same logits (B,). The preprocessing constants
 (sizes, mean, std), threshold and temperature travel in the file's metadata, so a server can
-reproduce p(cat) = sigmoid(logit / temperature) and the decision exactly.
+reproduce p(cat) = sigmoid(logit / temperature) and the decision exactly. A checkpoint with the
+open-set check exports a second output, unfamiliar_score (B,), and the rule in the metadata
+(open_set): unfamiliar when the score is above its threshold, and then never cat.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from catnet.errors import CatnetError
+from catnet.inference.openset import WithOpenSet
 from catnet.inference.prediction import CatnetModel, load_model
 from catnet.runtime.files import atomic_write
 
@@ -37,7 +40,29 @@ def metadata(model: CatnetModel) -> dict[str, str]:
         "threshold": str(model.threshold),
         "temperature": str(model.temperature),
         "classes": json.dumps(model.payload["classes"]),
+        **_open_set_metadata(model),
     }
+
+
+def _open_set_metadata(model: CatnetModel) -> dict[str, str]:
+    if model.open_set is None:
+        return {}
+    rule = {
+        "output": "unfamiliar_score",
+        "threshold": model.open_set.threshold,
+        "k": model.open_set.k,
+        "rule": "unfamiliar if unfamiliar_score > threshold; an unfamiliar picture is never cat",
+    }
+    return {"open_set": json.dumps(rule)}
+
+
+def _exported_module(model: CatnetModel) -> tuple[torch.nn.Module, list[str]]:
+    """The fp32 network to export, with the open-set score as a second output when the
+    checkpoint has the check; and the names of its outputs."""
+    module = model.module.float().eval().to(memory_format=torch.contiguous_format)
+    if model.open_set is None:
+        return module, ["logits"]
+    return WithOpenSet(module, model.open_set).eval(), ["logits", "unfamiliar_score"]
 
 
 def export(
@@ -46,7 +71,7 @@ def export(
     """Write the export and check it against PyTorch on the pictures `check_with` (random
     tensors if none); returns {"path", "max_abs_diff", "checked_on"}."""
     model = load_model(checkpoint, device="cpu")
-    module = model.module.float().eval().to(memory_format=torch.contiguous_format)
+    module, outputs = _exported_module(model)
     example = torch.randn(2, 3, model.image_size, model.image_size)
     out = Path(out)
     if fmt == "torchscript":
@@ -59,7 +84,7 @@ def export(
             torch.jit.save(traced, buf, _extra_files={"catnet.json": json.dumps(metadata(model))})
         data = buf.getvalue()
     elif fmt == "onnx":
-        data = _export_onnx(module, example, metadata(model))
+        data = _export_onnx(module, example, metadata(model), outputs)
     else:
         raise CatnetError(f"--format must be onnx or torchscript, not {fmt!r}")
     atomic_write(out, lambda fh: fh.write(data), what="the export")  # the old one or the new
@@ -72,7 +97,9 @@ def export(
     }
 
 
-def _export_onnx(module: torch.nn.Module, example: torch.Tensor, meta: dict[str, str]) -> bytes:
+def _export_onnx(
+    module: torch.nn.Module, example: torch.Tensor, meta: dict[str, str], outputs: list[str]
+) -> bytes:
     try:
         import onnx
     except ImportError:
@@ -83,8 +110,8 @@ def _export_onnx(module: torch.nn.Module, example: torch.Tensor, meta: dict[str,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (example,), buf, dynamo=False, input_names=["pixels"], output_names=["logits"],
-            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}},
+            module, (example,), buf, dynamo=False, input_names=["pixels"],
+            output_names=outputs, dynamic_axes={name: {0: "batch"} for name in ["pixels", *outputs]},
         )  # fmt: skip
     graph = onnx.load_from_string(buf.getvalue())
     for key, value in meta.items():
@@ -95,10 +122,17 @@ def _export_onnx(module: torch.nn.Module, example: torch.Tensor, meta: dict[str,
 
 def run_export(fmt: str, out: Path, pixels: torch.Tensor) -> np.ndarray:
     """Logits from the exported file alone (onnxruntime for ONNX)."""
+    return run_export_outputs(fmt, out, pixels)[0]
+
+
+def run_export_outputs(fmt: str, out: Path, pixels: torch.Tensor) -> list[np.ndarray]:
+    """Every output of the exported file: [logits] or [logits, unfamiliar_score]."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
-            return torch.jit.load(str(out))(pixels).detach().numpy()
+            result = torch.jit.load(str(out))(pixels)
+        parts = result if isinstance(result, tuple) else (result,)
+        return [p.detach().numpy() for p in parts]
     try:
         import onnxruntime
     except ImportError:
@@ -106,7 +140,7 @@ def run_export(fmt: str, out: Path, pixels: torch.Tensor) -> np.ndarray:
             "checking an ONNX export needs onnxruntime: pip install 'catnet[export]'"
         ) from None
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    return session.run(None, {"pixels": pixels.numpy()})[0]
+    return list(session.run(None, {"pixels": pixels.numpy()}))
 
 
 def check_equivalence(
@@ -115,9 +149,14 @@ def check_equivalence(
     """Largest |logit difference| between the export and PyTorch (fp32) on the given batch."""
     if pixels is None:
         pixels = torch.randn(4, 3, model.image_size, model.image_size)
+    module, _ = _exported_module(model)
     with torch.no_grad():
-        reference = model.module.float()(pixels).numpy()
-    return float(np.abs(run_export(fmt, out, pixels) - reference).max())
+        reference = module(pixels)
+    reference = reference if isinstance(reference, tuple) else (reference,)
+    exported = run_export_outputs(fmt, out, pixels)
+    return max(
+        float(np.abs(e - r.numpy()).max()) for e, r in zip(exported, reference, strict=True)
+    )
 
 
 def picture_batch(model: CatnetModel, paths: list[Path]) -> torch.Tensor:

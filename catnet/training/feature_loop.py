@@ -257,6 +257,7 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
         net, stages, *((feats.val, val_mirror) if split == "val" else
                        (feats.train, feats.train_mirror if cfg.tta else None)), compute,
     )  # fmt: skip
-    result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message, logits)
+    result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message, logits,
+                          net)  # fmt: skip
     result.stop_reason = stop_reason
     return result

@@ -15,6 +15,8 @@ import torch.nn.functional as F
 from catnet.config import TrainConfig
 from catnet.inference.calibration import fit_temperature
 from catnet.inference.metrics import binary_metrics
+from catnet.inference.openset import KEY as OPEN_SET_KEY
+from catnet.inference.openset import OpenSetCheck, capture_features, fit_open_set, mean_features
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 from catnet.models.networks import build_model, count_parameters
 from catnet.runtime.compute import Compute, predict_logits
@@ -27,14 +29,16 @@ from catnet.training.state import PreparedData, TrainState
 # 64 px) 0.026 -> 0.036 and 8 (20 a class) 0.026 -> 0.028. A temperature fitted on a few dozen
 # photos is noise, so below this many the head's own probabilities are kept (T = 1).
 MIN_CALIBRATION_PICTURES = 100
+TRAIN_SAMPLE = 2000  # training pictures measured at the end, and kept for the open-set check
 
 
 def clean_train_accuracy(
     model: torch.nn.Module, data: PreparedData, compute: Compute, cfg: TrainConfig
 ) -> float:
-    """Accuracy on (up to 2,000 of) the training pictures without augmentation: the honest
-    side of the train/val gap (train_acc in metrics.csv is measured on augmented pictures)."""
-    pick = np.random.default_rng(0).permutation(len(data.train_slots))[:2000]
+    """Accuracy on (up to TRAIN_SAMPLE of) the training pictures without augmentation: the
+    honest side of the train/val gap (train_acc in metrics.csv is measured on augmented
+    pictures)."""
+    pick = np.random.default_rng(0).permutation(len(data.train_slots))[:TRAIN_SAMPLE]
     logits = predict_logits(
         model,
         data.pixels,
@@ -58,22 +62,17 @@ def finalize_run(
     started: float,
     on_message: Callable[[str], None],
     split_logits: Callable[[str], torch.Tensor] | None = None,
+    split_net: torch.nn.Module | None = None,
 ) -> TrainResult:
     """split_logits("val" | "train"), when given, supplies the best weights' logits (the
-    pretrained recipe computes them from its stored features instead of the pixels)."""
+    pretrained recipe computes them from its stored features instead of the pixels);
+    split_net is the network it runs (the open-set check reads its penultimate features)."""
     best_path = run_dir / "best.pt"
     payload = load_checkpoint(best_path)
     model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
     model.load_state_dict(payload["state_dict"])
     labels = torch.from_numpy(data.val_labels)
-    if split_logits is None:
-        val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
-        train_accuracy = clean_train_accuracy(model, data, compute, cfg)
-    else:
-        val = {"logits": split_logits("val")}
-        val["val_loss"] = F.binary_cross_entropy_with_logits(val["logits"], labels.float()).item()
-        train_labels = torch.from_numpy(data.train_labels)
-        train_accuracy = float(((split_logits("train") > 0).long() == train_labels).float().mean())
+    val, train_accuracy, check = _measure_splits(cfg, data, compute, model, split_logits, split_net)
     temperature = fit_temperature(val["logits"], labels)
     if payload["arch"]["type"] == "pretrained" and len(labels) < MIN_CALIBRATION_PICTURES:
         temperature = 1.0
@@ -88,6 +87,7 @@ def finalize_run(
         majority_accuracy=max(share, 1 - share),  # what always answering the commoner class scores
     )
     payload.update(temperature=temperature, metrics=_plain(metrics))
+    payload[OPEN_SET_KEY] = check.to_payload()
     save_checkpoint(payload, best_path)
     diagnosis = diagnose(
         state.history,
@@ -116,6 +116,40 @@ def finalize_run(
         seconds=time.monotonic() - started,
         diagnosis=diagnosis,
     )
+
+
+def _measure_splits(
+    cfg: TrainConfig,
+    data: PreparedData,
+    compute: Compute,
+    model: torch.nn.Module,
+    split_logits: Callable[[str], torch.Tensor] | None,
+    split_net: torch.nn.Module | None,
+) -> tuple[dict[str, Any], float, OpenSetCheck]:
+    """Validation logits and loss, clean training accuracy, and the open-set check fitted on
+    the penultimate features of those same two passes (no extra forward pass)."""
+    labels = torch.from_numpy(data.val_labels)
+    source = model if split_logits is None or split_net is None else split_net
+    with capture_features(source) as val_seen:
+        if split_logits is None:
+            val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
+        else:
+            val = {"logits": split_logits("val")}
+            val["val_loss"] = F.binary_cross_entropy_with_logits(val["logits"], labels.float()).item()
+    with capture_features(source) as train_seen:
+        if split_logits is None:
+            train_accuracy = clean_train_accuracy(model, data, compute, cfg)
+            n_train = min(len(data.train_slots), TRAIN_SAMPLE)
+        else:
+            train_labels = torch.from_numpy(data.train_labels)
+            train_logits = split_logits("train")
+            train_accuracy = float(((train_logits > 0).long() == train_labels).float().mean())
+            n_train = len(data.train_slots)
+    check = fit_open_set(
+        mean_features(train_seen, n_train), mean_features(val_seen, len(data.val_slots)),
+        seed=cfg.seed,
+    )  # fmt: skip
+    return val, train_accuracy, check
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
