@@ -30,7 +30,19 @@ def imported_names(module: str, source: str, is_package: bool) -> list[tuple[str
     """Every import in the source as (module, name): `import a.b` -> ("a.b", None),
     `from a.b import c` -> ("a.b", "c"); relative imports resolved against `module`."""
     found: list[tuple[str, str | None]] = []
-    for node in ast.walk(ast.parse(source)):
+    tree = ast.parse(source)
+    # `if TYPE_CHECKING:` imports never run: they name types for the checker, as ruff's TC rules
+    # intend, so they are no import edges (a cycle through them cannot happen at run time).
+    type_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and _is_type_checking(node.test)
+        for stmt in node.body
+        for inner in ast.walk(stmt)
+    }
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -41,6 +53,12 @@ def imported_names(module: str, source: str, is_package: bool) -> list[tuple[str
                 base = ".".join(package + ([base] if base else []))
             found += [(base, alias.name) for alias in node.names]
     return found
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
@@ -141,6 +159,20 @@ def test_function_level_and_relative_imports_make_edges(tmp_path: Path) -> None:
     assert graph["fake.sub.b"] == {"fake.sub.a"}
     assert graph["fake.c"] == {"fake.sub.a", "fake.sub"}
     assert find_cycle(graph) == ["fake.sub.a", "fake.sub.b", "fake.sub.a"]
+
+
+def test_type_only_imports_make_no_edge(tmp_path: Path) -> None:
+    """An import under `if TYPE_CHECKING:` never runs; the same import outside it does."""
+    root = tmp_path / "fake"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "a.py").write_text("from fake import b\n")
+    (root / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fake.a import A\n"
+    )
+    assert find_cycle(import_graph(module_files(root))) is None
+    (root / "b.py").write_text("from fake.a import A\n")
+    assert find_cycle(import_graph(module_files(root))) == ["fake.a", "fake.b", "fake.a"]
 
 
 def test_a_terminal_import_outside_the_cli_is_found(tmp_path: Path) -> None:

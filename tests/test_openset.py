@@ -40,7 +40,7 @@ def openset_run(tmp_path_factory: pytest.TempPathFactory) -> OpenSetRun:
     base = tmp_path_factory.mktemp("openset")
     data = make_dataset(base / "data", n_per_class=40, size=24)
     with single_thread():
-        result = train(tiny_config(data, base / "run", base / "cache", epochs=6))
+        result = train(tiny_config(data, base / "run", base / "cache", epochs=12))
     write_class(base / "new_cats", "cats", 12, 24, start=100)
     strange = base / "strange"
     strange.mkdir()
