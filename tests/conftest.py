@@ -151,7 +151,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs the session's trained model is slow: the training alone takes seconds
     (tens of seconds on a busy machine), and `pytest -m "not slow"` should not pay for it."""
     for item in items:
-        if "trained" in getattr(item, "fixturenames", ()):
+        if {"trained", "openset_run"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
@@ -226,3 +226,42 @@ def one_thread() -> Iterator[None]:
     """`single_thread` for every test of a module."""
     with single_thread():
         yield
+
+
+ODD_NAME = 'odd, "quoted" név;.png'
+
+
+@dataclass(frozen=True)
+class OpenSetRun:
+    best: Path
+    new_cats: Path  # held-out pictures of the trained cats
+    strange: Path  # uniform noise and the demo's cars, birds, houses, noise: never seen
+
+
+@pytest.fixture(scope="session")
+def openset_run(tmp_path_factory: pytest.TempPathFactory) -> OpenSetRun:
+    """A tiny CNN trained on drawn cats against one kind of not-cat (dark squares), and
+    pictures of kinds it never saw; its open-set check works (12 epochs: fewer leave the
+    features too unformed for all noise to be unfamiliar). Shared by the open-set and labelling
+    page tests; treat it as read-only."""
+    import numpy as np
+
+    from catnet.demo.synthetic import draw_image
+    from catnet.training.loop import train
+
+    base = tmp_path_factory.mktemp("openset")
+    data = make_dataset(base / "data", n_per_class=40, size=24)
+    with single_thread():
+        result = train(tiny_config(data, base / "run", base / "cache", epochs=12))
+    write_class(base / "new_cats", "cats", 12, 24, start=100)
+    strange = base / "strange"
+    strange.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(strange / f"uniform_{i}.png")
+    for kind in ("cars", "birds", "houses", "noise"):
+        for i in range(6):
+            draw_image(kind, random.Random(f"open:{kind}:{i}"), 24).save(strange / f"{kind}_{i}.png")
+    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(strange / ODD_NAME)
+    return OpenSetRun(result.best_checkpoint, base / "new_cats", strange)

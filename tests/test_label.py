@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun, catnet_cli, make_dataset, write_class
+from conftest import OpenSetRun, TrainedRun, catnet_cli, make_dataset, write_class
 
 pytest.importorskip("httpx")
 from starlette.testclient import TestClient
@@ -78,6 +78,9 @@ def test_least_sure_first_and_review_order(tmp_path: Path) -> None:
     paths = [tmp_path / f"{i}.png" for i in range(5)]
     scores = {paths[0]: 0.9, paths[1]: 0.45, paths[2]: 0.05, paths[3]: 0.6}
     assert least_sure_first(paths, scores) == [paths[1], paths[3], paths[0], paths[2], paths[4]]
+    # an unfamiliar picture counts as unsure whatever its p(cat): it comes first
+    odd = least_sure_first(paths, scores, [paths[2], paths[0]])
+    assert odd == [paths[0], paths[2], paths[1], paths[3], paths[4]]
     assert random_order(paths, 1) == random_order(list(reversed(paths)), 1)
     assert sorted(random_order(paths, 1)) == sorted(paths)
     tagged = [Tagged(paths[0], "not_cat"), Tagged(paths[1], "cat"), Tagged(paths[2], "cat"),
@@ -98,6 +101,68 @@ def test_label_queue_is_ranked_by_the_model(trained: TrainedRun, tmp_path: Path)
     review = client_for(session).get("/api/queue?kind=review", headers=HEAD).json()
     for item in review["items"]:  # every one disputes its tag
         assert (item["p_cat"] >= session.model.threshold) != (item["tag"] == "cat")
+
+
+def noise_to_label(run: OpenSetRun, data: Path) -> list[str]:
+    """Copy the never-seen uniform-noise pictures into unlabeled/; their names."""
+    names = [p.name for p in sorted(run.strange.iterdir()) if p.name.startswith("uniform_")]
+    for name in names:
+        (data / "unlabeled" / name).write_bytes((run.strange / name).read_bytes())
+    return names
+
+
+def test_the_page_flags_pictures_unlike_every_training_picture(
+    openset_run: OpenSetRun, tmp_path: Path
+) -> None:
+    data = labelled_dir(tmp_path)
+    noise = noise_to_label(openset_run, data)
+    session = open_session(data, LabelConfig(), openset_run.best)
+    client = client_for(session)
+    before = client.get("/api/queue?kind=label", headers=HEAD).json()["items"]
+    assert all(it["unfamiliar"] is None for it in before)  # not ranked yet: no score
+    session.rank()
+    items = client.get("/api/queue?kind=label", headers=HEAD).json()["items"]
+    assert len(items) == 6 + len(noise)
+    assert all(isinstance(it["unfamiliar"], bool) and it["unfamiliar_score"] >= 0 for it in items)
+    flags = {it["name"]: it["unfamiliar"] for it in items}
+    assert all(flags[name] for name in noise)
+    limit = session.model.open_set.threshold
+    assert all((it["unfamiliar_score"] > limit) == it["unfamiliar"] for it in items)
+    # ranked least sure first, but an unfamiliar picture counts as unsure: those come first
+    odd = [it["unfamiliar"] for it in items]
+    assert odd == sorted(odd, reverse=True)
+    rest = [abs(it["p_cat"] - 0.5) for it in items if not it["unfamiliar"]]
+    assert rest == sorted(rest)
+    review = client.get("/api/queue?kind=review", headers=HEAD).json()["items"]
+    assert all(isinstance(it["unfamiliar"], bool) for it in review)
+    tried = client.post("/api/try", content=(data / "unlabeled" / noise[0]).read_bytes(),
+                        headers=HEAD).json()  # fmt: skip
+    assert tried["unfamiliar"] is True and tried["label"] == "not_cat"
+    assert tried["unfamiliar_score"] > limit
+
+
+def test_a_checkpoint_without_the_check_gives_null(
+    openset_run: OpenSetRun, tmp_path: Path
+) -> None:
+    from catnet.inference.openset import KEY
+    from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(openset_run.best)
+    del payload[KEY]  # what a checkpoint from before the check looks like
+    old = save_checkpoint(payload, tmp_path / "old.pt")
+    data = labelled_dir(tmp_path)
+    noise = noise_to_label(openset_run, data)
+    session = open_session(data, LabelConfig(), old)
+    session.rank()
+    client = client_for(session)
+    items = client.get("/api/queue?kind=label", headers=HEAD).json()["items"]
+    assert len(items) == 6 + len(noise) and all(it["p_cat"] is not None for it in items)
+    assert all(it["unfamiliar"] is None and it["unfamiliar_score"] is None for it in items)
+    ps = [abs(it["p_cat"] - 0.5) for it in items]
+    assert ps == sorted(ps)  # plain least sure first
+    tried = client.post("/api/try", content=(data / "unlabeled" / noise[0]).read_bytes(),
+                        headers=HEAD).json()  # fmt: skip
+    assert tried["unfamiliar"] is None and tried["unfamiliar_score"] is None
 
 
 # --- token, origin, host --------------------------------------------------------------------

@@ -3,56 +3,19 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import catnet_cli, make_dataset, single_thread, tiny_config, write_class
-from PIL import Image
+from conftest import ODD_NAME, OpenSetRun, catnet_cli
 
 from catnet.config import EvaluateConfig, PredictConfig
-from catnet.demo.synthetic import draw_image
 from catnet.inference.evaluation import evaluate
 from catnet.inference.openset import KEY, OpenSetCheck, fit_open_set, mean_features
 from catnet.inference.prediction import load_model, predict
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
-
-ODD_NAME = 'odd, "quoted" név;.png'
-
-
-@dataclasses.dataclass(frozen=True)
-class OpenSetRun:
-    best: Path
-    new_cats: Path  # held-out pictures of the trained cats
-    strange: Path  # uniform noise and the demo's cars, birds, houses, noise: never seen
-
-
-@pytest.fixture(scope="module")
-def openset_run(tmp_path_factory: pytest.TempPathFactory) -> OpenSetRun:
-    """A tiny CNN trained on drawn cats against one kind of not-cat (dark squares), and
-    pictures of kinds it never saw."""
-    from catnet.training.loop import train
-
-    base = tmp_path_factory.mktemp("openset")
-    data = make_dataset(base / "data", n_per_class=40, size=24)
-    with single_thread():
-        result = train(tiny_config(data, base / "run", base / "cache", epochs=12))
-    write_class(base / "new_cats", "cats", 12, 24, start=100)
-    strange = base / "strange"
-    strange.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(8):
-        pixels = rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(strange / f"uniform_{i}.png")
-    for kind in ("cars", "birds", "houses", "noise"):
-        for i in range(6):
-            draw_image(kind, random.Random(f"open:{kind}:{i}"), 24).save(strange / f"{kind}_{i}.png")
-    Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(strange / ODD_NAME)
-    return OpenSetRun(result.best_checkpoint, base / "new_cats", strange)
 
 
 def test_scores_are_distances_to_the_kth_nearest_training_picture() -> None:

@@ -40,13 +40,16 @@ def open_upload(data: bytes) -> Image.Image:
 
 
 def try_bytes(model: Any, data: bytes) -> dict[str, Any]:
-    """Try page: {p_cat, label, heatmap (data: URL of a PNG, or null)}."""
+    """Try page: {p_cat, label, unfamiliar (null: no open-set check), unfamiliar_score,
+    heatmap (data: URL of a PNG, or null)}."""
     img = open_upload(data)
     pred = model.predict([img])[0]
     heat = heatmap_png(model, img) if has_explain(model) else None
     return {
         "p_cat": pred.p_cat,
         "label": pred.label,
+        "unfamiliar": pred.unfamiliar,
+        "unfamiliar_score": pred.unfamiliar_score,
         "heatmap": "data:image/png;base64," + base64.b64encode(heat).decode() if heat else None,
     }
 

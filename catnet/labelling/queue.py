@@ -2,7 +2,8 @@
 scripts/benchmark_active.py both use.
 
 - Label queue: untagged pictures, the ones the model is least sure of first (|p(cat) - 0.5|
-  ascending: the answer that teaches the most), or a seeded random order while there is no model.
+  ascending: the answer that teaches the most; pictures the open-set check calls unfamiliar count
+  as unsure and come first), or a seeded random order while there is no model.
 - Review queue: tagged pictures whose tag the model most confidently disputes.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from catnet.data.folders import IMAGE_SUFFIXES, list_files, scan_dataset
@@ -38,6 +39,16 @@ def tagged_pictures(data_dir: Path) -> list[Tagged]:
     return [Tagged(s.path, "cat" if s.label == 1 else "not_cat") for s in samples]
 
 
+@dataclass
+class PictureScores:
+    """What one pass of the model says about each picture (unreadable ones are left out)."""
+
+    p_cat: dict[Path, float]  # calibrated p(cat)
+    # The open-set score (distance to the k-th nearest training picture, same forward pass);
+    # empty when the check was not asked for or the checkpoint predates it.
+    open_set: dict[Path, float] = field(default_factory=dict)
+
+
 def score_pictures(
     model: object,
     paths: Sequence[Path],
@@ -45,16 +56,30 @@ def score_pictures(
     on_progress: Callable[[int, int], None] | None = None,
     cache: bool = True,
 ) -> dict[Path, float]:
-    """p(cat) of each picture by `model` (a CatnetModel); unreadable pictures are left out.
-    With cache, pixels come through the decode cache training uses ($CATNET_CACHE): every
-    Teach re-ranks the same pictures, and decoding them again would cost most of the time."""
+    """p(cat) of each picture by `model` (a CatnetModel); unreadable pictures are left out."""
+    return score_and_check(model, paths, workers, on_progress, cache, open_set=False).p_cat
+
+
+def score_and_check(
+    model: object,
+    paths: Sequence[Path],
+    workers: int = 0,
+    on_progress: Callable[[int, int], None] | None = None,
+    cache: bool = True,
+    open_set: bool = True,
+) -> PictureScores:
+    """p(cat) and, with open_set (and a checkpoint that has the check), the open-set score of
+    each picture, from one forward pass per batch of 64. With cache, pixels come through the
+    decode cache training uses ($CATNET_CACHE): every Teach re-ranks the same pictures, and
+    decoding them again would cost most of the time."""
     import numpy as np
     import torch
 
     from catnet.data.cache import default_cache_root, load_pixels
 
+    result = PictureScores({})
     if not paths:
-        return {}
+        return result
     table = load_pixels(
         list(paths),
         model.decode_size,  # type: ignore[attr-defined]
@@ -63,19 +88,31 @@ def score_pictures(
         on_progress=on_progress,
     )
     good = np.flatnonzero(table.ok)
-    scores: dict[Path, float] = {}
+    temperature = float(model.temperature)  # type: ignore[attr-defined]
     for start in range(0, len(good), 64):
         rows = good[start : start + 64]
         batch = torch.from_numpy(np.ascontiguousarray(table.array[table.slots[rows]]))
-        probs = model.probabilities(batch).tolist()  # type: ignore[attr-defined]
-        scores.update((paths[i], float(p)) for i, p in zip(rows, probs, strict=True))
-    return scores
+        logits, scores = model.logits_and_scores(batch, None, open_set)  # type: ignore[attr-defined]
+        probs = torch.sigmoid(logits / temperature).tolist()
+        result.p_cat.update((paths[i], float(p)) for i, p in zip(rows, probs, strict=True))
+        if scores is not None:
+            result.open_set.update(
+                (paths[i], float(d)) for i, d in zip(rows, scores.tolist(), strict=True)
+            )
+    return result
 
 
-def least_sure_first(paths: Iterable[Path], scores: dict[Path, float]) -> list[Path]:
-    """Scored pictures by |p - 0.5| ascending (ties by name); unscored ones after them."""
-    paths = list(paths)
-    scored = sorted((p for p in paths if p in scores), key=lambda p: (abs(scores[p] - 0.5), str(p)))
+def least_sure_first(
+    paths: Iterable[Path], scores: dict[Path, float], unfamiliar: Iterable[Path] = ()
+) -> list[Path]:
+    """Scored pictures by |p - 0.5| ascending (ties by name); unscored ones after them.
+    Unfamiliar pictures (unlike every training picture) count as unsure whatever their p(cat):
+    they come first, least sure first among themselves."""
+    paths, odd = list(paths), set(unfamiliar)
+    scored = sorted(
+        (p for p in paths if p in scores),
+        key=lambda p: (p not in odd, abs(scores[p] - 0.5), str(p)),
+    )
     return scored + [p for p in paths if p not in scores]
 
 

@@ -20,7 +20,7 @@ from catnet.labelling.queue import (
     least_sure_first,
     random_order,
     review_order,
-    score_pictures,
+    score_and_check,
     tagged_pictures,
     untagged_pictures,
 )
@@ -41,7 +41,8 @@ class LabelSession:
     data_dir: Path
     unlabeled_dir: Path
     model: Any = None  # CatnetModel or None
-    scores: dict[Path, float] = field(default_factory=dict)
+    scores: dict[Path, float] = field(default_factory=dict)  # p(cat)
+    open_set: dict[Path, float] = field(default_factory=dict)  # open-set scores, same pass
     ranked: bool = False  # scores are from the current model
     last_teach: dict[str, Any] | None = None
     job: JobProgress = field(default_factory=JobProgress)
@@ -57,9 +58,16 @@ class LabelSession:
         paths = untagged_pictures(self.unlabeled_dir)
         with self._state:
             scores, ranked = dict(self.scores), self.ranked and self.model is not None
-        order = least_sure_first(paths, scores) if ranked else random_order(paths, self.config.seed)
+            model, open_set = self.model, dict(self.open_set)
+        if ranked:
+            odd = [p for p, d in open_set.items() if model.is_unfamiliar(d)]
+            order = least_sure_first(paths, scores, odd)
+        else:
+            order = random_order(paths, self.config.seed)
         return {
-            "items": [self._item(p, "unlabeled", None, scores) for p in order[:limit]],
+            "items": [
+                self._item(p, "unlabeled", None, scores, open_set, model) for p in order[:limit]
+            ],
             "total": len(paths),
             "order": "least sure first" if ranked else "random",
         }
@@ -67,25 +75,34 @@ class LabelSession:
     def review_queue(self, limit: int) -> dict[str, Any]:
         """{items: the next `limit` disputed tagged pictures, total, order}."""
         with self._state:
-            scores, model = dict(self.scores), self.model
+            scores, model, open_set = dict(self.scores), self.model, dict(self.open_set)
         if model is None:
             return {"items": [], "total": 0, "order": "needs a model: Teach first"}
         found = review_order(
             tagged_pictures(self.data_dir), scores, model.threshold, reviewed_paths(self.data_dir)
         )
         return {
-            "items": [self._item(t.path, "data", t.label, scores) for t in found[:limit]],
+            "items": [
+                self._item(t.path, "data", t.label, scores, open_set, model) for t in found[:limit]
+            ],
             "total": len(found),
             "order": "most confident disagreement first",
         }
 
-    def _item(self, path: Path, root: str, tag: str | None, scores: dict) -> dict[str, Any]:
+    def _item(
+        self, path: Path, root: str, tag: str | None, scores: dict, open_set: dict, model: Any
+    ) -> dict[str, Any]:
+        """One queue entry; unfamiliar is null where there is no score (no model yet, not
+        ranked yet, or a checkpoint without the open-set check)."""
         base = self.unlabeled_dir if root == "unlabeled" else self.data_dir
+        distance = open_set.get(path)
         return {
             "root": root,
             "path": path.relative_to(base).as_posix(),
             "name": path.name,
             "p_cat": scores.get(path),
+            "unfamiliar": model.is_unfamiliar(distance) if model is not None else None,
+            "unfamiliar_score": distance,
             "tag": tag,
         }
 
@@ -140,7 +157,8 @@ class LabelSession:
 
     def use_model(self, model: Any) -> None:
         with self._state:
-            self.model, self.ranked = model, False
+            # distances mean nothing against another model's bank and threshold
+            self.model, self.ranked, self.open_set = model, False, {}
 
     def rank(self) -> None:
         """Score untagged and tagged pictures with the current model (in the job thread)."""
@@ -151,12 +169,12 @@ class LabelSession:
             t.path for t in tagged_pictures(self.data_dir)
         ]
         self.job.update(phase="ranking", done=0, total=len(paths))
-        scores = score_pictures(
+        found = score_and_check(
             model, paths, on_progress=lambda d, t: self.job.update(done=d, total=t)
         )
         with self._state:
             if self.model is model:
-                self.scores, self.ranked = scores, True
+                self.scores, self.open_set, self.ranked = found.p_cat, found.open_set, True
 
     def start_rank(self) -> bool:
         return self.job.start("ranking", self.rank)

@@ -39,6 +39,16 @@ function showP(prefix, p) {
   $(`${prefix}-bar`).style.width = p == null ? "0" : `${Math.round(p * 100)}%`;
 }
 
+// The open-set check: a picture unlike every training picture is never tagged cat by the model.
+function showUnfamiliar(prefix, odd, score) {
+  const el = $(`${prefix}-unfamiliar`);
+  el.hidden = odd !== true;
+  el.textContent = odd === true
+    ? `unfamiliar: unlike every training picture, so never tagged cat automatically` +
+      (score == null ? "" : ` (score ${score.toFixed(2)})`)
+    : "";
+}
+
 function render(view) {
   const q = queues[view];
   const item = q.items[0];
@@ -48,6 +58,7 @@ function render(view) {
     img.removeAttribute("src"); heat.removeAttribute("src");
     $(`${view}-name`).textContent = view === "label" ? "no untagged pictures left" : "nothing to review";
     showP(view, null);
+    showUnfamiliar(view, null);
     if (view === "review") $("review-tag").textContent = "";
     return;
   }
@@ -56,6 +67,7 @@ function render(view) {
   $(`${view}-name`).textContent = item.path;
   if (view === "review") $("review-tag").textContent = item.tag === "cat" ? "cat" : "not cat";
   showP(view, item.p_cat);
+  showUnfamiliar(view, item.unfamiliar, item.unfamiliar_score);
   if (state.heat && state.heatmaps) heat.src = pictureUrl("heatmap", item);
   else heat.removeAttribute("src");
 }
@@ -188,9 +200,10 @@ async function tryPicture(file) {
     const r = await api("/api/try", { method: "POST", body: file,
       headers: { "Content-Type": file.type || "application/octet-stream" } });
     showP("try", r.p_cat);
+    showUnfamiliar("try", r.unfamiliar, r.unfamiliar_score);
     say("try", r.label === "cat" ? "the model says: cat" : "the model says: not cat");
     if (r.heatmap) $("try-heat").src = r.heatmap;
-  } catch (e) { say("try", e.message, true); showP("try", null); }
+  } catch (e) { say("try", e.message, true); showP("try", null); showUnfamiliar("try", null); }
 }
 
 function toggleHeat() {
