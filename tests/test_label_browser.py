@@ -5,6 +5,7 @@ corrections.csv, undoes, and saves a screenshot. Skips (saying why) where the br
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset, write_class
+from conftest import OpenSetRun, make_dataset, write_class
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -37,22 +38,18 @@ def _missing() -> str:
     return ""
 
 
-@pytest.fixture(name="server")
-def server_fixture(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """`catnet label DATA --port 0` running; yields (DATA, the printed URL)."""
-    data = make_dataset(tmp_path / "data", n_per_class=4, size=160)
-    write_class(data / "unlabeled", "cats", 2, 160, start=100)
-    write_class(data / "unlabeled", "dogs", 2, 160, start=100)
-    shutil.copy(data / "cats" / "cats_0.png", data / "unlabeled" / EVIL)
+@contextlib.contextmanager
+def running_label(data: Path, *extra: str) -> Iterator[str]:
+    """`catnet label DATA --port 0 EXTRA` running; yields the printed URL."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "catnet", "label", str(data), "--port", "0"],
+        [sys.executable, "-m", "catnet", "label", str(data), "--port", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:
         url = proc.stdout.readline().strip()  # type: ignore[union-attr]
         assert url.startswith("http://127.0.0.1:"), (url, proc.stderr.read())  # type: ignore[union-attr]
-        yield data, url
+        yield url
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -60,6 +57,17 @@ def server_fixture(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture(name="server")
+def server_fixture(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """`catnet label DATA --port 0` running; yields (DATA, the printed URL)."""
+    data = make_dataset(tmp_path / "data", n_per_class=4, size=160)
+    write_class(data / "unlabeled", "cats", 2, 160, start=100)
+    write_class(data / "unlabeled", "dogs", 2, 160, start=100)
+    shutil.copy(data / "cats" / "cats_0.png", data / "unlabeled" / EVIL)
+    with running_label(data) as url:
+        yield data, url
 
 
 @pytest.fixture(name="browser")
@@ -161,3 +169,46 @@ def test_keys_move_files_and_undo_puts_them_back(
     driver.find_element(By.ID, "try-file").send_keys(str(data / "cats" / "cats_1.png"))  # type: ignore[attr-defined]
     status = lambda: driver.find_element(By.ID, "try-status").text  # type: ignore[attr-defined]  # noqa: E731
     assert "Teach first" in str(wait_for(lambda: "Teach" in status() and status()))
+
+
+def test_an_unfamiliar_picture_wears_a_badge(
+    openset_run: OpenSetRun, browser: object, tmp_path: Path
+) -> None:
+    """With a model that has the open-set check, uniform noise is flagged, unfamiliar pictures
+    lead the Label queue (they count as unsure), and the page shows the badge on exactly the
+    pictures the API flags."""
+    import json
+    import urllib.parse
+    import urllib.request
+
+    from selenium.webdriver.common.by import By
+
+    data = make_dataset(tmp_path / "data", n_per_class=4, size=24)
+    write_class(data / "unlabeled", "cats", 2, 24, start=100)
+    noise = sorted(p for p in openset_run.strange.iterdir() if p.name.startswith("uniform_"))[0]
+    shutil.copy(noise, data / "unlabeled" / noise.name)
+    driver = browser
+    with running_label(data, "--model", str(openset_run.best)) as url:
+        driver.get(url)  # type: ignore[attr-defined]
+        badge = lambda: driver.find_element(By.ID, "label-unfamiliar")  # type: ignore[attr-defined]  # noqa: E731
+        shown = lambda: driver.find_element(By.ID, "label-name").text  # type: ignore[attr-defined]  # noqa: E731
+        wait_for(lambda: badge().is_displayed(), timeout=60)  # once ranking is done
+        parts = urllib.parse.urlsplit(url)
+        token = urllib.parse.parse_qs(parts.query)["token"][0]
+        ask = urllib.request.Request(f"{parts.scheme}://{parts.netloc}/api/queue?kind=label",
+                                     headers={"X-Catnet-Token": token})  # fmt: skip
+        with urllib.request.urlopen(ask, timeout=20) as answer:
+            items = json.load(answer)["items"]
+        flags = {it["name"]: it["unfamiliar"] for it in items}
+        assert flags[noise.name] is True and len(flags) == 3
+        assert [it["unfamiliar"] for it in items] == sorted(flags.values(), reverse=True)
+        seen = {}
+        for _ in items:
+            name = shown()
+            seen[name] = badge().is_displayed()
+            if seen[name]:
+                assert "never tagged cat" in badge().text
+            driver.find_element(By.TAG_NAME, "body").send_keys("s")  # type: ignore[attr-defined]
+            wait_for(lambda n=name: shown() != n)
+        assert seen == flags
+        driver.save_screenshot(str(tmp_path / "unfamiliar.png"))  # type: ignore[attr-defined]
