@@ -38,7 +38,7 @@ def untrained_checkpoint(path: Path) -> Path:
     from catnet.models.checkpoint import make_checkpoint, save_checkpoint
     from catnet.models.networks import architecture_from_config, build_model
 
-    cfg = TrainConfig(image_size=64)
+    cfg = TrainConfig(model="cnn", image_size=64)
     arch = architecture_from_config(cfg, 64)
     payload = make_checkpoint(
         build_model(arch).state_dict(), arch=arch,

@@ -194,7 +194,9 @@ def predict_against_limit(
 
 def cli_seconds(args: list[str]) -> float:
     started = time.monotonic()
-    subprocess.run([sys.executable, "-m", "catnet", *args], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "catnet", *args], capture_output=True, text=True)
+    if done.returncode != 0:  # a timing of a failed command would be meaningless
+        raise SystemExit(f"catnet {' '.join(args[:1])} failed ({done.returncode}):\n{done.stderr}")
     return time.monotonic() - started
 
 
@@ -211,10 +213,10 @@ def main() -> None:
     parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:  # a fresh process, as a user's script: no catnet settings at all
-        print(baseline_epoch_seconds(args.data, TrainConfig(image_size=args.image_size)))
+        print(baseline_epoch_seconds(args.data, TrainConfig(model="cnn", image_size=args.image_size)))
         return
     setup_threads()
-    cfg = TrainConfig(image_size=args.image_size)
+    cfg = TrainConfig(model="cnn", image_size=args.image_size)
     compute = select_compute("cpu", "auto")
     print(
         f"machine: {os.cpu_count()} cores, torch {torch.__version__}, compute {compute.name}, "

@@ -146,7 +146,7 @@ def undo(data_dir: str | Path, done: Correction, locked: bool = False) -> None:
         elif done.old_label == "new":
             done.dest.unlink()
         if done.logged:
-            remove_row(data_dir / ".catnet" / "corrections.csv", done.logged)
+            remove_row(data_dir / ".catnet" / "corrections.csv", done.logged, "the corrections log")
 
 
 def _target_dir(base: Path, label: str) -> Path:
@@ -214,5 +214,5 @@ def _log(
     data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path
 ) -> tuple[str, ...]:
     row = (time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest))
-    append_row(data_dir / ".catnet" / "corrections.csv", LOG_COLUMNS, row)
+    append_row(data_dir / ".catnet" / "corrections.csv", LOG_COLUMNS, row, "the corrections log")
     return row

@@ -115,10 +115,12 @@ def sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-def append_row(log: Path, columns: Sequence[str], row: Sequence[str]) -> None:
+def append_row(log: Path, columns: Sequence[str], row: Sequence[str], what: str = "") -> None:
     """Append one CSV row (header first in a new file), fsynced, in full or not at all: a
-    refused write (full disk) is cut back, so the log never holds half a row."""
-    with writing(f"the log {log.name}", log.parent):
+    refused write (full disk) is cut back, so the log never holds half a row. `what` names the
+    log in an error message."""
+    what = what or f"the log {log.name}"
+    with writing(what, log.parent):
         log.parent.mkdir(parents=True, exist_ok=True)
     new_file = not log.exists() or log.stat().st_size == 0
     buf = io.StringIO()
@@ -126,12 +128,12 @@ def append_row(log: Path, columns: Sequence[str], row: Sequence[str]) -> None:
     if new_file:
         writer.writerow(columns)
     writer.writerow(row)
-    append_whole(log, buf.getvalue().encode("utf-8", "surrogateescape"), f"the log {log.name}")
+    append_whole(log, buf.getvalue().encode("utf-8", "surrogateescape"), what)
     if new_file:
         sync_folder(log.parent)
 
 
-def remove_row(log: Path, row: Sequence[str]) -> bool:
+def remove_row(log: Path, row: Sequence[str], what: str = "") -> bool:
     """Rewrite the log without the last row equal to `row` (atomically: a temporary file
     renamed over it). False when no such row is there."""
     if not log.exists():
@@ -145,5 +147,6 @@ def remove_row(log: Path, row: Sequence[str]) -> bool:
     del rows[hits[-1]]
     buf = io.StringIO()
     csv.writer(buf).writerows(rows)
-    atomic_write_text(log, buf.getvalue(), errors="surrogateescape", what=f"the log {log.name}")
+    text = buf.getvalue()
+    atomic_write_text(log, text, errors="surrogateescape", what=what or f"the log {log.name}")
     return True
