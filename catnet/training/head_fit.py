@@ -27,8 +27,10 @@ HEAD_C = 1.0
 # L-BFGS iterations at most (each one or a few loss evaluations on all features); a head on
 # 1,280 features of a few hundred photos converges in well under 200.
 MAX_ITERATIONS = 500
-# Relative objective change below which an iteration counts as converged.
-TOLERANCE = 1e-9
+# L-BFGS iterations per optimizer step, between two convergence checks.
+ROUND = 20
+# Converged when no gradient component of the mean loss exceeds this.
+GRADIENT_TOLERANCE = 1e-6
 
 
 def fit_head_full_batch(
@@ -51,10 +53,11 @@ def fit_head_full_batch(
     with torch.no_grad():
         head.weight.zero_()
         head.bias.zero_()
-    # max_iter=1: each step() is one L-BFGS iteration (its curvature history persists in the
-    # optimizer), so the loop and its stopping rule are ours.
+    # Each step() runs up to ROUND iterations (torch's L-BFGS, its curvature history kept in the
+    # optimizer between steps); this loop checks convergence between rounds. (With max_iter=1
+    # torch's line search gets one evaluation and stalls on badly scaled problems.)
     optimizer = torch.optim.LBFGS(
-        head.parameters(), lr=1.0, max_iter=1, tolerance_grad=1e-7, tolerance_change=1e-12,
+        head.parameters(), lr=1.0, max_iter=ROUND, tolerance_grad=1e-9, tolerance_change=1e-12,
         history_size=20, line_search_fn="strong_wolfe",
     )  # fmt: skip
 
@@ -67,14 +70,17 @@ def fit_head_full_batch(
         return loss
 
     previous, iterations = float("inf"), 0
+    gradient_limit = GRADIENT_TOLERANCE * max(float(w.sum()), 1.0)  # the sum's scale
     with torch.enable_grad():
         while iterations < MAX_ITERATIONS:
-            loss = float(optimizer.step(objective))  # the objective before this iteration
-            iterations += 1
+            optimizer.step(objective)
+            iterations = int(optimizer.state[head.weight]["n_iter"])
+            loss = float(objective().detach())  # the objective and its gradient after the round
             if not math.isfinite(loss):
                 raise CatnetError(f"the head's loss became {loss}: fitting diverged", exit_code=1)
-            if previous - loss <= TOLERANCE * max(1.0, abs(loss)):
-                break  # converged: an iteration no longer lowers the objective
+            gradient = max(float(p.grad.abs().max()) for p in head.parameters())  # type: ignore[union-attr]
+            if gradient <= gradient_limit or loss >= previous:
+                break  # converged, or a whole round no longer lowers the objective (fp32)
             previous = loss
     with torch.no_grad():
         logits = head(x).squeeze(1)
