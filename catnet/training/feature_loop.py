@@ -27,6 +27,7 @@ from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_image
 from catnet.runtime.compute import Compute, batches_of
 from catnet.training.features import FeatureStore, cached_features
 from catnet.training.finalize import finalize_run
+from catnet.training.head_fit import fit_head_full_batch
 from catnet.training.results import TrainCallbacks, TrainResult, epoch_report
 from catnet.training.runs import write_metrics
 from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
@@ -185,8 +186,40 @@ class _Best:
 MIN_HEAD_STEPS = 1000
 
 
+# Below this many training photos shown per epoch, a head alone is fitted full batch to
+# convergence (head_fit) instead of by minibatch AdamW. On 3 dev splits: with 32 training photos
+# +1.0 points (97.9 against 96.9 %), with 160 (downscaled) -0.1 (96.1 against 96.2 %, within
+# the spread), so the switch sits between them; README "From scratch or pretrained".
+FULL_BATCH_PHOTOS = 100
+
+
+def full_batch(cfg: TrainConfig, shown: int) -> bool:
+    """Whether this run fits its head by full-batch L-BFGS (one "epoch") instead of epochs."""
+    return cfg.train_stages == 0 and shown < FULL_BATCH_PHOTOS
+
+
+def fit_head_epoch(net: PretrainedNet, feats: Features, data: PreparedData, cfg: TrainConfig,
+                   state: TrainState) -> dict[str, float]:  # fmt: skip
+    """The full-batch fit as one metrics row: every training photo plain and (with `augment`)
+    mirrored, each counted train_repeat times."""
+    n = len(feats.train)
+    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
+    views = [feats.train, feats.train_mirror] if cfg.augment else [feats.train]
+    labels = torch.from_numpy(data.train_labels)
+    weights = torch.from_numpy(repeat.astype(np.float32))
+    row = fit_head_full_batch(
+        net.head, torch.cat(views), labels.repeat(len(views)), weights.repeat(len(views)),
+        cfg.label_smoothing,
+    )  # fmt: skip
+    state.step += int(row.pop("iterations"))
+    return row
+
+
 def _plan(cfg: TrainConfig, state: TrainState, started: float, steps: int) -> None:
     """Fit the epochs (and so the LR schedule) to the time budget that is left."""
+    if steps == 0:  # full batch: one "epoch" that fits the head to convergence
+        state.planned_epochs = state.total_steps = 1
+        return
     planned = cfg.epochs
     if cfg.time_budget > 0 and state.epoch_seconds > 0:
         left = cfg.time_budget - (time.monotonic() - started) - 4.0  # finalize + checkpoints
@@ -214,7 +247,7 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
     if resume:
         best.module.load_state_dict(resume["state_dict"])
     shown = int(data.train_repeat.sum()) if data.train_repeat is not None else len(feats.train)
-    steps = math.ceil(shown / head_batch_size(cfg, shown))
+    steps = 0 if full_batch(cfg, shown) else math.ceil(shown / head_batch_size(cfg, shown))
     _plan(cfg, state, started, steps)
     keep_best = cfg.select_best or cfg.patience > 0
     val_mirror = feats.val_mirror if cfg.tta else None
@@ -222,9 +255,13 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
     stop_reason = "finished the planned epochs"
     try:
         while state.epoch < state.planned_epochs:
-            cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
+            cb.on_epoch_start(state.epoch + 1, state.planned_epochs, max(steps, 1))
             tick = time.monotonic()
-            row = one_epoch(net, stages, optimizer, feats, data, cfg, state, compute, gen)
+            row = (
+                one_epoch(net, stages, optimizer, feats, data, cfg, state, compute, gen)
+                if steps
+                else fit_head_epoch(net, feats, data, cfg, state)
+            )
             logits = logits_on(net, stages, feats.val, val_mirror, compute)
             state.epoch += 1
             state.epoch_seconds = time.monotonic() - tick
@@ -245,7 +282,9 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
                 )
                 break
             _plan(cfg, state, started, steps)
-            if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
+            if steps == 0:
+                stop_reason = f"fitted the head to convergence ({state.step} L-BFGS iterations)"
+            elif cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
                 stop_reason = f"time budget of {cfg.time_budget:g} s reached"
     finally:  # also on Ctrl-C: the epochs so far are kept (last.pt resumes them)
         save_run_checkpoints(
