@@ -219,7 +219,11 @@ class LabelConfig:
     # Each Teach is a fine-tune, so `catnet finetune`'s default.
     epochs: int = setting(5, "Epochs of each Teach (the fine-tune).")
     first_epochs: int = setting(30, "Epochs of the first model when Teach starts with no model.")
-    first_model: str = setting("cnn", "Network of that first model: cnn, mlp or pretrained.")
+    # The pretrained default learns most from the few pictures tagged at the start (README,
+    # "Labelling order": 96 % after 20 labels, against ~60 % for the CNN).
+    first_model: str = setting(
+        "pretrained", "Network of that first model: pretrained, cnn or mlp."
+    )
     seed: int = setting(0, "Seed of the random order shown before there is a model.")
     max_upload_mb: float = setting(20.0, "Largest picture the Try page accepts, in MB.")
 

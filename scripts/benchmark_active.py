@@ -37,7 +37,7 @@ ORDERS = ("least-sure", "random")
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="cats/ and dogs/ of photos")
-    ap.add_argument("--model", default="cnn", help="network of the first model (cnn, ...)")
+    ap.add_argument("--model", default="pretrained", help="network of the first model")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=9, help="rounds after the first model")
     ap.add_argument("--per-round", type=int, default=20)
