@@ -193,7 +193,11 @@ def test_sigterm_stops_predict_with_whole_rows(
     write_class(pictures, "cats", 250, 16)
     write_class(pictures, "dogs", 250, 16)  # 500 rows: more than a 64 KiB pipe holds
     cmd = [sys.executable, "-m", "catnet", "predict", str(trained.best), str(pictures), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    # bufsize=0: readline must not read ahead, because communicate() reads the pipe's file
+    # descriptor directly and would never see bytes left in a reader's buffer.
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0
+    )
     assert proc.stdout is not None
     first = proc.stdout.readline()  # rows are flowing; now the pipe fills up and predict waits
     time.sleep(1.0)
