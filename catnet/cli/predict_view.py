@@ -107,7 +107,7 @@ def _row_handler(
         if writer:
             writer.write(row)
         elif as_json:
-            write_line(json.dumps(row))
+            print(json.dumps(row), flush=True)
         else:
             p = "" if pred.p_cat is None else f"{pred.p_cat:.4f}"
             note = f"  ({pred.error})" if pred.error else ""
@@ -116,19 +116,3 @@ def _row_handler(
             stdout.print(line, highlight=False, markup=False)
 
     return on_row
-
-
-def write_line(text: str) -> None:
-    """One line to stdout in one os.write, past Python's buffer: rows may come from a worker
-    thread while a stop signal ends the main thread, and a buffer flushed by both at exit would
-    splice half a row into the next. A pipe takes a write of up to 4 KiB whole (PIPE_BUF), so a
-    reader never sees a torn row; only the last line of a stopped run can be cut."""
-    data = memoryview((text + "\n").encode("utf-8", "surrogateescape"))
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # stdout captured in-process (tests)
-        print(text, flush=True)
-        return
-    sys.stdout.flush()  # anything printed before stays in order
-    while data:
-        data = data[os.write(fd, data) :]
