@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from catnet.errors import writing
-from catnet.runtime.files import append_whole, atomic_write_text, numbered
+from catnet.runtime.files import append_whole, atomic_write_text, fsync_folder, numbered
 
 try:  # POSIX; elsewhere the lock is a no-op and a single writer is the user's job
     import fcntl
@@ -106,13 +106,10 @@ def _staging_copy(source: Path, folder: Path) -> Path:
 
 
 def sync_folder(folder: Path) -> None:
-    """fsync a folder so a rename or link in it survives a power cut."""
+    """fsync a folder so a rename or link in it survives a power cut; where a file system
+    cannot sync a folder, the move itself has still happened."""
     with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(folder)
 
 
 def append_row(log: Path, columns: Sequence[str], row: Sequence[str], what: str = "") -> None:

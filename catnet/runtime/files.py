@@ -54,7 +54,7 @@ def _ctrl_c_after_write() -> Iterator[None]:
         raise KeyboardInterrupt  # no handler that raises: stop all the same
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Make the rename itself durable: it lives in the folder's entry list."""
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -83,7 +83,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None], what: str 
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(path.parent)
+        fsync_folder(path.parent)
     return path
 
 
