@@ -186,6 +186,11 @@ class PredictConfig:
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
     open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
+    # Ray Data (README, "Beyond one machine"); needs the extra: pip install "catnet[ray]".
+    ray: str = setting(
+        "", "Run on Ray: HOST:PORT, ray://HOST:PORT, auto or local ('' = this process)."
+    )
+    ray_gpus: float = setting(0.0, "With --ray: GPUs per model copy (0 = CPU workers).")
 
 
 @dataclass

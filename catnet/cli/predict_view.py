@@ -36,8 +36,14 @@ def run_prediction(
 ) -> dict[str, Any]:
     skip = done_paths(output) if (output and skip_done) else set()
     inputs: Iterable[str] = _outside(paths, sort_dest) if sort_dest else paths
-    # Decoding starts now, in worker processes, while torch is imported below (~1 s).
-    reader = start_early(checkpoint, inputs, cfg, skip)
+    if cfg.ray:  # before anything else: a missing Ray or a bad address is a usage error
+        from catnet.distributed.cluster import check_reachable, require_ray
+
+        require_ray()
+        check_reachable(cfg.ray)
+    # Decoding starts now, in worker processes, while torch is imported below (~1 s); with
+    # --ray, Ray's workers decode.
+    reader = None if cfg.ray else start_early(checkpoint, inputs, cfg, skip)
     writer = None
     try:
         from catnet.inference.prediction import load_model, predict  # imports torch
@@ -48,7 +54,12 @@ def run_prediction(
         if not writer and not as_json:
             stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)
         on_row = _row_handler(model.hash, threshold, writer, as_json, stdout, sort_dest, link)
-        summary = predict(model, inputs, cfg, on_row, skip, unsure, reader)
+        if cfg.ray:
+            from catnet.distributed.ray_predict import predict_on_ray
+
+            summary = predict_on_ray(model, inputs, cfg, on_row, skip, unsure)
+        else:
+            summary = predict(model, inputs, cfg, on_row, skip, unsure, reader)
     except WriteFailed as exc:
         if output:
             exc.hint = f"the rows before it are complete; once there is space: {_resume_command()}"

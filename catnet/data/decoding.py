@@ -14,7 +14,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
-from catnet.data.pixels import decode_square
+from catnet.data.pixels import decode_square, decode_square_bytes
 from catnet.errors import DecodeError
 from catnet.runtime.workers import cpu_workers, process_pool
 
@@ -31,9 +31,16 @@ class Decoded(NamedTuple):
 
 def _decode_task(task: Task) -> Decoded:
     """Worker: one picture. Top-level so process pools can pickle it."""
-    path, size, max_pixels = task
+    return decode_one(*task)
+
+
+def decode_one(path: str, size: int, max_pixels: int, data: bytes | None = None) -> Decoded:
+    """One picture's Decoded: from its file, or from its bytes where something else read them
+    (catnet.distributed: Ray's readers). The same pixels and the same reasons either way."""
     try:
-        return Decoded(decode_square(path, size, max_pixels).tobytes())
+        if data is None:
+            return Decoded(decode_square(path, size, max_pixels).tobytes())
+        return Decoded(decode_square_bytes(data, size, max_pixels).tobytes())
     except DecodeError as exc:
         return Decoded(None, exc.reason)
 

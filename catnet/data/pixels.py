@@ -5,6 +5,7 @@ start fast."""
 from __future__ import annotations
 
 import contextlib
+import io
 import struct
 import warnings
 from collections.abc import Iterator
@@ -31,14 +32,32 @@ def decode_square(path: str | Path, size: int, max_pixels: int = 120_000_000) ->
             raise DecodeError(missing_reason(path))
         if path.stat().st_size == 0:
             raise DecodeError("empty file (0 bytes)")
-        with path.open("rb") as fh, warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's chatter about odd files: we judge by result
-            with open_picture(fh, str(path)) as img:
-                return to_square_rgb(img, size, max_pixels)
+        with path.open("rb") as fh:
+            return _decode_open(fh, str(path), size, max_pixels)
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError(reason_for(exc, max_pixels)) from None
+
+
+def decode_square_bytes(data: bytes, size: int, max_pixels: int = 120_000_000) -> np.ndarray:
+    """decode_square for a file's bytes already read (catnet.distributed: Ray reads the files):
+    the same (size, size, 3) uint8 RGB square, or the same DecodeError reasons."""
+    try:
+        if not data:
+            raise DecodeError("empty file (0 bytes)")
+        return _decode_open(io.BytesIO(data), "", size, max_pixels)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(reason_for(exc, max_pixels)) from None
+
+
+def _decode_open(fh: IO[bytes], name: str, size: int, max_pixels: int) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's chatter about odd files: we judge by result
+        with open_picture(fh, name) as img:
+            return to_square_rgb(img, size, max_pixels)
 
 
 @contextlib.contextmanager

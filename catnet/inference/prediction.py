@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,15 +174,9 @@ def predict(
             chunk, results = reader.take()
             if not chunk:
                 break
-            probs = _probabilities(model, results, cfg.batch_size, cfg.tta, cfg.open_set)
+            probs = decoded_probabilities(model, results, cfg.batch_size, cfg.tta, cfg.open_set)
             reader.start_next()
-            for path, result, (p, score) in zip(chunk, results, probs, strict=True):
-                if p is None:
-                    pred = Prediction(str(path), "error", None, result.reason)
-                else:
-                    unfamiliar = model.is_unfamiliar(score)
-                    label = model.label_for(p, threshold, unsure, unfamiliar)
-                    pred = Prediction(str(path), label, p, "", unfamiliar, score)
+            for pred in to_predictions(model, chunk, results, probs, threshold, unsure):
                 counts[pred.label] += 1
                 if on_row:
                     on_row(pred)
@@ -195,7 +189,27 @@ def predict(
     }
 
 
-def _probabilities(
+def to_predictions(
+    model: CatnetModel,
+    paths: Iterable[str | Path],
+    results: Iterable[Decoded],
+    probs: Iterable[tuple[float | None, float | None]],
+    threshold: float,
+    unsure: tuple[float, float] | None = None,
+) -> Iterator[Prediction]:
+    """One Prediction per decoded file: its label from p(cat), the threshold, the unsure range
+    and the open-set check, or an error row with the decoder's reason. Shared by predict and
+    catnet.distributed, so both write the same rows."""
+    for path, result, (p, score) in zip(paths, results, probs, strict=True):
+        if p is None:
+            yield Prediction(str(path), "error", None, result.reason)
+        else:
+            unfamiliar = model.is_unfamiliar(score)
+            label = model.label_for(p, threshold, unsure, unfamiliar)
+            yield Prediction(str(path), label, p, "", unfamiliar, score)
+
+
+def decoded_probabilities(
     model: CatnetModel,
     results: list[Decoded],
     batch_size: int,

@@ -1,0 +1,209 @@
+"""`catnet predict` on Ray Data (catnet.distributed): on a local Ray of 2 CPUs, over ~2,000
+drawn pictures with unreadable ones and awkward names mixed in, the rows are `catnet predict`'s
+rows; the driver does not hold the pictures; a missing Ray or a wrong address is a clear error.
+The tests that need Ray skip without it (the extra: pip install "catnet[ray]")."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import TrainedRun, catnet_cli, prob_tol, write_class
+from PIL import Image
+
+from catnet.inference.outputs import RowWriter
+
+NO_RAY = "Ray Data is the optional extra: pip install 'catnet[ray]'"
+# The names that break hand-made CSV and JSON: a comma, quotes, a newline, a semicolon, accents.
+ODD_NAMES = ('comma, "quoted" név.png', "new\nline.png", "semi;colon 'single'.png")
+FLOATS = ("p_cat", "threshold", "unfamiliar_score")
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    """A local Ray on 2 CPUs for the whole module (starting one takes seconds)."""
+    ray = pytest.importorskip("ray", reason=NO_RAY)
+    pytest.importorskip("ray.data", reason=NO_RAY)
+    if ray.is_initialized():
+        pytest.skip("a Ray runtime is already running in this process")
+    context = ray.init(num_cpus=2, log_to_driver=False, include_dashboard=False)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """2,000 tiny drawn pictures (PNG and JPEG), 3 with awkward names, 4 unreadable ones."""
+    root = tmp_path_factory.mktemp("ray-pictures")
+    write_class(root / "cats", "cats", 600, 24)
+    write_class(root / "cats", "cats", 400, 24, fmt="jpg", start=600)
+    write_class(root / "other", "dogs", 993, 24)
+    for i, name in enumerate(ODD_NAMES):
+        Image.open(root / "cats" / f"cats_{i}.png").save(root / "other" / name)
+    (root / "other" / "empty.png").write_bytes(b"")
+    (root / "other" / "text.jpg").write_text("this is not a JPEG\n")
+    (root / "cats" / "truncated.jpg").write_bytes((root / "cats" / "cats_600.jpg").read_bytes()[:200])
+    (root / "cats" / "random.png").write_bytes(os.urandom(3000))
+    return root
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV or JSONL output, values as JSON would have them."""
+    if path.suffix == ".jsonl":
+        return [json.loads(line) for line in path.read_text().splitlines()]
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key in FLOATS:
+            row[key] = float(row[key]) if row[key] else None
+        row["unfamiliar"] = {"true": True, "false": False, "": None}[row["unfamiliar"]]
+    return rows
+
+
+def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """The same paths in the same order, equal strings, floats within rounding."""
+    assert [r["path"] for r in got] == [r["path"] for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert list(a) == list(b) == list(RowWriter.COLUMNS)
+        for key in RowWriter.COLUMNS:
+            if key in FLOATS and a[key] is not None and b[key] is not None:
+                assert a[key] == pytest.approx(b[key], abs=prob_tol()), (a, b)
+            else:
+                assert a[key] == b[key], (key, a, b)
+
+
+@pytest.fixture(scope="module")
+def reference(trained: TrainedRun, pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Today's `catnet predict` over the pictures (and a missing file) as CSV: the reference."""
+    out = tmp_path_factory.mktemp("ray-ref") / "rows.csv"
+    result = catnet_cli("predict", trained.best, pictures, pictures / "missing.png", "-o", out)
+    assert result.returncode == 1, result.stderr  # some files are unreadable
+    return out
+
+
+@pytest.mark.slow
+def test_cli_ray_writes_predicts_rows(
+    ray_address: str, trained: TrainedRun, pictures: Path, reference: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ray.csv"
+    result = catnet_cli(
+        "predict", trained.best, pictures, pictures / "missing.png", "-o", out, "--ray", ray_address
+    )
+    assert result.returncode == 1, result.stderr  # exit 1: some inputs unreadable, as predict
+    rows = read_rows(out)
+    assert_same_rows(rows, read_rows(reference))
+    assert len(rows) == 2001
+    errors = {Path(r["path"]).name: r["error"] for r in rows if r["label"] == "error"}
+    assert set(errors) == {"empty.png", "text.jpg", "truncated.jpg", "random.png", "missing.png"}
+    assert errors["empty.png"] == "empty file (0 bytes)"
+    assert {Path(r["path"]).name for r in rows} >= set(ODD_NAMES)
+    assert "2001 pictures" in result.stderr
+
+
+@pytest.mark.slow
+def test_cli_ray_options_match_predict_as_jsonl(
+    ray_address: str, trained: TrainedRun, pictures: Path, tmp_path: Path
+) -> None:
+    """TTA, a threshold, an unsure range and the open-set check off: the same rows either way."""
+    files = [pictures / "other" / name for name in (*ODD_NAMES, "empty.png")]
+    files += sorted((pictures / "cats").glob("cats_1*.png"))
+    options = ["--tta", "--threshold", "0.3", "--unsure", "0.45,0.55", "--open-set", "off"]
+    ref, ray = tmp_path / "ref.jsonl", tmp_path / "ray.jsonl"
+    assert catnet_cli("predict", trained.best, *files, "-o", ref, *options).returncode == 1
+    result = catnet_cli("predict", trained.best, *files, "-o", ray, *options, "--ray", ray_address)
+    assert result.returncode == 1, result.stderr
+    rows = read_rows(ray)
+    assert_same_rows(rows, read_rows(ref))
+    assert {r["threshold"] for r in rows} == {0.3}
+    assert {r["unfamiliar"] for r in rows} == {None}
+
+
+@pytest.mark.slow
+def test_predict_dataset_from_file_bytes(
+    ray_address: str, trained: TrainedRun, pictures: Path, reference: Path
+) -> None:
+    """The Python API on ray.data.read_binary_files: Ray reads the files, the workers decode
+    the bytes; the rows (in Ray's order) are predict's."""
+    import ray.data
+
+    from catnet.distributed import predict_dataset
+
+    source = ray.data.read_binary_files(str(pictures), include_paths=True)
+    rows = predict_dataset(trained.best, source).take_all()
+    want = {r["path"]: r for r in read_rows(reference)}
+    got = {str(Path(r["path"])): r for r in rows}
+    assert len(got) == len(rows) == 2000
+    for path, row in got.items():
+        assert_same_rows([row], [want[path]])
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no /proc/self/status here")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_driver_memory_stays_below_the_input(
+    ray_address: str, trained: TrainedRun, tmp_path: Path
+) -> None:
+    """120 MB of pictures through read_binary_files: the rows stream to the driver batch by
+    batch and carry none of the pictures' bytes or pixels, so the driver grows by far less than
+    the input. Fails if the rows kept the bytes or pixels columns, or the driver collected the
+    input."""
+    import ray.data
+
+    from catnet.distributed import predict_dataset
+
+    rng = np.random.default_rng(0)
+    for i in range(40):  # uncompressed noise: 3 MB each, on disk and in Ray's object store
+        pixels = rng.integers(0, 256, (1000, 1000, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / f"noise_{i}.png", compress_level=0)
+    total_mb = sum(p.stat().st_size for p in tmp_path.glob("*.png")) / 2**20
+    source = ray.data.read_binary_files(str(tmp_path), include_paths=True)
+    rows = predict_dataset(trained.best, source)
+    before, peak, n = rss_mb(), 0.0, 0
+    for batch in rows.iter_batches(batch_format="pyarrow", batch_size=8):
+        assert batch.column_names == list(RowWriter.COLUMNS)
+        n += batch.num_rows
+        peak = max(peak, rss_mb())
+    assert n == 40
+    assert peak - before < total_mb / 3, (before, peak, total_mb)
+
+
+def test_missing_ray_is_a_usage_error_with_the_install_line(tmp_path: Path) -> None:
+    """Without the extra: exit 2 and `pip install "catnet[ray]"`, no traceback."""
+    fake = tmp_path / "no-ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
+    env_path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+    write_class(tmp_path / "pics", "cats", 2, 24)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", env_path)
+        result = catnet_cli("predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", "auto")
+    assert result.returncode == 2, result.stderr
+    assert 'pip install "catnet[ray]"' in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"), ("nowhere", "--ray takes")],
+)
+def test_bad_address_is_a_clear_error_not_a_hang(address: str, message: str, tmp_path: Path) -> None:
+    pytest.importorskip("ray.data", reason=NO_RAY)
+    write_class(tmp_path / "pics", "cats", 2, 24)
+    result = catnet_cli("predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", address, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
