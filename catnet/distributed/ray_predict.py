@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # (~100 bytes each), so its memory stays bounded for any number of files; each part costs one
 # start of the workers (seconds), nothing next to 100,000 pictures.
 PATHS_PER_PART = 100_000
+DECODE_BATCH = 8  # files per decode batch (their bytes, with read_binary_files)
 
 
 def row_schema() -> pa.Schema:
@@ -124,17 +125,21 @@ def predict_dataset(
     columns = dataset.columns(fetch_if_missing=False)
     if columns is not None and "path" not in columns:
         raise CatnetError(f"the dataset needs a 'path' column; it has {', '.join(columns)}")
-    rows_per_batch = max(cfg.batch_size * 4, 64)  # a few forward passes per Ray batch
+    # Few files per decode batch: with read_binary_files a batch holds the files' bytes (MBs
+    # each), and a batch that needs more than Ray's object store budget lets in waits forever.
     decoded = dataset.map_batches(
         decode_batch,
         batch_format="pyarrow",
-        batch_size=rows_per_batch,
+        batch_size=DECODE_BATCH,
         fn_kwargs={"size": model.decode_size, "max_pixels": cfg.max_image_pixels},
     )
     return decoded.map_batches(
         Predictor,
         batch_format="pyarrow",
-        batch_size=rows_per_batch,
+        # On CPUs Ray fuses the two stages (one worker decodes and runs the network; no copy of
+        # the pixels in between) and each decode batch goes through the network as it is. A GPU
+        # worker is a stage of its own and gathers a full forward pass of pixels.
+        batch_size=cfg.batch_size if num_gpus else None,
         fn_constructor_kwargs={
             "payload": model.payload,
             "name": str(model.path),
