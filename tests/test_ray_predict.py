@@ -58,14 +58,23 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "other" / "text.jpg").write_text("this is not a JPEG\n")
     (root / "cats" / "truncated.jpg").write_bytes((root / "cats" / "cats_600.jpg").read_bytes()[:200])
     (root / "cats" / "random.png").write_bytes(os.urandom(3000))
+    not_utf8(root).parent.mkdir()
+    Image.open(root / "cats" / "cats_5.png").save(not_utf8(root))
     return root
+
+
+def not_utf8(pictures: Path) -> Path:
+    """A picture whose name is not UTF-8 (Latin-1 "café"), in a folder of its own beside the
+    pictures (Arrow's strings cannot hold its name; read_binary_files does not see it)."""
+    return pictures.parent / "odd-bytes" / os.fsdecode(b"caf\xe9.png")
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV or JSONL output, values as JSON would have them."""
     if path.suffix == ".jsonl":
-        return [json.loads(line) for line in path.read_text().splitlines()]
-    with path.open(newline="", encoding="utf-8") as fh:
+        text = path.read_text(encoding="utf-8", errors="surrogateescape")
+        return [json.loads(line) for line in text.splitlines()]
+    with path.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         rows = list(csv.DictReader(fh))
     for row in rows:
         for key in FLOATS:
@@ -90,7 +99,8 @@ def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> N
 def reference(trained: TrainedRun, pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Today's `catnet predict` over the pictures (and a missing file) as CSV: the reference."""
     out = tmp_path_factory.mktemp("ray-ref") / "rows.csv"
-    result = catnet_cli("predict", trained.best, pictures, pictures / "missing.png", "-o", out)
+    extra = (pictures / "missing.png", not_utf8(pictures).parent)
+    result = catnet_cli("predict", trained.best, pictures, *extra, "-o", out)
     assert result.returncode == 1, result.stderr  # some files are unreadable
     return out
 
@@ -101,17 +111,19 @@ def test_cli_ray_writes_predicts_rows(
 ) -> None:
     out = tmp_path / "ray.csv"
     result = catnet_cli(
-        "predict", trained.best, pictures, pictures / "missing.png", "-o", out, "--ray", ray_address
-    )
+        "predict", trained.best, pictures, pictures / "missing.png", not_utf8(pictures).parent,
+        "-o", out, "--ray", ray_address,
+    )  # fmt: skip
     assert result.returncode == 1, result.stderr  # exit 1: some inputs unreadable, as predict
     rows = read_rows(out)
     assert_same_rows(rows, read_rows(reference))
-    assert len(rows) == 2001
+    assert len(rows) == 2002
     errors = {Path(r["path"]).name: r["error"] for r in rows if r["label"] == "error"}
     assert set(errors) == {"empty.png", "text.jpg", "truncated.jpg", "random.png", "missing.png"}
     assert errors["empty.png"] == "empty file (0 bytes)"
     assert {Path(r["path"]).name for r in rows} >= set(ODD_NAMES)
-    assert "2001 pictures" in result.stderr
+    assert "2002 pictures" in result.stderr
+    assert rows[-1]["path"] == str(not_utf8(pictures)) and rows[-1]["label"] != "error"
 
 
 @pytest.mark.slow
@@ -214,4 +226,15 @@ def test_bad_address_is_a_clear_error_not_a_hang(address: str, message: str, tmp
     result = catnet_cli("predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", address, timeout=60)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_a_non_utf8_name_on_the_command_line_is_a_clear_error(
+    ray_address: str, trained: TrainedRun, pictures: Path
+) -> None:
+    """Ray cannot start from such a command line (its folder works: see above)."""
+    result = catnet_cli("predict", trained.best, not_utf8(pictures), "--ray", ray_address)
+    assert result.returncode == 2, result.stderr
+    assert "give the folder that holds it" in result.stderr
     assert "Traceback" not in result.stderr

@@ -5,6 +5,7 @@ and a one-line summary. Importing this does not import torch, so that decoding c
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shlex
 import sys
@@ -41,6 +42,8 @@ def run_prediction(
 
         require_ray()
         check_reachable(cfg.ray)
+        # Ray Data logs every job's plan and start to stderr; predict prints its own summary.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     # Decoding starts now, in worker processes, while torch is imported below (~1 s); with
     # --ray, Ray's workers decode.
     reader = None if cfg.ray else start_early(checkpoint, inputs, cfg, skip)

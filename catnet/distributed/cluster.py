@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -59,6 +60,21 @@ def check_reachable(address: str, timeout: float = PROBE_SECONDS) -> None:
         ) from None
 
 
+def check_command_line() -> None:
+    """Ray sends this process's command line to its head as UTF-8 and fails on a file name
+    that is not (a Latin-1 `caf\xe9.jpg` typed as an argument). Such files inside a folder
+    that is given are fine: say so, before Ray's own error."""
+    for arg in sys.argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = arg.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            raise CatnetError(
+                f"Ray cannot run from a command line with a name that is not UTF-8: {shown}",
+                hint="give the folder that holds it instead; files in it are read as they are",
+            ) from None
+
+
 @contextlib.contextmanager
 def connected(address: str) -> Iterator[ModuleType]:
     """Ray connected to `address` (HOST:PORT, ray://HOST:PORT, auto = the running cluster this
@@ -69,6 +85,7 @@ def connected(address: str) -> Iterator[ModuleType]:
         yield ray
         return
     check_reachable(address)
+    check_command_line()
     try:
         ray.init(
             address=None if address == "local" else address,

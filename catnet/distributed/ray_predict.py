@@ -11,6 +11,7 @@ the rows are predict's rows. Ray is imported lazily: it is the optional extra ca
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 # (~100 bytes each), so its memory stays bounded for any number of files; each part costs one
 # start of the workers (seconds), nothing next to 100,000 pictures.
 PATHS_PER_PART = 100_000
-DECODE_BATCH = 8  # files per decode batch (their bytes, with read_binary_files)
+BYTES_BATCH = 8  # files per decode batch when the rows carry the files' bytes
 
 
 def row_schema() -> pa.Schema:
@@ -54,8 +55,15 @@ def decode_batch(batch: pa.Table, size: int, max_pixels: int) -> pa.Table:
 
     paths = batch.column("path").to_pylist()
     data = batch.column("bytes").to_pylist() if "bytes" in batch.column_names else None
+    # `file`: the path as bytes, for names that are not UTF-8 (Arrow's strings must be).
+    files = batch.column("file").to_pylist() if "file" in batch.column_names else None
     out = [
-        decode_one(path, size, max_pixels, None if data is None else data[i] or b"")
+        decode_one(
+            path if files is None else os.fsdecode(files[i]),
+            size,
+            max_pixels,
+            None if data is None else data[i] or b"",
+        )
         for i, path in enumerate(paths)
     ]
     return pa.table(
@@ -74,7 +82,7 @@ class Predictor:
 
     def __init__(
         self,
-        payload: dict[str, Any],
+        payload: list[Any],
         name: str,
         cfg: PredictConfig,
         unsure: tuple[float, float] | None,
@@ -82,7 +90,9 @@ class Predictor:
     ) -> None:
         from catnet.inference.prediction import CatnetModel
 
-        self.model = CatnetModel(payload, Path(name), device)
+        ray = require_ray()
+        # [ObjectRef]: the payload is in Ray's object store once, fetched by each worker.
+        self.model = CatnetModel(ray.get(payload[0]), Path(name), device)
         self.cfg, self.unsure = cfg, unsure
         self.threshold = self.model.threshold if cfg.threshold < 0 else cfg.threshold
 
@@ -114,7 +124,8 @@ def predict_dataset(
     (path, label, p_cat, error, model, threshold, unfamiliar, unfamiliar_score).
 
     `dataset` has a `path` column (files every worker can read), or `path` and `bytes`, as
-    `ray.data.read_binary_files(..., include_paths=True)` gives. Unreadable files become error
+    `ray.data.read_binary_files(..., include_paths=True)` gives (or `path` to show and `file`,
+    the path as bytes, to read). Unreadable files become error
     rows. cfg: threshold, batch_size (per forward pass), tta, max_image_pixels, open_set as in
     predict. num_gpus: GPUs per model copy (0: CPU workers). concurrency: model copies, a number
     or (min, max) [default: 1 up to one per CPU, or per GPU]. Rows come in any order unless
@@ -125,12 +136,14 @@ def predict_dataset(
     columns = dataset.columns(fetch_if_missing=False)
     if columns is not None and "path" not in columns:
         raise CatnetError(f"the dataset needs a 'path' column; it has {', '.join(columns)}")
-    # Few files per decode batch: with read_binary_files a batch holds the files' bytes (MBs
-    # each), and a batch that needs more than Ray's object store budget lets in waits forever.
+    # Few files per decode batch where the rows hold the files' bytes (read_binary_files; MBs
+    # each): a batch that needs more than Ray's object store budget lets in waits forever.
+    # Paths alone: a forward pass's worth.
+    paths_only = columns is not None and "bytes" not in columns
     decoded = dataset.map_batches(
         decode_batch,
         batch_format="pyarrow",
-        batch_size=DECODE_BATCH,
+        batch_size=cfg.batch_size if paths_only else BYTES_BATCH,
         fn_kwargs={"size": model.decode_size, "max_pixels": cfg.max_image_pixels},
     )
     return decoded.map_batches(
@@ -141,7 +154,7 @@ def predict_dataset(
         # worker is a stage of its own and gathers a full forward pass of pixels.
         batch_size=cfg.batch_size if num_gpus else None,
         fn_constructor_kwargs={
-            "payload": model.payload,
+            "payload": [ray.put(model.payload)],  # in a list: Ray hands the ref over as is
             "name": str(model.path),
             "cfg": cfg,
             "unsure": unsure,
@@ -169,14 +182,21 @@ def predict_on_ray(
     paths = (str(p) for p in expand_inputs(inputs) if not skip or str(p) not in skip)
     with connected(cfg.ray) as ray:
         while part := list(itertools.islice(paths, PATHS_PER_PART)):
-            source = ray.data.from_items([{"path": p} for p in part])
-            rows = predict_dataset(model, source, cfg, unsure, cfg.ray_gpus)
+            items = [{"path": _text(p), "file": os.fsencode(p)} for p in part]
+            source = ray.data.from_items(items)
+            # A fixed pool, every CPU (or GPU): no read tasks need a CPU of their own here.
+            copies = _workers(cfg.ray_gpus)
+            rows = predict_dataset(model, source, cfg, unsure, cfg.ray_gpus, copies)
             rows.context.execution_options.preserve_order = True  # predict's order
             rows.context.enable_progress_bars = False  # the CLI prints its own summary
+            given = iter(part)  # in order: the k-th row is the k-th path, byte-exact
             for batch in rows.iter_batches(batch_format="pyarrow", batch_size=None):
                 for row in batch.to_pylist():
+                    path = next(given)
+                    if row["path"] != _text(path):  # Ray lost the order: never write wrong rows
+                        raise RuntimeError(f"Ray returned {row['path']!r} for {path!r}")
                     pred = Prediction(
-                        row["path"], row["label"], row["p_cat"], row["error"],
+                        path, row["label"], row["p_cat"], row["error"],
                         row["unfamiliar"], row["unfamiliar_score"],
                     )  # fmt: skip
                     counts[pred.label] += 1
@@ -189,6 +209,11 @@ def predict_on_ray(
         "threshold": threshold,
         "open_set": bool(cfg.open_set and model.open_set),
     }
+
+
+def _text(path: str) -> str:
+    """A path as valid UTF-8 for Arrow: bytes of a non-UTF-8 name as backslash escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _as_model(checkpoint: str | Path | CatnetModel) -> CatnetModel:
