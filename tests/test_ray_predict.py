@@ -8,14 +8,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import TrainedRun, catnet_cli, prob_tol, write_class
+from conftest import REPO, TrainedRun, catnet_cli, prob_tol, write_class
 from PIL import Image
 
 from catnet.inference.outputs import RowWriter
@@ -238,3 +241,16 @@ def test_a_non_utf8_name_on_the_command_line_is_a_clear_error(
     assert result.returncode == 2, result.stderr
     assert "give the folder that holds it" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_core_install_does_not_import_ray() -> None:
+    """Ray is an extra: catnet, its predict command and catnet.distributed import without it."""
+    code = (
+        "import sys, catnet, catnet.distributed, catnet.cli.predict_view, catnet.cli.commands; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    core = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert not [d for d in core["dependencies"] if d.startswith("ray")]
+    assert core["optional-dependencies"]["ray"] == ["ray[data]>=2.9"]

@@ -125,11 +125,11 @@ def predict_dataset(
 
     `dataset` has a `path` column (files every worker can read), or `path` and `bytes`, as
     `ray.data.read_binary_files(..., include_paths=True)` gives (or `path` to show and `file`,
-    the path as bytes, to read). Unreadable files become error
-    rows. cfg: threshold, batch_size (per forward pass), tta, max_image_pixels, open_set as in
-    predict. num_gpus: GPUs per model copy (0: CPU workers). concurrency: model copies, a number
-    or (min, max) [default: 1 up to one per CPU, or per GPU]. Rows come in any order unless
-    `dataset.context.execution_options.preserve_order` is set (predict_on_ray sets it)."""
+    the path as bytes, to read). Unreadable files become error rows. cfg: threshold,
+    batch_size (per forward pass), tta, max_image_pixels, open_set as in predict. num_gpus:
+    GPUs per model copy (0: CPU workers). concurrency: model copies, a number or (min, max)
+    [default: 1 up to one per CPU, or per GPU]. Rows come in Ray's order unless the returned
+    dataset's `context.execution_options.preserve_order` is set (predict_on_ray sets it)."""
     ray = require_ray()
     cfg = cfg or PredictConfig()
     model = _as_model(checkpoint)
