@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset
+from conftest import TrainedRun, make_dataset
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
@@ -50,3 +50,15 @@ def test_openset_benchmark_prints_before_and_after(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert re.search(r"assorted tagged cat \d+/160 \(.*\) -> \d+/160", out.stdout), out.stdout
     assert re.search(r"network time, on / off \(ratio x 100\)\s+\d+\.\d\d", out.stdout), out.stdout
+
+
+def test_ray_predict_benchmark_prints_both_ratios(tmp_path: Path, trained: TrainedRun) -> None:
+    pytest.importorskip("ray.data", reason="Ray Data is the optional extra: catnet[ray]")
+    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_ray_predict.py"), "--data", str(data)]
+    cmd += ["--checkpoint", str(trained.best), "--skip-local"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"best\.pt\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d .*same labels", out.stdout), out.stdout
+    # start-up costs taken out: on 40 pictures the difference may even come out negative
+    assert re.search(r"marginal.*\s+-?\d+\.\d\s+-?\d+\.\d\s+-?\d+\.\d\d$", out.stdout, re.M), out.stdout
