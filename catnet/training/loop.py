@@ -247,20 +247,37 @@ def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
     return model.to(compute.device, memory_format=torch.channels_last)
 
 
+# Fine-tuning epochs when none are asked for. A network trained end to end: 5. A pretrained
+# model that trains only its head on stored features: 20, at a few seconds an epoch. In the
+# labelling benchmark (3 seeds, README "Labelling order") 5 such epochs (4 to 12 minibatch steps
+# each) learnt 94 of 107 corrections, 20 learnt 92 of 94, held-out accuracy no worse.
+FINETUNE_EPOCHS = 5
+FINETUNE_HEAD_EPOCHS = 20
+
+
+def default_finetune_epochs(payload: dict) -> int:
+    head_only = payload["arch"].get("type") == "pretrained" and not payload.get(
+        "train_config", {}
+    ).get("train_stages", 0)
+    return FINETUNE_HEAD_EPOCHS if head_only else FINETUNE_EPOCHS
+
+
 def finetune(
     checkpoint: str | Path,
     data: str | Path,
-    epochs: int = 5,
+    epochs: int = 0,
     out: str = "",
     callbacks: TrainCallbacks | None = None,
 ) -> TrainResult:
     """Continue training a checkpoint on (corrected) data: same architecture and recipe, a
-    third of the learning rate, corrected pictures weighted up."""
+    third of the learning rate, corrected pictures weighted up. epochs 0: the default for
+    this kind of model (default_finetune_epochs)."""
     from catnet.config import from_dict
     from catnet.models.checkpoint import load_checkpoint
 
     payload = load_checkpoint(checkpoint)
     values = dict(payload.get("train_config", {}))
+    epochs = epochs or default_finetune_epochs(payload)
     values.update(data=str(data), out=out, epochs=epochs, time_budget=0.0, resume="", patience=0)
     # A third of the training learning rate; a fine-tuned checkpoint (init_from set) already
     # carries that third, and dividing again at every Teach would shrink it to nothing (3^-9
