@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from catnet.errors import (
     EXIT_SOME_FAILED,
@@ -45,9 +46,10 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CatnetError as exc:
-            console.print(f"[bold red]error:[/] {exc.message}", highlight=False)
+            # escape: a message may quote text with brackets (a path, a library's error)
+            console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                console.print(f"[dim]hint: {exc.hint}[/]", highlight=False)
+                console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             name = getattr(exc, "name", "")  # catnet.errors.Stopped: SIGTERM or SIGHUP

@@ -102,8 +102,10 @@ def collective_errors(ranks: Ranks) -> Iterator[None]:
     timeout) becomes one clear CatnetError (exit 1) instead of a C++ traceback or a hang."""
     try:
         yield
-    except dist.DistError as exc:
-        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+    except RuntimeError as exc:
+        if not (ranks.active and lost_peer(exc)):
+            raise
+        detail = _first_sentence(str(exc)) or type(exc).__name__
         raise CatnetError(
             f"rank {ranks.rank} of {ranks.world}: another training process stopped answering "
             f"(it ended, or sent nothing for {ranks.timeout:g} s): {detail}",
@@ -111,6 +113,23 @@ def collective_errors(ranks: Ranks) -> Iterator[None]:
             hint="torchrun's summary names the rank that failed first; last.pt holds the last "
             "finished epoch (catnet train --resume RUN/last.pt)",
         ) from None
+
+
+def lost_peer(exc: RuntimeError) -> bool:
+    """Whether exc is a failed collective: torch raises DistError for most, but gloo's "Connection
+    closed by peer" and "Timed out waiting ... for recv" still come as plain RuntimeErrors,
+    recognised by the library that raised them."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or "gloo" in text or "NCCL" in text
+
+
+def _first_sentence(text: str) -> str:
+    """"[.../pair.cc:561] Connection closed by peer [::1]:123. This is typically ..." ->
+    "Connection closed by peer [::1]:123"."""
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    if text.startswith("[") and "] " in text:  # the C++ source location
+        text = text.split("] ", 1)[1]
+    return text.split(". ", 1)[0][:300]
 
 
 def barrier_long(ranks: Ranks) -> None:

@@ -231,7 +231,7 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
             )
             write_metrics(run_dir / "metrics.csv", state.history)
             if shard:
-                write_record(run_dir, shard, cfg.batch_size, shown)
+                write_record(run_dir, shard, batch, shown)
     val_mirror = feats.val_mirror if cfg.tta else None
 
     def finalize() -> TrainResult:
@@ -245,7 +245,7 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
         result.stop_reason = stop_reason
         return result
 
-    return end_of_run(shard, run_dir, net.state_dict(), cfg.batch_size, shown, finalize)
+    return end_of_run(shard, run_dir, net.state_dict(), batch, shown, finalize)
 
 
 def _epochs(cfg: TrainConfig, net: PretrainedNet, optimizer: torch.optim.Optimizer,

@@ -82,9 +82,8 @@ def _run(cfg: TrainConfig, ranks: Ranks, compute: Compute, started: float,
     if ranks.active:
         done = resume["resume"]["epoch"] if resume else 0
         shard = Shard(ranks, cfg.seed, earlier_epochs(run_dir, done + 1))
-        per_rank = shard.batch_size(cfg.batch_size)
-        cb.on_message(f"training on {ranks.world} processes ({ranks.backend}): {per_rank} "
-                      f"pictures a step each, {per_rank * ranks.world} in all")  # fmt: skip
+        cb.on_message(f"training on {ranks.world} processes ({ranks.backend}): each step's "
+                      f"batch is split among them")  # fmt: skip
     if cfg.model == "pretrained":
         from catnet.training.feature_loop import train_on_features
 
