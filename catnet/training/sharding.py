@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from catnet.errors import CatnetError
 from catnet.models.checkpoint import weights_checksum
 from catnet.runtime.compute import batches_of
 from catnet.runtime.distributed import Ranks, all_sum, broadcast_object, gather_objects
@@ -58,6 +59,11 @@ class Shard:
 
     def steps(self, n_shown: int, global_batch: int) -> int:
         """Steps per epoch, the same on every rank (the longest share decides)."""
+        if n_shown < self.ranks.world:
+            raise CatnetError(
+                f"{n_shown} training pictures cannot be shared among {self.ranks.world} "
+                "processes: start fewer (torchrun --nproc-per-node)"
+            )
         longest = math.ceil(n_shown / self.ranks.world)
         return max(1, math.ceil(longest / self.batch_size(global_batch)))
 
