@@ -139,13 +139,15 @@ def barrier_long(ranks: Ranks) -> None:
 
 
 @contextlib.contextmanager
-def leader_first(ranks: Ranks) -> Iterator[None]:
+def leader_first(ranks: Ranks, cached: bool = True) -> Iterator[None]:
     """Rank 0 runs the block first (building a cache); the others wait, then run it (reading
-    the cache). The wait is on the long-timeout group: building may take hours."""
-    if ranks.active and not ranks.leader:
+    the cache). The wait is on the long-timeout group: building may take hours. Without a
+    cache (`cached` False) there is nothing to share and every rank runs the block at once."""
+    wait = ranks.active and cached
+    if wait and not ranks.leader:
         barrier_long(ranks)
     yield
-    if ranks.active and ranks.leader:
+    if wait and ranks.leader:
         barrier_long(ranks)
 
 

@@ -205,7 +205,7 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
     ranks = shard.ranks if shard else SINGLE
     net = build_network(cfg, compute)
     stages = cfg.train_stages
-    with leader_first(ranks):  # rank 0 fills the feature cache; the others then read it
+    with leader_first(ranks, cfg.cache):  # rank 0 fills the feature cache; the others read it
         feats = Features(net, stages, data, cfg, compute, cb)
     optimizer = optimizer_for(net, stages, cfg)
     mode = "min" if cfg.monitor == "val_loss" else "max"

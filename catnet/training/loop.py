@@ -76,7 +76,7 @@ def _run(cfg: TrainConfig, ranks: Ranks, compute: Compute, started: float,
         run_dir = Path(cfg.resume).parent
     else:  # rank 0 names (and makes) the run folder; the others learn its name
         run_dir = broadcast_object(ranks, new_run_dir(cfg.out) if ranks.leader else None)
-    with leader_first(ranks):  # rank 0 decodes into the cache; the others then read it
+    with leader_first(ranks, cfg.cache):  # rank 0 decodes into the cache; the others read it
         data = prepare_data(cfg, run_dir, cb.on_message, cb.on_decode, write=ranks.leader)
     shard = None
     if ranks.active:
