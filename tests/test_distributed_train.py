@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, make_dataset
+from conftest import REPO, catnet_cli, make_dataset
 
 from catnet.runtime.distributed import Ranks, torchrun_rank
 from catnet.training.sharding import Shard, set_hash
@@ -166,6 +166,19 @@ def test_without_torchrun_nothing_is_distributed(monkeypatch: pytest.MonkeyPatch
     assert torchrun_rank() is None  # LOCAL_RANK missing: not torchrun
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert torchrun_rank() == 1
+
+
+def test_torchrun_variables_without_torchrun_are_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=4, size=16)
+    for name, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    done = catnet_cli("train", data, *CNN, "--epochs", "1", "--out", tmp_path / "run")
+    assert done.returncode == 2, done.stderr
+    assert "the process group could not start" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

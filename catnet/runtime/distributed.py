@@ -81,9 +81,17 @@ def start(compute: Compute, timeout: float, setup_timeout: float) -> tuple[Ranks
     backend = "nccl" if compute.device.type == "cuda" else "gloo"
     owns = not dist.is_initialized()
     if owns:
-        dist.init_process_group(
-            backend, timeout=datetime.timedelta(seconds=max(setup_timeout, timeout))
-        )
+        try:
+            dist.init_process_group(
+                backend, timeout=datetime.timedelta(seconds=max(setup_timeout, timeout))
+            )
+        except (ValueError, RuntimeError) as exc:  # no MASTER_ADDR, an unreachable rendezvous
+            raise CatnetError(
+                f"RANK, WORLD_SIZE and LOCAL_RANK are set, but the process group could not "
+                f"start: {_first_sentence(str(exc))}",
+                hint="start several processes with torchrun (README 'Beyond one machine'), "
+                "or unset those variables to train in one process",
+            ) from None
     group = dist.new_group(backend=backend, timeout=datetime.timedelta(seconds=timeout))
     ranks = Ranks(dist.get_rank(), dist.get_world_size(), backend, timeout, group, owns)
     return ranks, compute
