@@ -38,10 +38,9 @@ def train_one_epoch(
     ema: AveragedModel | None = None,
     shard: Shard | None = None,
 ) -> dict[str, float]:
-    """One pass over the training pictures in a fresh random order. The loss tells the network
-    how wrong it was; backward() sends that error back through every layer as gradients.
-    With a shard (torchrun), this rank's share of the epoch; `model` is then the
-    DistributedDataParallel wrapper, whose backward() averages the gradients of all ranks."""
+    """One pass over the training pictures in a fresh random order (with a shard: this rank's
+    share, and `model` the DDP wrapper). The loss tells the network how wrong it was;
+    backward() sends that error back through every layer as gradients (averaged over ranks)."""
     model.train()
     settings = AugmentSettings(cfg.crop_scale, cfg.rotation, cfg.color_jitter)
     n = len(data.train_slots)
