@@ -120,6 +120,17 @@ class TrainConfig:
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
+    # --- several processes (torchrun; ignored otherwise; README "Beyond one machine") ---
+    # A step's all-reduce takes milliseconds; a rank that died or hangs fails the others after
+    # this long, never a hang. Long enough for an epoch-end pause (checkpoint writing on rank 0).
+    dist_timeout: float = setting(
+        300.0, "torchrun: seconds a rank waits for the others in training before failing."
+    )
+    # Rank 0 decodes (and computes features) alone while the others wait: hours for millions
+    # of photos, so this wait has its own, long, timeout.
+    dist_setup_timeout: float = setting(
+        21600.0, "torchrun: seconds the ranks wait for rank 0 to build the caches and finish."
+    )
 
     def validate(self) -> None:
         _choice("model", self.model, MODELS)
@@ -142,6 +153,8 @@ class TrainConfig:
         _range("depth", self.depth, 1, 6)
         _range("train_stages", self.train_stages, 0, 16)
         _range("time_budget", self.time_budget, 0.0, 1e7)
+        _range("dist_timeout", self.dist_timeout, 1.0, 1e6)
+        _range("dist_setup_timeout", self.dist_setup_timeout, 1.0, 1e7)
         if self.image_size and not 8 <= self.image_size <= 1024:
             raise CatnetError(
                 f"image_size must be 0 (auto) or between 8 and 1024, not {self.image_size}"
