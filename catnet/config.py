@@ -120,6 +120,17 @@ class TrainConfig:
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
+    # --- several processes (torchrun; ignored otherwise; README "Beyond one machine") ---
+    # A step's all-reduce takes milliseconds; a rank that died or hangs fails the others after
+    # this long, never a hang. Long enough for an epoch-end pause (checkpoint writing on rank 0).
+    dist_timeout: float = setting(
+        300.0, "torchrun: seconds a rank waits for the others in training before failing."
+    )
+    # Rank 0 decodes (and computes features) alone while the others wait: hours for millions
+    # of photos, so this wait has its own, long, timeout.
+    dist_setup_timeout: float = setting(
+        21600.0, "torchrun: seconds the ranks wait for rank 0 to build the caches and finish."
+    )
 
     def validate(self) -> None:
         _choice("model", self.model, MODELS)
@@ -142,6 +153,8 @@ class TrainConfig:
         _range("depth", self.depth, 1, 6)
         _range("train_stages", self.train_stages, 0, 16)
         _range("time_budget", self.time_budget, 0.0, 1e7)
+        _range("dist_timeout", self.dist_timeout, 1.0, 1e6)
+        _range("dist_setup_timeout", self.dist_setup_timeout, 1.0, 1e7)
         if self.image_size and not 8 <= self.image_size <= 1024:
             raise CatnetError(
                 f"image_size must be 0 (auto) or between 8 and 1024, not {self.image_size}"
@@ -221,11 +234,13 @@ class LabelConfig:
     port: int = setting(8765, "Port (0 = any free port; the printed URL says which).")
     unlabeled: str = setting("", "Folder of untagged pictures [default: DIR/unlabeled].")
     out: str = setting("", "Folder for Teach's run folders [default: DIR/.catnet/runs].")
-    # Each Teach is a fine-tune, so `catnet finetune`'s default.
-    epochs: int = setting(5, "Epochs of each Teach (the fine-tune).")
+    # Each Teach is a fine-tune, so `catnet finetune`'s default (training.loop.FINETUNE_*).
+    epochs: int = setting(
+        0, "Epochs of each Teach [0: 20 for a head-only pretrained model, 5 otherwise]."
+    )
     first_epochs: int = setting(30, "Epochs of the first model when Teach starts with no model.")
     # The pretrained default learns most from the few pictures tagged at the start (README,
-    # "Labelling order": 96 % after 20 labels, against ~60 % for the CNN).
+    # "Labelling order": 98 % after 20 labels, against ~60 % for the CNN).
     first_model: str = setting(
         "pretrained", "Network of that first model: pretrained, cnn or mlp."
     )
@@ -234,7 +249,7 @@ class LabelConfig:
 
     def validate(self) -> None:
         _range("port", self.port, 0, 65535)
-        _range("epochs", self.epochs, 1, 10_000)
+        _range("epochs", self.epochs, 0, 10_000)
         _range("first_epochs", self.first_epochs, 1, 10_000)
         _range("max_upload_mb", self.max_upload_mb, 0.001, 10_000)
 

@@ -129,7 +129,7 @@ def floor_accuracy(train_dir: Path, test_dir: Path) -> float:
     from catnet.data.folders import list_files
     from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_imagenet_backbone
     from catnet.runtime.compute import select_compute, setup_threads
-    from catnet.training.feature_loop import feature_store
+    from catnet.training.features import feature_store
 
     setup_threads()
     net = PretrainedNet(DEFAULT_BACKBONE)

@@ -45,8 +45,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--test", type=int, default=400, help="held-out photos")
     ap.add_argument("--pool", type=int, default=0, help="untagged photos (0 = all the rest)")
     ap.add_argument("--first-epochs", type=int, default=30)
-    ap.add_argument("--teach-epochs", type=int, default=5)
+    ap.add_argument("--teach-epochs", type=int, default=0, help="0 = the page's default")
     ap.add_argument("--image-size", type=int, default=0, help="first model's input side (0 = auto)")
+    ap.add_argument("--orders", default=",".join(ORDERS), help="which orders to run")
     ap.add_argument("--plot", type=Path, default=Path("active.png"))
     ap.add_argument("--work", type=Path, default=None, help="scratch folder [temp]")
     ap.add_argument(
@@ -86,6 +87,15 @@ def setup(args: argparse.Namespace, seed: int, root: Path) -> tuple[Path, list, 
     return data, held, truth
 
 
+def learnt_count(model: object, wrong: list[tuple[Path, str]]) -> int:
+    """How many of the (picture, true label) pairs the model now tags right."""
+    from catnet.labelling.queue import score_pictures
+
+    new = score_pictures(model, [p for p, _ in wrong])
+    said = {p: "cat" if q >= model.threshold else "not_cat" for p, q in new.items()}  # type: ignore[attr-defined]
+    return sum(said.get(p) == label for p, label in wrong)
+
+
 def run_one(args: argparse.Namespace, seed: int, order: str, root: Path) -> dict:
     from catnet.config import LabelConfig, TrainConfig
     from catnet.inference.prediction import load_model
@@ -107,7 +117,9 @@ def run_one(args: argparse.Namespace, seed: int, order: str, root: Path) -> dict
     result = teach(data, None, runs, args.teach_epochs, first)
     checkpoint, curve = result.checkpoint, []
     curve.append((2 * args.start, accuracy_on(checkpoint, held)))
+    tick = time.monotonic()
     fixed = corrections = 0
+    per_round: list[tuple[int, int]] = []  # (learnt, corrections) of each round
     for r in range(1, args.rounds + 1):
         model = load_model(checkpoint)
         pool = untagged_pictures(session.unlabeled_dir)
@@ -127,63 +139,81 @@ def run_one(args: argparse.Namespace, seed: int, order: str, root: Path) -> dict
                 wrong.append((dest, label))
         checkpoint = teach(data, checkpoint, runs, args.teach_epochs).checkpoint
         after = load_model(checkpoint)
-        if wrong:
-            new = score_pictures(after, [p for p, _ in wrong])
-            fixed += sum(
-                ("cat" if new.get(p, 0.5) >= after.threshold else "not_cat") == label
-                for p, label in wrong
-            )
-            corrections += len(wrong)
+        learnt = learnt_count(after, wrong)
+        fixed, corrections = fixed + learnt, corrections + len(wrong)
+        per_round.append((learnt, len(wrong)))
         acc = accuracy_on(after, held)
         curve.append((2 * args.start + r * args.per_round, acc))
-        print(f"  seed {seed} {order:<10} labels {curve[-1][0]:>4}  held-out {acc:.1%}", flush=True)
-    return {"curve": curve, "fixed": fixed, "corrections": corrections}
+        print(f"  seed {seed} {order:<10} labels {curve[-1][0]:>4}  held-out {acc:.1%}  "
+              f"corrections learnt {learnt}/{len(wrong)}  ({time.monotonic() - tick:.0f} s)",
+              flush=True)  # fmt: skip
+        tick = time.monotonic()
+    return {"curve": curve, "fixed": fixed, "corrections": corrections, "per_round": per_round}
+
+
+def mean_curves(results: dict[str, list[dict]]) -> dict[str, list[tuple[int, float, float]]]:
+    """{order: [(labels used, mean held-out accuracy, sd over seeds)]} for the orders run."""
+    means = {}
+    for order, runs in results.items():
+        rows = []
+        for i, (labels, _) in enumerate(runs[0]["curve"] if runs else []):
+            accs = [res["curve"][i][1] for res in runs]
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            rows.append((labels, statistics.mean(accs), sd))
+        if rows:
+            means[order] = rows
+    return means
 
 
 def summarize(args: argparse.Namespace, results: dict[str, list[dict]]) -> None:
-    means: dict[str, list[tuple[int, float, float]]] = {}
+    means = mean_curves(results)
     print("\nheld-out accuracy (mean ± sd over seeds) against labels used")
-    for order in ORDERS:
-        rows = []
-        for i, (labels, _) in enumerate(results[order][0]["curve"]):
-            accs = [res["curve"][i][1] for res in results[order]]
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            rows.append((labels, statistics.mean(accs), sd))
-        means[order] = rows
-    for i, (labels, _, _) in enumerate(means[ORDERS[0]]):
-        cells = "  ".join(f"{o} {means[o][i][1]:.1%} ± {means[o][i][2]:.1%}" for o in ORDERS)
+    for i, (labels, _, _) in enumerate(next(iter(means.values()))):
+        cells = "  ".join(f"{o} {m[i][1]:.1%} ± {m[i][2]:.1%}" for o, m in means.items())
         print(f"  {labels:>4} labels  {cells}")
-    top, target = means["random"][-1][0], means["random"][-1][1]
-    reach = next((n for n, acc, _ in means["least-sure"] if acc >= target), None)
-    print(
-        f"\nrandom order reaches {target:.1%} with {top} labels; least-sure first reaches it "
-        + (f"with {reach} labels ({reach / top:.0%} of them)" if reach else "not at all")
-    )
-    for order in ORDERS:
+    if set(ORDERS) <= set(means):
+        top, target = means["random"][-1][0], means["random"][-1][1]
+        reach = next((n for n, acc, _ in means["least-sure"] if acc >= target), None)
+        print(
+            f"\nrandom order reaches {target:.1%} with {top} labels; least-sure first reaches it "
+            + (f"with {reach} labels ({reach / top:.0%} of them)" if reach else "not at all")
+        )
+    for order in means:
         fixed = sum(r["fixed"] for r in results[order])
         total = sum(r["corrections"] for r in results[order])
         share = f"{fixed / total:.0%}" if total else "n/a"
         print(f"corrections right after their Teach ({order}): {fixed} of {total} ({share})")
+        for seed, run in enumerate(results[order]):
+            rounds = " ".join(f"{a}/{b}" for a, b in run.get("per_round", []))
+            print(f"  seed {seed}, round by round: {rounds}")
     plot(args, means)
 
 
-def plot(args: argparse.Namespace, means: dict) -> None:
+def plot(args: argparse.Namespace, means: dict[str, list[tuple[int, float, float]]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # a script: no display needed
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for order in ORDERS:
-        xs = [n for n, _, _ in means[order]]
-        ys = [m * 100 for _, m, _ in means[order]]
-        sd = [s * 100 for _, _, s in means[order]]
-        ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=order)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for k, (order, rows) in enumerate(means.items()):
+        shift = (k - (len(means) - 1) / 2) * 1.5  # labels: keeps the error bars apart
+        xs = [n + shift for n, _, _ in rows]
+        ys = [m * 100 for _, m, _ in rows]
+        sd = [s * 100 for _, _, s in rows]
+        name = "least sure first" if order == "least-sure" else order
+        ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, label=f"{name} (mean ± sd)")
+    if "random" in means:
+        top, target, _ = means["random"][-1]
+        ax.axhline(target * 100, color="grey", ls="--", lw=1,
+                   label=f"random order at {top} labels ({target:.1%})")  # fmt: skip
+        ax.axvline(top / 2, color="grey", ls=":", lw=1, label=f"goal: reach it by {top // 2}")
     ax.set_xlabel("tagged pictures (labels used)")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title(f"catnet label: least sure first vs random ({args.model}, {args.seeds} seeds)")
+    ax.set_title(f"catnet label: least sure first vs random\n"
+                 f"{args.model} model, {args.seeds} seeds, {args.test} held-out photos")  # fmt: skip
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(args.plot, dpi=120)
     print(f"plot: {args.plot}")
@@ -197,13 +227,14 @@ def main() -> None:
     results: dict[str, list[dict]] = {o: [] for o in ORDERS}
     if args.summarize and done_file.exists():
         results = json.loads(done_file.read_text())
-        results = {o: results[o][: min(len(results[o]) for o in ORDERS)] for o in ORDERS}
-        args.seeds = len(results[ORDERS[0]])
+        done = min(len(runs) for runs in results.values() if runs)
+        results = {o: runs[:done] for o, runs in results.items()}
+        args.seeds = done
         summarize(args, results)
         return
     started = time.monotonic()
     for seed in range(args.seeds):
-        for order in ORDERS:
+        for order in args.orders.split(","):
             results[order].append(run_one(args, seed, order, work / f"seed{seed}-{order}"))
             done_file.write_text(json.dumps(results))
     summarize(args, results)

@@ -32,9 +32,9 @@ from catnet.data.pixels import decode_square
 from catnet.models.networks import CNN, fuse_for_inference
 from catnet.runtime.compute import Compute, select_compute, setup_threads
 from catnet.runtime.workers import cpu_workers
-from catnet.training.loop import build_optimizer, train_one_epoch
 from catnet.training.schedule import EarlyStopping
 from catnet.training.state import PreparedData, TrainState, eval_size_for
+from catnet.training.steps import build_optimizer, train_one_epoch
 
 
 def baseline_epoch_seconds(data: Path, cfg: TrainConfig, epochs: int = 2) -> float:

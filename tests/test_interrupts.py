@@ -162,8 +162,8 @@ from catnet.cli.signals import install_stop_handlers
 from catnet.errors import Stopped
 
 install_stop_handlers()
-print("ready", flush=True)
-try:
+try:  # "ready" inside the try: a signal that lands just after the print is still caught
+    print("ready", flush=True)
     time.sleep(120)
 except Stopped:
     print("cleaning up", flush=True)

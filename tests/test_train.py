@@ -15,7 +15,7 @@ import torch
 from conftest import TrainedRun, single_thread, write_class
 from PIL import Image
 
-import catnet.training.loop
+import catnet.training.steps
 from catnet.config import TrainConfig, from_dict, read_toml
 from catnet.errors import CatnetError
 from catnet.models.checkpoint import load_checkpoint
@@ -199,12 +199,12 @@ def test_nan_loss_is_a_clear_error(
     tiny_config: TinyConfig,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = catnet.training.loop.bce_loss
+    real = catnet.training.steps.bce_loss
 
     def poisoned(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> Any:
         return real(logits, labels, smoothing) * float("nan")
 
-    monkeypatch.setattr(catnet.training.loop, "bce_loss", poisoned)
+    monkeypatch.setattr(catnet.training.steps, "bce_loss", poisoned)
     data = make_dataset(tmp_path / "d", n_per_class=4, size=16)
     with pytest.raises(CatnetError, match="diverged") as info:
         train(tiny_config(data, tmp_path / "run", tmp_path / "c", image_size=16))

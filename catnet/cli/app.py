@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -45,14 +46,15 @@ def friendly_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except CatnetError as exc:
-            # escape: a message is plain text (`catnet[ray]`, a file named `[1].jpg`), not markup
+            # escape: a message may quote text with brackets (a path, a library's error)
             console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
                 console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt as exc:
             name = getattr(exc, "name", "")  # catnet.errors.Stopped: SIGTERM or SIGHUP
-            console.print(f"[yellow]stopped by {name}[/]" if name else "[yellow]interrupted[/]")
+            if not _other_rank():  # under torchrun, rank 0 says it for the job
+                console.print(f"[yellow]stopped by {name}[/]" if name else "[yellow]interrupted[/]")
             raise typer.Exit(interrupt_exit_code(exc)) from None
         except (OSError, RuntimeError) as exc:
             # A full disk or a refused file that no write site named (they raise WriteFailed):
@@ -69,6 +71,13 @@ def friendly_errors(func: F) -> F:
             raise typer.Exit(EXIT_SOME_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _other_rank() -> bool:
+    """A torchrun process other than rank 0 (catnet.runtime.distributed.torchrun_rank, read
+    here without importing torch)."""
+    rank, world = os.environ.get("RANK", ""), os.environ.get("WORLD_SIZE", "")
+    return rank.isdigit() and world.isdigit() and int(rank) > 0 and int(world) > 1
 
 
 def json_safe(value: Any) -> Any:

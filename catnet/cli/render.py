@@ -77,6 +77,10 @@ class RichTrainCallbacks(TrainCallbacks):
 
 
 def run_training(cfg: TrainConfig, console: Console) -> TrainResult:
+    from catnet.runtime.distributed import torchrun_rank
+
+    if torchrun_rank():  # a torchrun rank other than 0: rank 0 shows progress for the job
+        return train(cfg, TrainCallbacks())
     callbacks = RichTrainCallbacks(console)
     try:
         with callbacks.progress:

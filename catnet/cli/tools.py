@@ -44,7 +44,9 @@ def correct(
 def finetune(
     checkpoint: Path = typer.Argument(..., help="The checkpoint to continue from."),
     data: Path = typer.Argument(..., help="The (corrected) tagged folder."),
-    epochs: int = typer.Option(5, help="Epochs of fine-tuning."),
+    epochs: int = typer.Option(
+        0, help="Epochs of fine-tuning [0: 20 for a head-only pretrained model, 5 otherwise]."
+    ),
     out: str = typer.Option("", help="Run folder [default: runs/<timestamp>]."),
 ) -> None:
     """Continue training on corrected data, corrected pictures weighted up; writes a new run."""

@@ -13,9 +13,13 @@ import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from catnet.data.folders import IMAGE_SUFFIXES, list_files, scan_dataset
 from catnet.errors import CatnetError
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,22 @@ def score_and_check(
     """p(cat) and, with open_set (and a checkpoint that has the check), the open-set score of
     each picture, from one forward pass per batch of 64. With cache, pixels come through the
     decode cache training uses ($CATNET_CACHE): every Teach re-ranks the same pictures, and
-    decoding them again would cost most of the time."""
+    decoding them again would cost most of the time. A head-only pretrained model reads the
+    backbone's stored features instead of running it (catnet.labelling.cached_scores)."""
     import numpy as np
     import torch
 
     from catnet.data.cache import default_cache_root, load_pixels
+    from catnet.labelling.cached_scores import head_only_scorer
 
     result = PictureScores({})
     if not paths:
+        return result
+    scorer = head_only_scorer(model, default_cache_root()) if cache else None
+    if scorer is not None:  # a head-only pretrained model: the backbone's features are stored
+        keep, plain, mirror = scorer.features(paths, workers, on_progress)
+        logits, scores = scorer.logits_and_scores(plain, mirror, open_set)
+        _record(result, [paths[i] for i in keep], logits, scores, float(model.temperature))  # type: ignore[attr-defined]
         return result
     table = load_pixels(
         list(paths),
@@ -93,13 +105,19 @@ def score_and_check(
         rows = good[start : start + 64]
         batch = torch.from_numpy(np.ascontiguousarray(table.array[table.slots[rows]]))
         logits, scores = model.logits_and_scores(batch, None, open_set)  # type: ignore[attr-defined]
-        probs = torch.sigmoid(logits / temperature).tolist()
-        result.p_cat.update((paths[i], float(p)) for i, p in zip(rows, probs, strict=True))
-        if scores is not None:
-            result.open_set.update(
-                (paths[i], float(d)) for i, d in zip(rows, scores.tolist(), strict=True)
-            )
+        _record(result, [paths[i] for i in rows], logits, scores, temperature)
     return result
+
+
+def _record(result: PictureScores, paths: list[Path], logits: torch.Tensor,
+            scores: torch.Tensor | None, temperature: float) -> None:  # fmt: skip
+    """Add one batch: logits (n,) raw, scores (n,) open-set or None, for paths (n)."""
+    import torch
+
+    probs = torch.sigmoid(logits / temperature).tolist()
+    result.p_cat.update((p, float(q)) for p, q in zip(paths, probs, strict=True))
+    if scores is not None:
+        result.open_set.update((p, float(d)) for p, d in zip(paths, scores.tolist(), strict=True))
 
 
 def least_sure_first(

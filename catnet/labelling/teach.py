@@ -50,8 +50,9 @@ def teach(
     first_config: TrainConfig | None = None,
     callbacks: TrainCallbacks | None = None,
 ) -> TeachResult:
-    """One Teach. With a checkpoint: `finetune(checkpoint, data_dir, epochs)`; without:
-    `train(first_config)` (defaults: TrainConfig with `epochs` epochs) on data_dir."""
+    """One Teach. With a checkpoint: `finetune(checkpoint, data_dir, epochs)` (0: finetune's
+    default); without: `train(first_config)` (defaults: TrainConfig with `epochs` epochs, or
+    its own default for 0) on data_dir."""
     from catnet.training.loop import finetune, train
 
     started = time.monotonic()
@@ -59,7 +60,7 @@ def teach(
     if checkpoint is not None:
         result = finetune(checkpoint, data_dir, epochs, str(run_dir), callbacks)
     else:
-        cfg = first_config or TrainConfig(epochs=epochs)
+        cfg = first_config or (TrainConfig(epochs=epochs) if epochs else TrainConfig())
         cfg = dataclasses.replace(cfg, data=str(data_dir), out=str(run_dir))
         cfg.validate()
         result = train(cfg, callbacks)

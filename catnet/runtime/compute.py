@@ -81,9 +81,10 @@ def keep_freed_memory() -> bool:
     return bool(mmap_ok and trim_ok)
 
 
-def setup_threads(reserve: int = 0) -> int:
+def setup_threads(reserve: int = 0, share: int = 1) -> int:
     """Threads for torch: the cores we may use that are not busy with other work, minus
-    `reserve` (cores our own decode workers will use). CATNET_THREADS overrides.
+    `reserve` (cores our own decode workers will use), divided among the `share` processes of
+    this machine (torchrun's ranks). CATNET_THREADS overrides.
 
     Why not simply every core: torch's OpenMP threads wait for each other at every operation,
     so one thread sharing a core with another busy process slows all of them down (README, "Fast:
@@ -98,7 +99,7 @@ def setup_threads(reserve: int = 0) -> int:
         )
         idle = idle_cpus()  # since catnet was imported: no extra wait
         free = cores if idle is None else min(cores, max(1, round(idle)))
-        threads = max(1, free - reserve)
+        threads = max(1, (free - reserve) // max(share, 1))
     torch.set_num_threads(threads)
     keep_freed_memory()
     return threads

@@ -18,57 +18,36 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from catnet.config import TrainConfig
-from catnet.data.cache import default_cache_root
 from catnet.errors import CatnetError
-from catnet.models.checkpoint import load_checkpoint, weights_checksum
+from catnet.models.checkpoint import load_checkpoint
 from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_imagenet_backbone
-from catnet.runtime.compute import Compute, batches_of
-from catnet.training.features import FeatureStore, cached_features
+from catnet.runtime.compute import Compute
+from catnet.runtime.distributed import (
+    SINGLE,
+    Ranks,
+    from_leader,
+    leader_first,
+    share_weights,
+    wrap_model,
+)
+from catnet.training.features import Features, logits_on
 from catnet.training.finalize import finalize_run
-from catnet.training.head_fit import fit_head_full_batch
+from catnet.training.head_fit import fit_head_epoch
 from catnet.training.results import TrainCallbacks, TrainResult, epoch_report
 from catnet.training.runs import write_metrics
 from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
+from catnet.training.sharding import (
+    Shard,
+    end_of_run,
+    epoch_batches,
+    reduce_row,
+    reduce_validation,
+    write_record,
+)
 from catnet.training.state import PreparedData, TrainState, save_run_checkpoints
-
-
-def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, compute: Compute,
-                  root: Path, on_message: Callable[[str], None] | None = None,
-                  ) -> FeatureStore:  # fmt: skip
-    """The on-disk store for this frozen part: the tag names everything features depend on
-    besides the picture (backbone, frozen weights, size, cut, precision)."""
-    frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
-    tag = "-".join([
-        backbone, weights_checksum(frozen_state)[:16], f"s{size}", f"cut{stages}",
-        compute.name.replace("/", "-"),
-    ])  # fmt: skip
-    return FeatureStore(root, tag, on_message)
-
-
-class Features:
-    """Frozen-part outputs of the training and validation pictures: (n, ...) fp32 tensors."""
-
-    def __init__(self, net: PretrainedNet, stages: int, data: PreparedData, cfg: TrainConfig,
-                 compute: Compute, cb: TrainCallbacks) -> None:  # fmt: skip
-        root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
-        name = cfg.backbone or DEFAULT_BACKBONE
-        store = (
-            feature_store(net, name, data.eval_size, stages, compute, root, cb.on_message)
-            if cfg.cache
-            else None
-        )
-        cb.on_message(f"computing the frozen backbone's features at {data.eval_size} px")
-
-        def run(paths: list[Path], slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return cached_features(
-                lambda x: net.frozen_part(x, stages), paths, data.pixels, slots,
-                data.eval_size, data.mean, data.std, compute, store, cb.on_decode,
-            )  # fmt: skip
-
-        self.train, self.train_mirror = run(data.train_paths, data.train_slots)
-        self.val, self.val_mirror = run(data.val_paths, data.val_slots)
 
 
 def build_network(cfg: TrainConfig, compute: Compute) -> PretrainedNet:
@@ -91,22 +70,6 @@ def build_network(cfg: TrainConfig, compute: Compute) -> PretrainedNet:
     return net.to(compute.device)
 
 
-def logits_on(net: PretrainedNet, stages: int, plain: torch.Tensor, mirror: torch.Tensor | None,
-              compute: Compute, batch_size: int = 256) -> torch.Tensor:  # fmt: skip
-    """(n,) logits of the trained part on stored features; with mirror, the mean of both."""
-    was_training = net.training
-    net.eval()
-    out = []
-    with torch.no_grad(), compute.autocast():
-        for part in batches_of(len(plain), batch_size):
-            logit = net.trainable_part(plain[part].to(compute.device), stages).float()
-            if mirror is not None:
-                logit = (logit + net.trainable_part(mirror[part].to(compute.device), stages)) / 2
-            out.append(logit.float().cpu())
-    net.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0)
-
-
 def head_batch_size(cfg: TrainConfig, n_shown: int) -> int:
     """--batch-size, but at least 4 steps per epoch: with 40 photos one batch of 32 would give
     the head one step per epoch. Batches of 8 for 32 training photos scored 98.3 against 98.0 %
@@ -116,19 +79,23 @@ def head_batch_size(cfg: TrainConfig, n_shown: int) -> int:
 
 def one_epoch(net: PretrainedNet, stages: int, optimizer: torch.optim.Optimizer,
               feats: Features, data: PreparedData, cfg: TrainConfig, state: TrainState,
-              compute: Compute, gen: torch.Generator) -> dict[str, float]:  # fmt: skip
+              compute: Compute, gen: torch.Generator, shard: Shard | None = None,
+              forward: nn.Module | None = None) -> dict[str, float]:  # fmt: skip
     """One pass over the stored training features in a fresh random order; each picture is
-    shown plain or mirrored at random (with `augment`)."""
+    shown plain or mirrored at random (with `augment`). Under torchrun this rank's share, and
+    `forward` the DistributedDataParallel wrapper of the trained part (it averages gradients)."""
     net.eval()  # frozen batch-norm statistics in the trained stages ...
     net.dropout.train()  # ... but dropout on
     n = len(feats.train)
     repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
     shown = np.repeat(np.arange(n), repeat)
-    order = shown[torch.randperm(len(shown), generator=gen).numpy()]
+    batch = head_batch_size(cfg, len(shown))
+    order, parts, gen = epoch_batches(shown, batch, state.epoch + 1, gen, shard)
+    step = forward if forward is not None else TrainedPart(net, stages)
     labels_all = torch.from_numpy(data.train_labels)
     loss_sum, correct, lr = 0.0, 0, cfg.lr
-    for part in batches_of(len(order), head_batch_size(cfg, len(order))):
-        idx = torch.from_numpy(order[part])
+    for part in parts:
+        idx = torch.from_numpy(part)
         x = feats.train[idx]
         if cfg.augment:
             flip = torch.rand(len(idx), generator=gen) < 0.5
@@ -138,7 +105,7 @@ def one_epoch(net: PretrainedNet, stages: int, optimizer: torch.optim.Optimizer,
             group["lr"] = lr
         labels = labels_all[idx].to(compute.device)
         with compute.autocast():
-            logits = net.trainable_part(x.to(compute.device), stages)
+            logits = step(x.to(compute.device))
         targets = labels.float() * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
         loss = F.binary_cross_entropy_with_logits(logits.float(), targets)
         if not torch.isfinite(loss):
@@ -151,7 +118,22 @@ def one_epoch(net: PretrainedNet, stages: int, optimizer: torch.optim.Optimizer,
         loss_sum += loss.item() * len(idx)
         correct += int(((logits.detach() > 0).long() == labels).sum())
     seen = max(len(order), 1)
-    return {"train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr}
+    row = {"train_loss": loss_sum / seen, "train_acc": correct / seen, "lr": lr}
+    if shard is not None:  # over every rank's pictures
+        row.update(reduce_row(shard.ranks, loss_sum, correct, len(order)))
+    return row
+
+
+class TrainedPart(nn.Module):
+    """The trained part (last stages and head) as a module of its own: what a training step
+    calls, and what DistributedDataParallel wraps under torchrun."""
+
+    def __init__(self, net: PretrainedNet, stages: int) -> None:
+        super().__init__()
+        self.net, self.stages = net, stages
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.trainable_part(x, self.stages)
 
 
 def optimizer_for(net: PretrainedNet, stages: int, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -198,25 +180,10 @@ def full_batch(cfg: TrainConfig, shown: int) -> bool:
     return cfg.train_stages == 0 and shown < FULL_BATCH_PHOTOS
 
 
-def fit_head_epoch(net: PretrainedNet, feats: Features, data: PreparedData, cfg: TrainConfig,
-                   state: TrainState) -> dict[str, float]:  # fmt: skip
-    """The full-batch fit as one metrics row: every training photo plain and (with `augment`)
-    mirrored, each counted train_repeat times."""
-    n = len(feats.train)
-    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
-    views = [feats.train, feats.train_mirror] if cfg.augment else [feats.train]
-    labels = torch.from_numpy(data.train_labels)
-    weights = torch.from_numpy(repeat.astype(np.float32))
-    row = fit_head_full_batch(
-        net.head, torch.cat(views), labels.repeat(len(views)), weights.repeat(len(views)),
-        cfg.label_smoothing,
-    )  # fmt: skip
-    state.step += int(row.pop("iterations"))
-    return row
-
-
-def _plan(cfg: TrainConfig, state: TrainState, started: float, steps: int) -> None:
-    """Fit the epochs (and so the LR schedule) to the time budget that is left."""
+def _plan(cfg: TrainConfig, state: TrainState, started: float, steps: int,
+          ranks: Ranks = SINGLE) -> None:  # fmt: skip
+    """Fit the epochs (and so the LR schedule) to the time budget that is left; under torchrun
+    rank 0's plan (training.budget says why)."""
     if steps == 0:  # full batch: one "epoch" that fits the head to convergence
         state.planned_epochs = state.total_steps = 1
         return
@@ -226,17 +193,20 @@ def _plan(cfg: TrainConfig, state: TrainState, started: float, steps: int) -> No
         planned = epochs_that_fit(left, state.epoch_seconds, state.epoch, cfg.epochs)
     if cfg.train_stages == 0:
         planned = max(planned, min(cfg.epochs, math.ceil(MIN_HEAD_STEPS / max(steps, 1))))
-    state.planned_epochs = max(planned, state.epoch, 1)
-    state.total_steps = max(state.planned_epochs * steps, state.step)
+    planned = max(planned, state.epoch, 1)
+    total = max(planned * steps, state.step)
+    state.planned_epochs, state.total_steps = from_leader(ranks, [planned, total])
 
 
 def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compute: Compute,
                       gen: torch.Generator, started: float, cb: TrainCallbacks,
-                      resume: dict | None) -> TrainResult:  # fmt: skip
+                      resume: dict | None, shard: Shard | None = None) -> TrainResult:  # fmt: skip
     """The pretrained recipe's epochs, checkpoints and end of run (see the module docstring)."""
+    ranks = shard.ranks if shard else SINGLE
     net = build_network(cfg, compute)
     stages = cfg.train_stages
-    feats = Features(net, stages, data, cfg, compute, cb)
+    with leader_first(ranks, cfg.cache):  # rank 0 fills the feature cache; the others read it
+        feats = Features(net, stages, data, cfg, compute, cb)
     optimizer = optimizer_for(net, stages, cfg)
     mode = "min" if cfg.monitor == "val_loss" else "max"
     state = TrainState(stopper=EarlyStopping(cfg.patience, cfg.min_delta, mode))
@@ -247,56 +217,77 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
     if resume:
         best.module.load_state_dict(resume["state_dict"])
     shown = int(data.train_repeat.sum()) if data.train_repeat is not None else len(feats.train)
-    steps = 0 if full_batch(cfg, shown) else math.ceil(shown / head_batch_size(cfg, shown))
-    _plan(cfg, state, started, steps)
-    keep_best = cfg.select_best or cfg.patience > 0
-    val_mirror = feats.val_mirror if cfg.tta else None
-    labels = torch.from_numpy(data.val_labels)
-    stop_reason = "finished the planned epochs"
+    batch = head_batch_size(cfg, shown)
+    steps = 0 if full_batch(cfg, shown) else math.ceil(shown / batch)
+    if shard and steps:
+        steps = shard.steps(shown, batch)
     try:
-        while state.epoch < state.planned_epochs:
-            cb.on_epoch_start(state.epoch + 1, state.planned_epochs, max(steps, 1))
-            tick = time.monotonic()
-            row = (
-                one_epoch(net, stages, optimizer, feats, data, cfg, state, compute, gen)
-                if steps
-                else fit_head_epoch(net, feats, data, cfg, state)
-            )
-            logits = logits_on(net, stages, feats.val, val_mirror, compute)
-            state.epoch += 1
-            state.epoch_seconds = time.monotonic() - tick
-            row = {"epoch": state.epoch, **row,
-                   "val_loss": F.binary_cross_entropy_with_logits(logits, labels.float()).item(),
-                   "val_acc": float(((logits > 0).long() == labels).float().mean()),
-                   "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
-            state.history.append(row)
-            improved = state.stopper.update(row[cfg.monitor], state.epoch)
-            if improved or not keep_best:
-                best.keep(net)
-            cb.on_epoch_end(
-                epoch_report(row, cfg, state.planned_epochs, improved or not keep_best, improved)
-            )
-            if state.stopper.should_stop:
-                stop_reason = (
-                    f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
-                )
-                break
-            _plan(cfg, state, started, steps)
-            if steps == 0:
-                stop_reason = f"fitted the head to convergence ({state.step} L-BFGS iterations)"
-            elif cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
-                stop_reason = f"time budget of {cfg.time_budget:g} s reached"
+        stop_reason = _epochs(cfg, net, optimizer, feats, data, state, best, compute, gen, started,
+                              cb, steps, shard)  # fmt: skip
     finally:  # also on Ctrl-C: the epochs so far are kept (last.pt resumes them)
-        save_run_checkpoints(
-            run_dir, cfg, data, net, optimizer, state, gen, compute, best=True, ema=best
+        if ranks.leader:
+            save_run_checkpoints(
+                run_dir, cfg, data, net, optimizer, state, gen, compute, best=True, ema=best
+            )
+            write_metrics(run_dir / "metrics.csv", state.history)
+            if shard:
+                write_record(run_dir, shard, batch, shown)
+    val_mirror = feats.val_mirror if cfg.tta else None
+
+    def finalize() -> TrainResult:
+        net.load_state_dict(best.module.state_dict())
+        logits: Callable[[str], torch.Tensor] = lambda split: logits_on(  # noqa: E731
+            net, stages, *((feats.val, val_mirror) if split == "val" else
+                           (feats.train, feats.train_mirror if cfg.tta else None)), compute,
+        )  # fmt: skip
+        result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message,
+                              logits, net)  # fmt: skip
+        result.stop_reason = stop_reason
+        return result
+
+    return end_of_run(shard, run_dir, net.state_dict(), batch, shown, finalize)
+
+
+def _epochs(cfg: TrainConfig, net: PretrainedNet, optimizer: torch.optim.Optimizer,
+            feats: Features, data: PreparedData, state: TrainState, best: _Best,
+            compute: Compute, gen: torch.Generator, started: float, cb: TrainCallbacks,
+            steps: int, shard: Shard | None) -> str:  # fmt: skip
+    """The epochs until the plan, early stopping or the budget ends them; returns why."""
+    ranks = shard.ranks if shard else SINGLE
+    forward = wrap_model(TrainedPart(net, cfg.train_stages), compute, ranks,
+                         sync_buffers=False) if steps else None  # fmt: skip
+    part = shard.part if shard else (lambda a: a)  # this rank's validation pictures
+    val_mirror = part(feats.val_mirror) if cfg.tta else None
+    val, labels = part(feats.val), torch.from_numpy(part(data.val_labels))
+    keep_best = cfg.select_best or cfg.patience > 0
+    _plan(cfg, state, started, steps, ranks)
+    stop_reason = "finished the planned epochs"
+    while state.epoch < state.planned_epochs:
+        cb.on_epoch_start(state.epoch + 1, state.planned_epochs, max(steps, 1))
+        tick = time.monotonic()
+        if steps:
+            row = one_epoch(net, cfg.train_stages, optimizer, feats, data, cfg, state, compute,
+                            gen, shard, forward)  # fmt: skip
+        else:  # every rank fits the same head; rank 0's is kept, bit for bit
+            row = fit_head_epoch(net, feats, data, cfg, state)
+            share_weights(ranks, net.head)
+        logits = logits_on(net, cfg.train_stages, val, val_mirror, compute)
+        state.epoch += 1
+        state.epoch_seconds = time.monotonic() - tick
+        row = {"epoch": state.epoch, **row, **reduce_validation(ranks, logits, labels),
+               "seconds": round(time.monotonic() - started, 2)}  # fmt: skip
+        state.history.append(row)
+        improved = state.stopper.update(row[cfg.monitor], state.epoch)
+        if improved or not keep_best:
+            best.keep(net)
+        cb.on_epoch_end(
+            epoch_report(row, cfg, state.planned_epochs, improved or not keep_best, improved)
         )
-        write_metrics(run_dir / "metrics.csv", state.history)
-    net.load_state_dict(best.module.state_dict())
-    logits: Callable[[str], torch.Tensor] = lambda split: logits_on(  # noqa: E731
-        net, stages, *((feats.val, val_mirror) if split == "val" else
-                       (feats.train, feats.train_mirror if cfg.tta else None)), compute,
-    )  # fmt: skip
-    result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message, logits,
-                          net)  # fmt: skip
-    result.stop_reason = stop_reason
-    return result
+        if from_leader(ranks, [int(state.stopper.should_stop)])[0]:
+            return f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
+        _plan(cfg, state, started, steps, ranks)
+        if steps == 0:
+            stop_reason = f"fitted the head to convergence ({state.step} L-BFGS iterations)"
+        elif cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
+            stop_reason = f"time budget of {cfg.time_budget:g} s reached"
+    return stop_reason

@@ -16,15 +16,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from catnet.data.augment import prepare_eval
-from catnet.data.cache import file_key
+from catnet.data.cache import default_cache_root, file_key
 from catnet.errors import WriteFailed, writing
+from catnet.models.checkpoint import weights_checksum
+from catnet.models.pretrained import DEFAULT_BACKBONE
 from catnet.runtime.compute import Compute, batches_of
 from catnet.runtime.files import atomic_write
+
+if TYPE_CHECKING:
+    from catnet.config import TrainConfig
+    from catnet.models.pretrained import PretrainedNet
+    from catnet.training.results import TrainCallbacks
+    from catnet.training.state import PreparedData
 
 # 2: version 1 files could hold batch-statistics features (a train-mode bug); never reuse them
 FEATURES_VERSION = 2
@@ -135,3 +144,56 @@ def cached_features(
     plain = torch.stack([f[0] for f in found])  # type: ignore[index]
     mirror = torch.stack([f[1] for f in found])  # type: ignore[index]
     return plain, mirror
+
+
+def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, compute: Compute,
+                  root: Path, on_message: Callable[[str], None] | None = None,
+                  ) -> FeatureStore:  # fmt: skip
+    """The on-disk store for this frozen part: the tag names everything features depend on
+    besides the picture (backbone, frozen weights, size, cut, precision)."""
+    frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
+    tag = "-".join([
+        backbone, weights_checksum(frozen_state)[:16], f"s{size}", f"cut{stages}",
+        compute.name.replace("/", "-"),
+    ])  # fmt: skip
+    return FeatureStore(root, tag, on_message)
+
+
+class Features:
+    """Frozen-part outputs of the training and validation pictures: (n, ...) fp32 tensors."""
+
+    def __init__(self, net: PretrainedNet, stages: int, data: PreparedData, cfg: TrainConfig,
+                 compute: Compute, cb: TrainCallbacks) -> None:  # fmt: skip
+        root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
+        name = cfg.backbone or DEFAULT_BACKBONE
+        store = (
+            feature_store(net, name, data.eval_size, stages, compute, root, cb.on_message)
+            if cfg.cache
+            else None
+        )
+        cb.on_message(f"computing the frozen backbone's features at {data.eval_size} px")
+
+        def run(paths: list[Path], slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+            return cached_features(
+                lambda x: net.frozen_part(x, stages), paths, data.pixels, slots,
+                data.eval_size, data.mean, data.std, compute, store, cb.on_decode,
+            )  # fmt: skip
+
+        self.train, self.train_mirror = run(data.train_paths, data.train_slots)
+        self.val, self.val_mirror = run(data.val_paths, data.val_slots)
+
+
+def logits_on(net: PretrainedNet, stages: int, plain: torch.Tensor, mirror: torch.Tensor | None,
+              compute: Compute, batch_size: int = 256) -> torch.Tensor:  # fmt: skip
+    """(n,) logits of the trained part on stored features; with mirror, the mean of both."""
+    was_training = net.training
+    net.eval()
+    out = []
+    with torch.no_grad(), compute.autocast():
+        for part in batches_of(len(plain), batch_size):
+            logit = net.trainable_part(plain[part].to(compute.device), stages).float()
+            if mirror is not None:
+                logit = (logit + net.trainable_part(mirror[part].to(compute.device), stages)) / 2
+            out.append(logit.float().cpu())
+    net.train(was_training)
+    return torch.cat(out) if out else torch.zeros(0)

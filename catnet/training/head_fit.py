@@ -15,12 +15,20 @@ noise is what a minibatch loop averages away step by step.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from catnet.errors import CatnetError
+
+if TYPE_CHECKING:
+    from catnet.config import TrainConfig
+    from catnet.models.pretrained import PretrainedNet
+    from catnet.training.features import Features
+    from catnet.training.state import PreparedData, TrainState
 
 # scikit-learn's LogisticRegression default; the floor in scripts/benchmark_accuracy.py uses it.
 HEAD_C = 1.0
@@ -93,3 +101,20 @@ def fit_head_full_batch(
         "lr": 1.0,
         "iterations": iterations,
     }
+
+
+def fit_head_epoch(net: PretrainedNet, feats: Features, data: PreparedData, cfg: TrainConfig,
+                   state: TrainState) -> dict[str, float]:  # fmt: skip
+    """The full-batch fit as one metrics row: every training photo plain and (with `augment`)
+    mirrored, each counted train_repeat times."""
+    n = len(feats.train)
+    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
+    views = [feats.train, feats.train_mirror] if cfg.augment else [feats.train]
+    labels = torch.from_numpy(data.train_labels)
+    weights = torch.from_numpy(repeat.astype(np.float32))
+    row = fit_head_full_batch(
+        net.head, torch.cat(views), labels.repeat(len(views)), weights.repeat(len(views)),
+        cfg.label_smoothing,
+    )  # fmt: skip
+    state.step += int(row.pop("iterations"))
+    return row

@@ -81,8 +81,10 @@ def prepare_data(
     run_dir: Path,
     on_message: Callable[[str], None],
     on_decode: Callable[[int, int], None],
+    write: bool = True,
 ) -> PreparedData:
-    """Scan, decode (through the cache) and split DATA_DIR; writes config.toml and skipped.txt."""
+    """Scan, decode (through the cache) and split DATA_DIR; writes config.toml and skipped.txt
+    (unless `write` is False: the ranks other than 0 of a torchrun job write nothing)."""
     if not cfg.data:
         raise CatnetError("no data folder given", hint="catnet train DATA_DIR")
     dataset = scan_dataset(cfg.data, cfg.positive, cfg.val_fraction, cfg.seed)
@@ -102,7 +104,8 @@ def prepare_data(
         size, mean, std = input_defaults(cfg.backbone or DEFAULT_BACKBONE)
         cfg.image_size = cfg.image_size or size
     cfg.image_size = cfg.image_size or auto_image_size(dataset.train, cfg.max_image_size, cfg.seed)
-    save_config(cfg, run_dir / "config.toml")  # the resolved config, image size included
+    if write:
+        save_config(cfg, run_dir / "config.toml")  # the resolved config, image size included
     eval_size = eval_size_for(cfg)
     decode_size = max(cache_size_for(cfg.image_size), eval_size)
     if cfg.model == "pretrained":  # no random crops: decode at the size the network sees
@@ -120,7 +123,8 @@ def prepare_data(
         on_message=on_message,
     )
     skipped = [(str(samples[i].path), reason) for i, reason in sorted(table.errors.items())]
-    write_skipped(run_dir / "skipped.txt", skipped)
+    if write:
+        write_skipped(run_dir / "skipped.txt", skipped)
     if skipped:
         on_message(
             f"skipped {len(skipped)} unreadable files; the list is in {run_dir / 'skipped.txt'}"
