@@ -16,7 +16,7 @@ def cpu_workers(requested: int = 0) -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
 
 
-def _ignore_sigint() -> None:
+def _start_worker(parent: int) -> None:
     """Pool workers leave Ctrl-C to the parent, which stops cleanly; otherwise every worker
     would print its own KeyboardInterrupt traceback. SIGTERM and SIGHUP get their default
     action back (a forked worker inherits the CLI's stop handler, which raises): the pool
@@ -24,6 +24,25 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Linux: end this worker when its parent dies, even by SIGKILL (the OOM killer), where no
+    clean-up of the parent's can run; without it the idle workers would stay forever, each
+    blocked on a queue that no one will ever write to. Workers hold nothing worth saving.
+    (The signal follows the thread that started the worker; catnet starts and shuts down every
+    pool within one call, in one thread.)"""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1  # from linux/prctl.h
+        libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the pool's own shutdown still applies
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(0)
 
 
 def _pool_context() -> multiprocessing.context.BaseContext:
@@ -38,4 +57,6 @@ def process_pool(n_workers: int) -> ProcessPoolExecutor:
     """The one way catnet starts worker processes: forked where possible, Ctrl-C left to the
     parent. An executor, not multiprocessing.Pool: a worker killed by a decoder crash raises
     BrokenProcessPool in the parent instead of leaving it waiting forever."""
-    return ProcessPoolExecutor(n_workers, mp_context=_pool_context(), initializer=_ignore_sigint)
+    return ProcessPoolExecutor(
+        n_workers, mp_context=_pool_context(), initializer=_start_worker, initargs=(os.getpid(),)
+    )
