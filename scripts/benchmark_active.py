@@ -129,6 +129,8 @@ def run_one(args: argparse.Namespace, seed: int, order: str, root: Path) -> dict
         else:
             picked = random_order(pool, seed * 1000 + r)[: args.per_round]
             scores = score_pictures(model, picked)
+        session.use_model(model)  # as the page's ranking leaves it: the answers log what
+        session.scores, session.ranked = scores, True  # the model said (only misses weigh more)
         wrong = []  # (new path, truth) of the pictures the model had wrong: the corrections
         for path in picked:
             label = truth[path.name]
