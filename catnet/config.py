@@ -103,7 +103,7 @@ class TrainConfig:
     resume: str = setting("", "Continue a run from its RUN/last.pt.")
     init_from: str = setting("", "Checkpoint whose weights training starts from (finetune).")
     correction_weight: int = setting(
-        4, "Corrected pictures (see catnet correct) count this many times."
+        4, "Pictures the model got wrong (corrected or confirmed in review) count this many times."
     )
     # Off by default: the schedule anneals the LR to zero, so the last weights are the settled
     # ones; validation loss rises late only through over-confidence, which calibration then

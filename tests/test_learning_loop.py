@@ -161,7 +161,10 @@ def test_correct_moves_a_cat_out_of_dogs_and_logs_it(
     assert not stray.exists()
     assert sorted(p.name for p in (data / "dogs").iterdir()) == [f"dogs_{i}.png" for i in range(3)]
     (row,) = log_rows(data)
-    assert list(row) == ["time", "sha256", "old_label", "new_label", "source", "dest"]
+    assert list(row) == [
+        "time", "sha256", "old_label", "new_label", "source", "dest", "model_label",
+    ]  # fmt: skip
+    assert row["model_label"] == ""  # by hand: what the model said is unknown, so weighted up
     assert row["time"] and row["sha256"] == digest
     assert (row["old_label"], row["new_label"]) == ("not_cat", "cat")
     assert Path(row["source"]) == stray and Path(row["dest"]) == moved
@@ -251,6 +254,7 @@ def test_correct_from_an_edited_predict_file(trained: TrainedRun, tmp_path: Path
     assert after == expected  # that picture moved, nothing else did
     (logged,) = log_rows(data)
     assert logged["new_label"] == new_label and Path(logged["dest"]) == new
+    assert logged["model_label"] != new_label  # the model's answer: a lesson, weighted up
 
 
 # --- learning from mistakes -------------------------------------------------------------------

@@ -2,7 +2,10 @@
 
 A correction copies the picture into the right class folder, removes copies of the same picture
 (same bytes) from the wrong class folders, and appends a row to DATA_DIR/.catnet/corrections.csv.
-`catnet finetune` then trains on, with the corrected pictures weighted up. `catnet label` uses the
+`catnet finetune` then trains on, with the pictures the model got wrong weighted up: the log's
+last column, model_label, keeps what the model said when the answer was given (cat, not_cat,
+none: no model yet; empty: unknown, as in logs from before that column and `catnet correct` by
+hand, which are weighted up as before). `catnet label` uses the
 same code with move=True (an untagged picture leaves unlabeled/) and `undo` to take one back.
 Every change happens under DATA_DIR's writer lock, never overwrites a file, and is fsynced.
 """
@@ -22,7 +25,7 @@ from catnet.curation.safe_files import append_row, data_lock, place, put_back, r
 from catnet.data.folders import POSITIVE_NAMES, is_reserved, list_files
 from catnet.errors import CatnetError, WriteFailed, writing
 
-LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest")
+LOG_COLUMNS = ("time", "sha256", "old_label", "new_label", "source", "dest", "model_label")
 LABELS = ("cat", "not_cat")
 
 
@@ -67,8 +70,11 @@ def correct(
     label: str,
     move: bool = False,
     hashes: HashCache | None = None,
+    model_label: str = "",
 ) -> list[Correction]:
-    """Record that each image is `label` (cat or not_cat); returns what was done.
+    """Record that each image is `label` (cat or not_cat); returns what was done. model_label:
+    what the model said about the images (cat, not_cat, none, or "" when unknown); logged, it
+    decides whether fine-tuning weights them up (see lesson).
 
     A picture already in DATA_DIR under the wrong class moves to the right class folder of the
     same split (a test picture stays a test picture); a new picture is copied into train/ (moved
@@ -86,15 +92,15 @@ def correct(
             if not source.is_file():
                 raise CatnetError(f"picture not found: {source}")
             digest = _sha256_cached(source, hashes)
-            done.append(
-                _correct_one(data_dir, source, digest, by_hash.get(digest, []), label, move)
-            )
+            copies = by_hash.get(digest, [])
+            done.append(_correct_one(data_dir, source, digest, copies, (label, model_label), move))
     return done
 
 
 def _correct_one(
-    data_dir: Path, source: Path, digest: str, copies: list[Path], label: str, move: bool
+    data_dir: Path, source: Path, digest: str, copies: list[Path], labels: tuple, move: bool
 ) -> Correction:
+    label, model_label = labels  # the answer, and what the model had said
     old = {_label_of(p) for p in copies}
     right = [p for p in copies if _label_of(p) == label]
     wrong = [p for p in copies if _label_of(p) != label]
@@ -120,7 +126,8 @@ def _correct_one(
     old_label = "new" if not old else old.pop() if len(old) == 1 else "both"
     done = Correction(source, dest, old_label, label, removed, moved_from)
     try:
-        done.logged = _log(data_dir, digest, old_label, label, source, dest)
+        row = (old_label, label, str(source), str(dest), model_label)
+        done.logged = _log(data_dir, digest, row)
     except WriteFailed:  # a correction is in the log or not made at all
         with contextlib.suppress(OSError, CatnetError):
             undo(data_dir, done, locked=True)
@@ -171,12 +178,13 @@ def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Corre
             predicted = "cat" if float(row["p_cat"]) >= threshold else "not_cat"
             original = row["folder_label"] if row.get("folder_label") else predicted
             if label != original:
-                done += correct(data_dir, [row["path"]], label)
+                done += correct(data_dir, [row["path"]], label, model_label=predicted)
     return done
 
 
 def corrected_paths(data_dir: str | Path) -> set[str]:
-    """Resolved paths of pictures that corrections put in place (for weighting them up)."""
+    """Resolved paths of the logged pictures that are lessons (see lesson) and still there: they
+    are weighted up and kept out of validation. Other logged pictures are ordinary data."""
     log = Path(data_dir) / ".catnet" / "corrections.csv"
     if not log.exists():
         return set()
@@ -184,8 +192,18 @@ def corrected_paths(data_dir: str | Path) -> set[str]:
         return {
             str(Path(row["dest"]).resolve())
             for row in csv.DictReader(fh)
-            if Path(row["dest"]).exists()
+            if lesson(row) and Path(row["dest"]).exists()
         }
+
+
+def lesson(row: dict[str, str]) -> bool:
+    """Whether a log row is a picture the model got wrong: its model_label differs from the new
+    label, or is unknown (empty or missing: an older log, a correction by hand). A picture
+    tagged with no model yet (none), or the way the model already said, teaches nothing new."""
+    said = (row.get("model_label") or "").strip()
+    if said == "none":
+        return False
+    return said not in LABELS or said != row.get("new_label")
 
 
 def _hash_index(data_dir: Path, hashes: HashCache | None = None) -> dict[str, list[Path]]:
@@ -210,9 +228,8 @@ def _label_of(path: Path) -> str:
     return "cat" if path.parent.name.lower() in POSITIVE_NAMES else "not_cat"
 
 
-def _log(
-    data_dir: Path, digest: str, old: str, new: str, source: Path, dest: Path
-) -> tuple[str, ...]:
-    row = (time.strftime("%Y-%m-%dT%H:%M:%S"), digest, old, new, str(source), str(dest))
+def _log(data_dir: Path, digest: str, rest: tuple[str, ...]) -> tuple[str, ...]:
+    """Append (time, digest, *rest) in LOG_COLUMNS' order; returns the row, for undo."""
+    row = (time.strftime("%Y-%m-%dT%H:%M:%S"), digest, *rest)
     append_row(data_dir / ".catnet" / "corrections.csv", LOG_COLUMNS, row, "the corrections log")
     return row

@@ -120,6 +120,8 @@ def append_row(log: Path, columns: Sequence[str], row: Sequence[str], what: str 
     with writing(what, log.parent):
         log.parent.mkdir(parents=True, exist_ok=True)
     new_file = not log.exists() or log.stat().st_size == 0
+    if not new_file:
+        _widen(log, columns, what)
     buf = io.StringIO()
     writer = csv.writer(buf)
     if new_file:
@@ -128,6 +130,21 @@ def append_row(log: Path, columns: Sequence[str], row: Sequence[str], what: str 
     append_whole(log, buf.getvalue().encode("utf-8", "surrogateescape"), what)
     if new_file:
         sync_folder(log.parent)
+
+
+def _widen(log: Path, columns: Sequence[str], what: str) -> None:
+    """A log written before `columns` grew at the end (an older catnet) gets the new header,
+    its old rows an empty value in each new column (empty = unknown), so a CSV reader sees one
+    table. Rewritten atomically; a header that is not a prefix of `columns` is left alone."""
+    with log.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        rows = list(csv.reader(fh))
+    header = rows[0] if rows else []
+    if len(header) >= len(columns) or header != list(columns[: len(header)]):
+        return
+    extra = [""] * (len(columns) - len(header))
+    buf = io.StringIO()
+    csv.writer(buf).writerows([list(columns)] + [r + extra for r in rows[1:]])
+    atomic_write_text(log, buf.getvalue(), errors="surrogateescape", what=what)
 
 
 def remove_row(log: Path, row: Sequence[str], what: str = "") -> bool:

@@ -110,10 +110,25 @@ class LabelSession:
 
     def label(self, picture: Path, label: str) -> int:
         """An answer on the Label page, or 'the tag is wrong' on Review: `catnet correct`'s
-        code, moving the file. Returns the action id that undoes it."""
-        done = correct(self.data_dir, [picture], label, move=True, hashes=self.hashes)
+        code, moving the file. Returns the action id that undoes it. The log keeps what the
+        model in use said about the picture: only a picture it had wrong is weighted up."""
+        said = self.model_label(picture)
+        done = correct(
+            self.data_dir, [picture], label, move=True, hashes=self.hashes, model_label=said
+        )
         log.info("%s -> %s", picture, done[0].dest)
         return self._remember(Action("correct", correction=done[0]))
+
+    def model_label(self, picture: Path) -> str:
+        """What the model in use says about `picture`, from the scores the queues show: cat or
+        not_cat; none with no model yet; "" when unknown (not ranked by this model yet)."""
+        with self._state:
+            model, p = self.model, self.scores.get(picture) if self.ranked else None
+        if model is None:
+            return "none"
+        if p is None:
+            return ""
+        return "cat" if p >= model.threshold else "not_cat"
 
     def confirm(self, picture: Path, label: str) -> int:
         """'The tag is right' on Review: recorded in reviewed.csv."""
