@@ -32,8 +32,9 @@ from catnet.data.pixels import decode_square
 from catnet.models.networks import CNN, fuse_for_inference
 from catnet.runtime.compute import Compute, select_compute, setup_threads
 from catnet.runtime.workers import cpu_workers
+from catnet.training.prepare import PreparedData, eval_size_for
 from catnet.training.schedule import EarlyStopping
-from catnet.training.state import PreparedData, TrainState, eval_size_for
+from catnet.training.state import TrainState
 from catnet.training.steps import build_optimizer, train_one_epoch
 
 
@@ -213,7 +214,9 @@ def main() -> None:
     parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:  # a fresh process, as a user's script: no catnet settings at all
-        print(baseline_epoch_seconds(args.data, TrainConfig(model="cnn", image_size=args.image_size)))
+        print(
+            baseline_epoch_seconds(args.data, TrainConfig(model="cnn", image_size=args.image_size))
+        )
         return
     setup_threads()
     cfg = TrainConfig(model="cnn", image_size=args.image_size)

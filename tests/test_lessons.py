@@ -13,7 +13,7 @@ from conftest import TrainedRun, make_dataset, tiny_config, write_class
 from catnet.config import LabelConfig
 from catnet.curation.corrections import correct, corrected_paths, undo
 from catnet.labelling.session import open_session
-from catnet.training.state import prepare_data
+from catnet.training.prepare import prepare_data
 
 OLD_HEADER = "time,sha256,old_label,new_label,source,dest\n"  # before model_label
 

@@ -20,9 +20,10 @@ from catnet.config import TrainConfig, from_dict, read_toml
 from catnet.errors import CatnetError
 from catnet.models.checkpoint import load_checkpoint
 from catnet.training.loop import TrainCallbacks, train
+from catnet.training.prepare import auto_image_size
 from catnet.training.runs import METRIC_COLUMNS, read_metrics
 from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
-from catnet.training.state import auto_image_size, resume_config
+from catnet.training.state import resume_config
 
 MakeDataset = Callable[..., Path]
 TinyConfig = Callable[..., TrainConfig]

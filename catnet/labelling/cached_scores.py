@@ -25,8 +25,7 @@ import torch
 
 from catnet.data.cache import load_pixels
 from catnet.models.pretrained import PretrainedNet
-from catnet.training.feature_loop import feature_store
-from catnet.training.features import FeatureStore, frozen_features
+from catnet.training.features import FeatureStore, feature_store, frozen_features
 
 
 @dataclass

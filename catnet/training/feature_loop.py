@@ -36,6 +36,7 @@ from catnet.runtime.distributed import (
 from catnet.training.features import Features, logits_on
 from catnet.training.finalize import finalize_run
 from catnet.training.head_fit import fit_head_epoch
+from catnet.training.prepare import PreparedData
 from catnet.training.results import TrainCallbacks, TrainResult, epoch_report
 from catnet.training.runs import write_metrics
 from catnet.training.schedule import EarlyStopping, epochs_that_fit, lr_factor
@@ -47,7 +48,7 @@ from catnet.training.sharding import (
     reduce_validation,
     write_record,
 )
-from catnet.training.state import PreparedData, TrainState, save_run_checkpoints
+from catnet.training.state import TrainState, save_run_checkpoints
 
 
 def build_network(cfg: TrainConfig, compute: Compute) -> PretrainedNet:

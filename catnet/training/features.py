@@ -32,8 +32,8 @@ from catnet.runtime.files import atomic_write
 if TYPE_CHECKING:
     from catnet.config import TrainConfig
     from catnet.models.pretrained import PretrainedNet
+    from catnet.training.prepare import PreparedData
     from catnet.training.results import TrainCallbacks
-    from catnet.training.state import PreparedData
 
 # 2: version 1 files could hold batch-statistics features (a train-mode bug); never reuse them
 FEATURES_VERSION = 2

@@ -21,8 +21,9 @@ from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 from catnet.models.networks import build_model, count_parameters
 from catnet.runtime.compute import Compute, predict_logits
 from catnet.training.diagnosis import diagnose
+from catnet.training.prepare import PreparedData
 from catnet.training.results import TrainResult, evaluate_split
-from catnet.training.state import PreparedData, TrainState
+from catnet.training.state import TrainState
 
 # Temperature scaling of a pretrained head, measured on 3 dev splits each (held-out ECE before
 # -> after): 320 validation photos 0.0107 -> 0.0089 on average; 40 (100 photos a class at
@@ -135,7 +136,9 @@ def _measure_splits(
             val = evaluate_split(model, data, compute, cfg.batch_size * 2, cfg.tta)
         else:
             val = {"logits": split_logits("val")}
-            val["val_loss"] = F.binary_cross_entropy_with_logits(val["logits"], labels.float()).item()
+            val["val_loss"] = F.binary_cross_entropy_with_logits(
+                val["logits"], labels.float()
+            ).item()
     with capture_features(source) as train_seen:
         if split_logits is None:
             train_accuracy = clean_train_accuracy(model, data, compute, cfg)

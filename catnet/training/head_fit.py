@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from catnet.config import TrainConfig
     from catnet.models.pretrained import PretrainedNet
     from catnet.training.features import Features
-    from catnet.training.state import PreparedData, TrainState
+    from catnet.training.prepare import PreparedData
+    from catnet.training.state import TrainState
 
 # scikit-learn's LogisticRegression default; the floor in scripts/benchmark_accuracy.py uses it.
 HEAD_C = 1.0

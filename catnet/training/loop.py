@@ -31,6 +31,7 @@ from catnet.runtime.distributed import (
 )
 from catnet.training.budget import BatchClock, plan_epochs
 from catnet.training.finalize import finalize_run
+from catnet.training.prepare import PreparedData, prepare_data
 from catnet.training.results import TrainCallbacks, TrainResult, epoch_report, evaluate_split
 from catnet.training.runs import new_run_dir, write_metrics
 from catnet.training.schedule import EarlyStopping
@@ -41,13 +42,7 @@ from catnet.training.sharding import (
     reduce_validation,
     write_record,
 )
-from catnet.training.state import (
-    PreparedData,
-    TrainState,
-    prepare_data,
-    restore_state,
-    save_run_checkpoints,
-)
+from catnet.training.state import TrainState, restore_state, save_run_checkpoints
 from catnet.training.steps import build_optimizer, train_one_epoch
 
 

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catnet.runtime.compute import Compute, predict_logits
-from catnet.training.state import PreparedData
+from catnet.training.prepare import PreparedData
 
 
 class TrainCallbacks:

@@ -112,9 +112,7 @@ def reduce_row(ranks: Ranks, loss_sum: float, correct: float, seen: float) -> di
     return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
-def reduce_validation(
-    ranks: Ranks, logits: torch.Tensor, labels: torch.Tensor
-) -> dict[str, float]:
+def reduce_validation(ranks: Ranks, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
     """val_loss and val_acc over every rank's share of the validation pictures: logits (n,)
     float and labels (n,) 0/1 of this rank's share (all of them on one process)."""
     import torch.nn.functional as F

@@ -15,9 +15,10 @@ from catnet.config import TrainConfig
 from catnet.data.augment import AugmentSettings, augment, cutmix, prepare_eval
 from catnet.errors import CatnetError
 from catnet.runtime.compute import Compute
+from catnet.training.prepare import PreparedData
 from catnet.training.schedule import lr_factor
 from catnet.training.sharding import Shard, epoch_batches, reduce_row
-from catnet.training.state import PreparedData, TrainState
+from catnet.training.state import TrainState
 
 
 def bce_loss(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
