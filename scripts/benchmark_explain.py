@@ -7,7 +7,9 @@ held-out pictures, for any checkpoint (CNN, pretrained, MLP), plus explain's spe
   highest; the mean drop in the predicted class's probability is compared with greying out
   20 % at random, in cells the size of the map's cells and pixel by pixel. Target: the map's
   drop >= 2x the random drops. Split by the side explained (cat / not_cat), since a not_cat
-  answer's map shows the negative logit's evidence.
+  answer's map shows the negative logit's evidence. The drop in the predicted class's
+  calibrated logit is printed too, as a secondary measure: a very sure model's probability
+  saturates (a picture at p 0.9999 that falls to 0.999 barely counts), its logit does not.
 - Randomisation (Adebayo et al., 2018): every layer re-initialised at random (3 seeds); Spearman
   rank correlation with the trained maps, per picture. Target: mean < 0.5.
 - Speed (--speed): `explain_files` (maps, PNGs, index, contact sheet) against `predict` on the
@@ -39,7 +41,8 @@ from catnet.data.pixels import decode_square  # noqa: E402
 from catnet.errors import DecodeError  # noqa: E402
 from catnet.inference.explain import Explainer  # noqa: E402
 from catnet.inference.explain_checks import (  # noqa: E402
-    deletion_drops,
+    Deletion,
+    deletion_test,
     randomisation_correlation,
 )
 from catnet.inference.prediction import load_model  # noqa: E402
@@ -79,21 +82,27 @@ def _show(ratio: float | None) -> str:
 
 
 def deletion(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespace) -> dict:
-    drops: dict[str, list[torch.Tensor]] = {}
-    sides: list[str] = []
+    parts: list[Deletion] = []
     generator = torch.Generator().manual_seed(args.seed)
     for start in range(0, len(pixels), args.batch_size):
         batch = pixels[start : start + args.batch_size]
-        found = deletion_drops(explainer, batch, args.fraction, generator, args.fill)
-        for name, d in found.items():
-            drops.setdefault(name, []).append(d)
-        sides += [
-            explainer.model.label_for(p) for p in explainer.model.probabilities(batch).tolist()
-        ]
-    result = {name: torch.cat(parts) for name, parts in drops.items()}
-    side = torch.tensor([s == "cat" for s in sides])
+        parts.append(deletion_test(explainer, batch, args.fraction, generator, args.fill))
+    side = torch.cat([part.cat for part in parts])
+    summary = {}
+    for measure in ("probability", "logit"):
+        drops = {
+            name: torch.cat([getattr(part, measure)[name] for part in parts])
+            for name in ("heatmap", "random_cells", "random_pixels")
+        }
+        summary[measure] = _deletion_table(drops, side, measure, args)
+    return summary
+
+
+def _deletion_table(drops: dict, side: torch.Tensor, measure: str, args) -> dict:
+    """Print one markdown table of mean drops (± standard error) by the side explained."""
+    note = "" if measure == "probability" else " (secondary: it does not saturate)"
     print(f"\ndeletion ({args.fill}): {args.fraction:.0%} of the pixels, mean drop in the predicted "
-          "class's probability (± standard error)")  # fmt: skip
+          f"class's {measure}{note} (± standard error)")  # fmt: skip
     print("| explained side | pictures | heatmap | random cells | random pixels "
           "| heatmap / random cells | heatmap / random pixels |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
@@ -101,7 +110,7 @@ def deletion(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespac
     for label, mask in (("all", torch.ones_like(side)), ("cat", side), ("not_cat", ~side)):
         if not mask.any():
             continue
-        h, c, p = (result[k][mask] for k in ("heatmap", "random_cells", "random_pixels"))
+        h, c, p = (drops[k][mask] for k in ("heatmap", "random_cells", "random_pixels"))
         ratio_c, ratio_p = _ratio(h, c), _ratio(h, p)
         print(f"| {label} | {int(mask.sum())} | {mean_se(h)} | {mean_se(c)} | {mean_se(p)} | "
               f"{_show(ratio_c)} | {_show(ratio_p)} |")  # fmt: skip
@@ -141,12 +150,15 @@ def speed(model, files: list[Path]) -> dict:
     with tempfile.TemporaryDirectory() as out:
         summary = explain_files(model, inputs, Path(out), ExplainConfig())
     model.explain([files[0]])  # warm
-    started = time.perf_counter()
-    model.explain([files[0]])
-    one = time.perf_counter() - started
+    times = []
+    for f in files[:5]:  # the median of 5 pictures: one timing on a shared machine is noise
+        started = time.perf_counter()
+        model.explain([f])
+        times.append(time.perf_counter() - started)
+    one = statistics.median(times)
     print(f"\nspeed: predict {predict_rate:.1f} images/s, explain {summary['images_per_s']:.1f} "
           f"images/s (maps + PNGs + contact sheet), ratio {summary['images_per_s'] / predict_rate:.2f}; "
-          f"one picture after loading {one * 1000:.0f} ms; "
+          f"one picture after loading {one * 1000:.0f} ms (median of 5); "
           f"load average {Path('/proc/loadavg').read_text().split()[0]}")  # fmt: skip
     return {"predict_per_s": predict_rate, "explain_per_s": summary["images_per_s"], "one_s": one}
 
@@ -163,13 +175,16 @@ def main() -> None:
                         help="what replaces the deleted pixels")  # fmt: skip
     parser.add_argument("--speed", action="store_true")
     parser.add_argument("--no-sanity", action="store_true", help="skip the randomisation check")
+    parser.add_argument("--no-deletion", action="store_true", help="skip the deletion test")
     args = parser.parse_args()
     model = load_model(args.checkpoint)
     explainer = Explainer(model)
     files, pixels = decode(pick(args.data, args.n, args.seed), model.decode_size)
     print(f"checkpoint {args.checkpoint} ({model.payload['arch']['type']}, {model.hash}), "
           f"{len(files)} pictures from {args.data}; method {explainer.method}: {explainer.note}")  # fmt: skip
-    results = {"deletion": deletion(explainer, pixels, args)}
+    results = {}
+    if not args.no_deletion:
+        results["deletion"] = deletion(explainer, pixels, args)
     if not args.no_sanity:
         results["sanity"] = sanity(explainer, pixels, args)
     if args.speed:

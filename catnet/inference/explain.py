@@ -182,10 +182,12 @@ def explain_images(
     images: Iterable[Image.Image | str | Path],
     target: str = "predicted",
     batch_size: int = 32,
+    explainer: Explainer | None = None,
 ) -> list[np.ndarray]:
     """One (height, width) float32 map in [0, 1] per picture, in its own size (after EXIF
-    rotation). An unreadable file is a CatnetError naming it: no map can stand in for it."""
-    explainer = Explainer(model)
+    rotation). An unreadable file is a CatnetError naming it: no map can stand in for it.
+    explainer: one made earlier for this model (saves finding the conv stage again)."""
+    explainer = explainer or Explainer(model)
     squares, sizes = [], []
     for i, image in enumerate(images):
         try:

@@ -12,6 +12,7 @@ scripts/benchmark_explain.py.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -70,8 +71,60 @@ def class_probability(
 ) -> torch.Tensor:
     """(B,) probability of each picture's given class (cat: (B,) bool), single view (no TTA):
     the view the map explains."""
-    p = explainer.model.probabilities(batch_u8, tta=False)
-    return torch.where(cat, p, 1 - p)
+    return torch.sigmoid(class_logit(explainer, batch_u8, cat))
+
+
+def class_logit(explainer: Explainer, batch_u8: torch.Tensor, cat: torch.Tensor) -> torch.Tensor:
+    """(B,) calibrated logit of each picture's given class (+logit / T for cat, -logit / T for
+    not_cat), single view: sigmoid of it is class_probability. Unlike the probability it does
+    not saturate, so it still moves where a very sure model stays at p ~ 1."""
+    model = explainer.model
+    logits = model.logits_and_scores(batch_u8, tta=False, open_set=False)[0] / model.temperature
+    return torch.where(cat, logits, -logits)
+
+
+@dataclass
+class Deletion:
+    """One batch's deletion test: (B,) drops per mask ("heatmap", "random_cells",
+    "random_pixels") in the predicted class's probability (the target's measure) and in its
+    calibrated logit (secondary), and which pictures the network called cat."""
+
+    probability: dict[str, torch.Tensor]
+    logit: dict[str, torch.Tensor]
+    cat: torch.Tensor  # (B,) bool
+
+
+def deletion_test(
+    explainer: Explainer,
+    batch_u8: torch.Tensor,
+    fraction: float,
+    generator: torch.Generator,
+    fill: str = "grey",
+) -> Deletion:
+    """Grey out `fraction` of the pixels: ranked by the map ("heatmap"), at random in cells the
+    size of the map's cells ("random_cells", the same granularity as the map), and at random
+    pixel by pixel ("random_pixels"). fill: grey (the average colour) or blur (see blur_out)."""
+    s = batch_u8.shape[1]
+    explained = explainer.explain(batch_u8)
+    cat = torch.tensor([label == "cat" for label in explained.labels])
+    before = class_logit(explainer, batch_u8, cat)
+    maps = explained.maps
+    cells = upsample(torch.rand(maps.shape, generator=generator), s)
+    pixels = torch.rand(batch_u8.shape[:3], generator=generator)
+    masks = {
+        "heatmap": top_mask(upsample(maps, s), fraction, generator),
+        "random_cells": top_mask(cells, fraction, generator),
+        "random_pixels": top_mask(pixels, fraction, generator),
+    }
+    after = {
+        name: class_logit(explainer, FILLS[fill](batch_u8, mask), cat)
+        for name, mask in masks.items()
+    }
+    return Deletion(
+        {name: torch.sigmoid(before) - torch.sigmoid(a) for name, a in after.items()},
+        {name: before - a for name, a in after.items()},
+        cat,
+    )
 
 
 def deletion_drops(
@@ -81,26 +134,8 @@ def deletion_drops(
     generator: torch.Generator,
     fill: str = "grey",
 ) -> dict[str, torch.Tensor]:
-    """(B,) drops in the predicted class's probability after greying out `fraction` of the
-    pixels: ranked by the map ("heatmap"), at random in cells the size of the map's cells
-    ("random_cells", the same granularity as the map), and at random pixel by pixel
-    ("random_pixels"). fill: grey (the average colour) or blur (see blur_out)."""
-    s = batch_u8.shape[1]
-    explained = explainer.explain(batch_u8)
-    cat = torch.tensor([label == "cat" for label in explained.labels])
-    before = class_probability(explainer, batch_u8, cat)
-    maps = explained.maps
-    cells = upsample(torch.rand(maps.shape, generator=generator), s)
-    pixels = torch.rand(batch_u8.shape[:3], generator=generator)
-    masks = {
-        "heatmap": top_mask(upsample(maps, s), fraction, generator),
-        "random_cells": top_mask(cells, fraction, generator),
-        "random_pixels": top_mask(pixels, fraction, generator),
-    }
-    return {
-        name: before - class_probability(explainer, FILLS[fill](batch_u8, mask), cat)
-        for name, mask in masks.items()
-    }
+    """(B,) drops in the predicted class's probability per mask (see deletion_test)."""
+    return deletion_test(explainer, batch_u8, fraction, generator, fill).probability
 
 
 def randomised(net: nn.Module, seed: int = 0) -> nn.Module:

@@ -11,7 +11,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ from catnet.inference.readahead import DecodeAhead
 from catnet.models.checkpoint import load_checkpoint
 from catnet.models.networks import build_model, fuse_for_inference
 from catnet.runtime.compute import Compute, logits_for, select_compute, setup_threads
+
+if TYPE_CHECKING:
+    from catnet.inference.explain import Explainer
 
 
 class CatnetModel:
@@ -53,6 +56,7 @@ class CatnetModel:
         self.hash = payload["weights_sha256"][:12]  # short model id carried by every output row
         # None for checkpoints written before the open-set check existed: the check is off.
         self.open_set = OpenSetCheck.from_payload(payload.get(OPEN_SET_KEY), self.compute.device)
+        self._explainer: Explainer | None = None  # made on the first explain() call
 
     def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
@@ -135,9 +139,11 @@ class CatnetModel:
         in the picture's own size. Grad-CAM for convolutional networks, gradient saliency for
         the MLP; target "predicted" shows the evidence for each picture's own answer (for
         not_cat, the evidence for not-cat), or "cat" / "not_cat". See catnet.inference.explain."""
-        from catnet.inference.explain import explain_images
+        from catnet.inference.explain import Explainer, explain_images
 
-        return explain_images(self, images, target)
+        if self._explainer is None:  # finding the conv stage costs a forward pass: once
+            self._explainer = Explainer(self)
+        return explain_images(self, images, target, explainer=self._explainer)
 
 
 def load_model(path: str | Path, device: str = "auto") -> CatnetModel:

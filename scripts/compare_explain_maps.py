@@ -1,0 +1,149 @@
+"""Which map would pass the deletion test best on a pretrained (timm tf_efficientnet_lite0)
+checkpoint? Map variants compared on the same pictures and the same random masks.
+
+    python scripts/compare_explain_maps.py CHECKPOINT HELD_OUT_DIR [--n 200]
+
+Variants (each map scaled to a maximum of 1, averages taken at 14 x 14): Grad-CAM on `bn2`
+(7 x 7, catnet's default), averaged with `blocks.4` (14 x 14) and with `blocks.5`, Grad-CAM++ on
+`bn2`, LayerCAM (positive gradients x activations, per position) on `bn2` + `blocks.4`, and the
+maps averaged with their mirror image's (the view predict's TTA also uses). Printed: the mean
+drop in the predicted class's probability and logit after greying out each map's top 20 %,
+against 20 % random cells and random pixels. A research script: nothing is asserted, and
+catnet's default map is not changed by it (see README, "Explain: do the heatmaps mean something?").
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmark_explain import decode, pick  # noqa: E402
+
+from catnet.data.augment import prepare_eval  # noqa: E402
+from catnet.inference import explain_checks as checks  # noqa: E402
+from catnet.inference.explain import Explainer  # noqa: E402
+from catnet.inference.prediction import load_model  # noqa: E402
+
+
+def unit_max(maps: torch.Tensor) -> torch.Tensor:
+    return maps / maps.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+
+
+def activations_and_gradients(net, layers: dict, x: torch.Tensor, sign: torch.Tensor) -> dict:
+    """{name: (A (B, C, h, w), d(sign * logit)/dA)} for every layer, from one backward pass."""
+    kept: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def keep(_module: Any, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
+            kept[name] = output
+            return output.clone()  # later in-place activations must not touch what we keep
+
+        return keep
+
+    handles = [module.register_forward_hook(hook(name)) for name, module in layers.items()]
+    try:
+        with torch.enable_grad():
+            logits = net(x.detach().requires_grad_(True)).float()
+            names = list(kept)
+            grads = torch.autograd.grad((logits * sign).sum(), [kept[n] for n in names])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {n: (kept[n].detach().float(), g.float()) for n, g in zip(names, grads, strict=True)}
+
+
+def grad_cam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return F.relu((g.mean((2, 3), keepdim=True) * a).sum(1))
+
+
+def layer_cam(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return F.relu((F.relu(g) * a).sum(1))
+
+
+def grad_cam_pp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al., 2018), its closed form for an exponential score."""
+    denominator = 2 * g**2 + (a * g**3).sum((2, 3), keepdim=True)
+    alpha = g**2 / torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    return F.relu(((alpha * F.relu(g)).sum((2, 3), keepdim=True) * a).sum(1))
+
+
+def average(*maps: torch.Tensor) -> torch.Tensor:
+    def at14(m: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(m[:, None], size=(14, 14), mode="bilinear")[:, 0]
+
+    return unit_max(sum(unit_max(at14(m)) for m in maps))
+
+
+def variants(explainer: Explainer, batch: torch.Tensor, sign: torch.Tensor) -> dict:
+    model, backbone = explainer.model, explainer.net.backbone
+    layers = {"bn2": backbone.bn2, "b5": backbone.blocks[5], "b4": backbone.blocks[4]}
+    x = prepare_eval(batch, model.image_size, model.mean, model.std)
+    seen = activations_and_gradients(explainer.net, layers, x, sign)
+    mirror = activations_and_gradients(explainer.net, layers, torch.flip(x, dims=[3]), sign)
+    cam = {n: grad_cam(*v) for n, v in seen.items()}
+    cam_back = {n: torch.flip(grad_cam(*v), dims=[2]) for n, v in mirror.items()}
+    return {
+        "grad-cam bn2 (default)": cam["bn2"],
+        "grad-cam bn2 + blocks.4": average(cam["bn2"], cam["b4"]),
+        "grad-cam bn2 + blocks.5 + blocks.4": average(cam["bn2"], cam["b5"], cam["b4"]),
+        "grad-cam++ bn2": grad_cam_pp(*seen["bn2"]),
+        "layercam bn2 + blocks.4": average(layer_cam(*seen["bn2"]), layer_cam(*seen["b4"])),
+        "grad-cam bn2, with mirror": average(cam["bn2"], cam_back["bn2"]),
+        "grad-cam bn2 + blocks.4, with mirror": average(
+            cam["bn2"], cam["b4"], cam_back["bn2"], cam_back["b4"]
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("data", type=Path)
+    parser.add_argument("--n", type=int, default=200)
+    args = parser.parse_args()
+    model = load_model(args.checkpoint, "cpu")
+    explainer = Explainer(model)
+    _, pixels = decode(pick(args.data, args.n, 0), model.decode_size)
+    drops: dict[str, tuple[list, list]] = {}
+    for start in range(0, len(pixels), 32):
+        batch = pixels[start : start + 32]
+        cat = torch.tensor([label == "cat" for label in explainer.explain(batch).labels])
+        before = checks.class_logit(explainer, batch, cat)
+        s, g = batch.shape[1], torch.Generator().manual_seed(start)
+        cells = checks.upsample(torch.rand(len(batch), 7, 7, generator=g), s)
+        masks = {
+            "random cells": checks.top_mask(cells, 0.2, g),
+            "random pixels": checks.top_mask(torch.rand(batch.shape[:3], generator=g), 0.2, g),
+        }
+        for name, m in variants(explainer, batch, cat.float() * 2 - 1).items():
+            masks[name] = checks.top_mask(checks.upsample(m, s), 0.2, g)
+        for name, mask in masks.items():
+            after = checks.class_logit(explainer, checks.grey_out(batch, mask), cat)
+            probability, logit = drops.setdefault(name, ([], []))
+            probability.append(torch.sigmoid(before) - torch.sigmoid(after))
+            logit.append(before - after)
+    means = {
+        k: (torch.cat(p).mean().item(), torch.cat(q).mean().item()) for k, (p, q) in drops.items()
+    }
+    pixels_p, pixels_l = means["random pixels"]
+    cells_p, _ = means["random cells"]
+    print(f"{args.checkpoint}: {len(pixels)} pictures from {args.data}")
+    print(
+        "| map | probability drop | / random pixels | / random cells | logit drop | / random pixels |"
+    )
+    print("|---|---|---|---|---|---|")
+    for name, (p, q) in means.items():
+        print(f"| {name} | {p:.4f} | {p / pixels_p:.2f}x | {p / cells_p:.2f}x | {q:.3f} | "
+              f"{q / pixels_l:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
