@@ -241,9 +241,7 @@ class LabelConfig:
     first_epochs: int = setting(30, "Epochs of the first model when Teach starts with no model.")
     # The pretrained default learns most from the few pictures tagged at the start (README,
     # "Labelling order": 98 % after 20 labels, against ~60 % for the CNN).
-    first_model: str = setting(
-        "pretrained", "Network of that first model: pretrained, cnn or mlp."
-    )
+    first_model: str = setting("pretrained", "Network of that first model: pretrained, cnn or mlp.")
     seed: int = setting(0, "Seed of the random order shown before there is a model.")
     max_upload_mb: float = setting(20.0, "Largest picture the Try page accepts, in MB.")
 
@@ -254,9 +252,7 @@ class LabelConfig:
         _range("max_upload_mb", self.max_upload_mb, 0.001, 10_000)
 
 
-Config = TypeVar(
-    "Config", TrainConfig, EvaluateConfig, PredictConfig, ExplainConfig, LabelConfig
-)
+Config = TypeVar("Config", TrainConfig, EvaluateConfig, PredictConfig, ExplainConfig, LabelConfig)
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -36,9 +36,25 @@ from benchmark_accuracy import run, split_folder
 
 SYNTHETIC_KINDS = ("cars", "birds", "houses", "noise")
 SKIMAGE_PICTURES = (
-    "astronaut", "brick", "camera", "cell", "clock", "coffee", "coins", "colorwheel", "grass",
-    "gravel", "hubble_deep_field", "immunohistochemistry", "logo", "moon", "page", "retina",
-    "rocket", "text", "microaneurysms",
+    "astronaut",
+    "brick",
+    "camera",
+    "cell",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "text",
+    "microaneurysms",
 )  # fmt: skip  (every skimage.data picture but chelsea/cat and the non-photographic arrays)
 MATPLOTLIB_PICTURES = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
 

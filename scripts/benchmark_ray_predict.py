@@ -53,9 +53,11 @@ def compare(a: Path, b: Path) -> tuple[bool, float]:
 
 
 def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3]) if os.path.exists(
-        "/proc/loadavg"
-    ) else "n/a"
+    return (
+        " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        if os.path.exists("/proc/loadavg")
+        else "n/a"
+    )
 
 
 def main() -> None:

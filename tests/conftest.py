@@ -262,6 +262,8 @@ def openset_run(tmp_path_factory: pytest.TempPathFactory) -> OpenSetRun:
         Image.fromarray(pixels).save(strange / f"uniform_{i}.png")
     for kind in ("cars", "birds", "houses", "noise"):
         for i in range(6):
-            draw_image(kind, random.Random(f"open:{kind}:{i}"), 24).save(strange / f"{kind}_{i}.png")
+            draw_image(kind, random.Random(f"open:{kind}:{i}"), 24).save(
+                strange / f"{kind}_{i}.png"
+            )
     Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(strange / ODD_NAME)
     return OpenSetRun(result.best_checkpoint, base / "new_cats", strange)

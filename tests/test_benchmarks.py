@@ -59,6 +59,10 @@ def test_ray_predict_benchmark_prints_both_ratios(tmp_path: Path, trained: Train
     cmd += ["--checkpoint", str(trained.best), "--skip-local"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr
-    assert re.search(r"best\.pt\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d .*same labels", out.stdout), out.stdout
+    assert re.search(r"best\.pt\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d .*same labels", out.stdout), (
+        out.stdout
+    )
     # start-up costs taken out: on 40 pictures the difference may even come out negative
-    assert re.search(r"marginal.*\s+-?\d+\.\d\s+-?\d+\.\d\s+-?\d+\.\d\d$", out.stdout, re.M), out.stdout
+    assert re.search(r"marginal.*\s+-?\d+\.\d\s+-?\d+\.\d\s+-?\d+\.\d\d$", out.stdout, re.M), (
+        out.stdout
+    )

@@ -26,7 +26,16 @@ from catnet.cli import app
 
 # The module trains a CNN for 30 epochs before its first test: all of it is slow.
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.slow]
-ROW_KEYS = {"path", "label", "p_cat", "error", "model", "threshold", "unfamiliar", "unfamiliar_score"}
+ROW_KEYS = {
+    "path",
+    "label",
+    "p_cat",
+    "error",
+    "model",
+    "threshold",
+    "unfamiliar",
+    "unfamiliar_score",
+}
 
 
 def strict_json(text: str) -> Any:

@@ -195,9 +195,7 @@ def test_sigterm_stops_predict_with_whole_rows(
     cmd = [sys.executable, "-m", "catnet", "predict", str(trained.best), str(pictures), "--json"]
     # bufsize=0: readline must not read ahead, because communicate() reads the pipe's file
     # descriptor directly and would never see bytes left in a reader's buffer.
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0
-    )
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, bufsize=0)
     assert proc.stdout is not None
     first = proc.stdout.readline()  # rows are flowing; now the pipe fills up and predict waits
     time.sleep(1.0)

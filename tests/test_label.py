@@ -141,9 +141,7 @@ def test_the_page_flags_pictures_unlike_every_training_picture(
     assert tried["unfamiliar_score"] > limit
 
 
-def test_a_checkpoint_without_the_check_gives_null(
-    openset_run: OpenSetRun, tmp_path: Path
-) -> None:
+def test_a_checkpoint_without_the_check_gives_null(openset_run: OpenSetRun, tmp_path: Path) -> None:
     from catnet.inference.openset import KEY
     from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 

@@ -98,7 +98,9 @@ def test_evaluate_reports_what_the_check_did(openset_run: OpenSetRun) -> None:
     off = evaluate(openset_run.best, data, EvaluateConfig(workers=1, open_set=False))
     assert "open_set" in on.metrics and "open_set" not in off.metrics
     assert on.unfamiliar is not None and len(on.unfamiliar) == on.metrics["n"]
-    assert on.metrics["open_set"]["accuracy_without_check"] == pytest.approx(off.metrics["accuracy"])
+    assert on.metrics["open_set"]["accuracy_without_check"] == pytest.approx(
+        off.metrics["accuracy"]
+    )
 
 
 @pytest.mark.slow
@@ -128,9 +130,7 @@ def test_cli_csv_and_json_carry_the_flag_and_the_score(
 
 
 @pytest.mark.slow
-def test_export_gains_the_score_as_a_second_output(
-    openset_run: OpenSetRun, tmp_path: Path
-) -> None:
+def test_export_gains_the_score_as_a_second_output(openset_run: OpenSetRun, tmp_path: Path) -> None:
     from catnet.models.export import export, picture_batch, run_export_outputs
 
     pictures = sorted(openset_run.strange.iterdir())[:6]

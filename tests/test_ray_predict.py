@@ -59,7 +59,9 @@ def pictures(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.open(root / "cats" / f"cats_{i}.png").save(root / "other" / name)
     (root / "other" / "empty.png").write_bytes(b"")
     (root / "other" / "text.jpg").write_text("this is not a JPEG\n")
-    (root / "cats" / "truncated.jpg").write_bytes((root / "cats" / "cats_600.jpg").read_bytes()[:200])
+    (root / "cats" / "truncated.jpg").write_bytes(
+        (root / "cats" / "cats_600.jpg").read_bytes()[:200]
+    )
     (root / "cats" / "random.png").write_bytes(os.urandom(3000))
     not_utf8(root).parent.mkdir()
     Image.open(root / "cats" / "cats_5.png").save(not_utf8(root))
@@ -99,7 +101,9 @@ def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> N
 
 
 @pytest.fixture(scope="module")
-def reference(trained: TrainedRun, pictures: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def reference(
+    trained: TrainedRun, pictures: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
     """Today's `catnet predict` over the pictures (and a missing file) as CSV: the reference."""
     out = tmp_path_factory.mktemp("ray-ref") / "rows.csv"
     extra = (pictures / "missing.png", not_utf8(pictures).parent)
@@ -223,10 +227,14 @@ def test_missing_ray_is_a_usage_error_with_the_install_line(tmp_path: Path) -> N
     ("address", "message"),
     [("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"), ("nowhere", "--ray takes")],
 )
-def test_bad_address_is_a_clear_error_not_a_hang(address: str, message: str, tmp_path: Path) -> None:
+def test_bad_address_is_a_clear_error_not_a_hang(
+    address: str, message: str, tmp_path: Path
+) -> None:
     pytest.importorskip("ray.data", reason=NO_RAY)
     write_class(tmp_path / "pics", "cats", 2, 24)
-    result = catnet_cli("predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", address, timeout=60)
+    result = catnet_cli(
+        "predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", address, timeout=60
+    )
     assert result.returncode == 2, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -95,7 +95,9 @@ def evaluate(
     probs = torch.sigmoid(logits / model.temperature)
     labels = torch.tensor([s.label for s in kept])
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
-    unfamiliar = None if scores is None or model.open_set is None else scores > model.open_set.threshold
+    unfamiliar = (
+        None if scores is None or model.open_set is None else scores > model.open_set.threshold
+    )
     metrics = binary_metrics(decided(probs, unfamiliar, cfg.unsure), labels, threshold)
     has_cats = bool(labels.any())
     metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"] if has_cats else None
@@ -153,7 +155,9 @@ def open_set_metrics(
         "unfamiliar_cats": int((unfamiliar & cats).sum()),
         "cats_turned_away": int((unfamiliar & cats & tagged_cat).sum()),
         "not_cats_turned_away": int((unfamiliar & ~cats & tagged_cat).sum()),
-        "accuracy_without_check": float((tagged_cat == cats).float().mean()) if len(labels) else 0.0,
+        "accuracy_without_check": float((tagged_cat == cats).float().mean())
+        if len(labels)
+        else 0.0,
     }
 
 

@@ -161,7 +161,10 @@ def _explain_batch(
     where = {i: j for j, i in enumerate(good)}
     for i, (path, result) in enumerate(zip(paths, results, strict=True)):
         if explained is None or result.pixels is None:
-            yield ExplainRow(str(path), "", None, "error", "", explainer.method, result.reason), None
+            yield (
+                ExplainRow(str(path), "", None, "error", "", explainer.method, result.reason),
+                None,
+            )
             continue
         j = where[i]
         caption = heatmaps.Caption(

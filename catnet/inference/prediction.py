@@ -123,7 +123,9 @@ class CatnetModel:
             except DecodeError as exc:
                 preds.append(Prediction(name, "error", None, exc.reason))
         if pixels:
-            logits, scores = self.logits_and_scores(torch.from_numpy(np.stack(pixels)), tta, open_set)
+            logits, scores = self.logits_and_scores(
+                torch.from_numpy(np.stack(pixels)), tta, open_set
+            )
             probs = torch.sigmoid(logits / self.temperature).tolist()
             for n, (j, p) in enumerate(zip(where, probs, strict=True)):
                 score = None if scores is None else float(scores[n])

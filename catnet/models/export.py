@@ -154,9 +154,7 @@ def check_equivalence(
         reference = module(pixels)
     reference = reference if isinstance(reference, tuple) else (reference,)
     exported = run_export_outputs(fmt, out, pixels)
-    return max(
-        float(np.abs(e - r.numpy()).max()) for e, r in zip(exported, reference, strict=True)
-    )
+    return max(float(np.abs(e - r.numpy()).max()) for e, r in zip(exported, reference, strict=True))
 
 
 def picture_batch(model: CatnetModel, paths: list[Path]) -> torch.Tensor:

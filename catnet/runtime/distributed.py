@@ -132,7 +132,7 @@ def lost_peer(exc: RuntimeError) -> bool:
 
 
 def _first_sentence(text: str) -> str:
-    """"[.../pair.cc:561] Connection closed by peer [::1]:123. This is typically ..." ->
+    """ "[.../pair.cc:561] Connection closed by peer [::1]:123. This is typically ..." ->
     "Connection closed by peer [::1]:123"."""
     text = text.strip().splitlines()[0] if text.strip() else ""
     if text.startswith("[") and "] " in text:  # the C++ source location
