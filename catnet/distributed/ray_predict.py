@@ -176,6 +176,8 @@ def predict_on_ray(
 ) -> dict[str, Any]:
     """inference.prediction.predict on the Ray cluster at cfg.ray: the same inputs (files,
     folders, globs), the same rows in the same order, handed to on_row; the same summary."""
+    from catnet.inference.prediction import run_summary
+
     model = _as_model(checkpoint)
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
@@ -202,13 +204,7 @@ def predict_on_ray(
                     counts[pred.label] += 1
                     if on_row:
                         on_row(pred)
-    return {
-        "counts": counts,
-        "errors": counts["error"],
-        "model": model.hash,
-        "threshold": threshold,
-        "open_set": bool(cfg.open_set and model.open_set),
-    }
+    return run_summary(model, cfg, counts, threshold)
 
 
 def _text(path: str) -> str:

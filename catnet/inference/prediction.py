@@ -188,6 +188,13 @@ def predict(
                 counts[pred.label] += 1
                 if on_row:
                     on_row(pred)
+    return run_summary(model, cfg, counts, threshold)
+
+
+def run_summary(
+    model: CatnetModel, cfg: PredictConfig, counts: dict[str, int], threshold: float
+) -> dict[str, Any]:
+    """What a predict run returns, however it ran (here, or on Ray)."""
     return {
         "counts": counts,
         "errors": counts["error"],
