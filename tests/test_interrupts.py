@@ -223,3 +223,19 @@ def test_sigterm_during_finetune_prints_the_resume_command(
     assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr
     assert f"catnet train --resume {run / 'last.pt'}" in stderr
     assert_complete_checkpoints(run)
+
+
+def test_a_resume_rewrites_metrics_from_the_checkpoint(tmp_path: Path, env: dict[str, str]) -> None:
+    """A stop that lands after last.pt was written but before metrics.csv was: the resume
+    restores the missing row from the history last.pt carries, even with nothing left to train."""
+    data = make_dataset(tmp_path / "data", n_per_class=16, size=24)
+    run = tmp_path / "run"
+    args = [a if a != "40" else "2" for a in TRAIN_ARGS]  # --epochs 2
+    cmd = [sys.executable, "-m", "catnet", "train", str(data), "--out", str(run), *args]
+    assert subprocess.run(cmd, capture_output=True, text=True, env=env).returncode == 0
+    assert epochs_in(run) == [1, 2]
+    metrics = run / "metrics.csv"
+    metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))  # header + 1
+    assert epochs_in(run) == [1]
+    resume_until(run, 2, env)
+    assert epochs_in(run) == [1, 2]

@@ -226,11 +226,11 @@ def train_on_features(cfg: TrainConfig, data: PreparedData, run_dir: Path, compu
         stop_reason = _epochs(cfg, net, optimizer, feats, data, state, best, compute, gen, started,
                               cb, steps, shard)  # fmt: skip
     finally:  # also on Ctrl-C: the epochs so far are kept (last.pt resumes them)
-        if ranks.leader:
+        if ranks.leader:  # metrics first, the checkpoint last (see loop.py's end_epoch)
+            write_metrics(run_dir / "metrics.csv", state.history)
             save_run_checkpoints(
                 run_dir, cfg, data, net, optimizer, state, gen, compute, best=True, ema=best
             )
-            write_metrics(run_dir / "metrics.csv", state.history)
             if shard:
                 write_record(run_dir, shard, batch, shown)
     val_mirror = feats.val_mirror if cfg.tta else None

@@ -108,6 +108,8 @@ def _train_pixels(cfg: TrainConfig, data: PreparedData, run_dir: Path, compute: 
         cb.on_message(f"resuming from epoch {state.epoch} of {run_dir}")
     ranks = shard.ranks if shard else SINGLE
     if ranks.leader:
+        if resume:  # the history last.pt carries is the truth (see end_epoch)
+            write_metrics(run_dir / "metrics.csv", state.history)
         save_run_checkpoints(
             run_dir, cfg, data, model, optimizer, state, gen, compute, best=False, ema=ema
         )
@@ -200,9 +202,12 @@ class _PixelRun:
         improved = state.stopper.update(row[cfg.monitor], state.epoch)
         best = improved or not (cfg.select_best or cfg.patience > 0)  # else follows the last
         if self.ranks.leader:
+            # metrics.csv first, the checkpoint last: last.pt is what a resume starts from, and
+            # it rewrites metrics.csv from the history it carries. A stop between the two then
+            # leaves a row that the resume writes again, never an epoch missing from the file.
+            write_metrics(self.run_dir / "metrics.csv", state.history)
             save_run_checkpoints(self.run_dir, cfg, self.data, self.model, self.optimizer, state,
                                  self.gen, self.compute, best=best, ema=self.ema)  # fmt: skip
-            write_metrics(self.run_dir / "metrics.csv", state.history)
             if self.shard:
                 write_record(self.run_dir, self.shard, cfg.batch_size, self.n_shown)
         self.cb.on_epoch_end(epoch_report(row, cfg, state.planned_epochs, best, improved))
