@@ -98,7 +98,12 @@ def correct(
 
 
 def _correct_one(
-    data_dir: Path, source: Path, digest: str, copies: list[Path], labels: tuple, move: bool
+    data_dir: Path,
+    source: Path,
+    digest: str,
+    copies: list[Path],
+    labels: tuple[str, str],
+    move: bool,
 ) -> Correction:
     label, model_label = labels  # the answer, and what the model had said
     old = {_label_of(p) for p in copies}
