@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from catnet.data.cache import load_pixels
-from catnet.models.pretrained import PretrainedNet
+from catnet.models.pretrained import PretrainedNet, trains_head_only
 from catnet.training.features import FeatureStore, feature_store, frozen_features
 
 
@@ -96,10 +96,8 @@ def head_only_scorer(model: Any, cache_root: Path) -> HeadOnlyScorer | None:
     payload = getattr(model, "payload", None)
     if not isinstance(payload, dict) or not isinstance(model.module, PretrainedNet):
         return None
-    arch = payload["arch"]
-    stages = payload.get("train_config", {}).get("train_stages", arch.get("train_stages", 0))
-    if arch.get("type") != "pretrained" or int(stages) != 0:
+    if not trains_head_only(payload):
         return None
-    store = feature_store(model.module, arch["backbone"], model.image_size, 0, model.compute,
+    store = feature_store(model.module, payload["arch"]["backbone"], model.image_size, 0, model.compute,
                           cache_root)  # fmt: skip
     return HeadOnlyScorer(model, store)

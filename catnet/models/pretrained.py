@@ -185,6 +185,15 @@ class PretrainedNet(nn.Module):
         return [b.blocks[self.n_stages() - trained_stages :], b.conv_head, b.bn2, self.head]
 
 
+def trains_head_only(payload: dict[str, Any]) -> bool:
+    """Whether a checkpoint is a pretrained model that trained only its head: its backbone is
+    the frozen ImageNet one, so its features can be stored and reused, and its fine-tunes are
+    cheap (epochs on stored features)."""
+    arch = payload["arch"]
+    stages = payload.get("train_config", {}).get("train_stages", arch.get("train_stages", 0))
+    return arch.get("type") == "pretrained" and int(stages) == 0
+
+
 def build_pretrained(arch: dict[str, Any]) -> PretrainedNet:
     """The network an architecture dict describes, with random weights (a checkpoint's
     state dict fills them)."""

@@ -238,10 +238,9 @@ FINETUNE_HEAD_EPOCHS = 20
 
 
 def default_finetune_epochs(payload: dict) -> int:
-    head_only = payload["arch"].get("type") == "pretrained" and not payload.get(
-        "train_config", {}
-    ).get("train_stages", 0)
-    return FINETUNE_HEAD_EPOCHS if head_only else FINETUNE_EPOCHS
+    from catnet.models.pretrained import trains_head_only
+
+    return FINETUNE_HEAD_EPOCHS if trains_head_only(payload) else FINETUNE_EPOCHS
 
 
 def finetune(
