@@ -122,18 +122,21 @@ def _deletion_table(drops: dict, side: torch.Tensor, measure: str, args) -> dict
 
 
 def sanity(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespace) -> dict:
-    print("\nrandomisation: Spearman rank correlation, trained maps vs re-initialised network")
-    print("| seed | mean rho | mean abs(rho) | share with rho >= 0.5 |")
-    print("|---|---|---|---|")
+    print("\nrandomisation: Spearman rank correlation, trained maps vs re-initialised network "
+          "(batch norm calibrated on each batch; empty random maps counted, left out of rho)")  # fmt: skip
+    print("| seed | mean rho | mean abs(rho) | share with rho >= 0.5 | empty random maps |")
+    print("|---|---|---|---|---|")
     means = []
     for seed in range(3):
-        rho = torch.cat([
+        rhos, empties = zip(*[
             randomisation_correlation(explainer, pixels[s : s + args.batch_size], seed)
             for s in range(0, len(pixels), args.batch_size)
-        ])  # fmt: skip
-        means.append(float(rho.mean()))
-        print(f"| {seed} | {rho.mean():.3f} | {rho.abs().mean():.3f} | "
-              f"{float((rho >= 0.5).float().mean()):.1%} |")  # fmt: skip
+        ], strict=True)  # fmt: skip
+        empty = torch.cat(empties)
+        rho = torch.cat(rhos)[~empty]
+        means.append(float(rho.mean()) if len(rho) else float("nan"))
+        print(f"| {seed} | {means[-1]:.3f} | {rho.abs().mean():.3f} | "
+              f"{float((rho >= 0.5).float().mean()):.1%} | {int(empty.sum())} of {len(empty)} |")  # fmt: skip
     print(f"mean over seeds: {statistics.mean(means):.3f} ± {statistics.stdev(means):.3f}")
     return {"rho_per_seed": means}
 

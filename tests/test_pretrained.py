@@ -3,6 +3,7 @@ every command working with the checkpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,15 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
                  ["predict", run / "best.pt", data / "cats"], export):  # fmt: skip
         proc = catnet_cli(*args)
         assert proc.returncode == 0, (args, proc.stderr)
+    # Explain: the backbone's last stage is 2 x 2 at 64 px, so Grad-CAM is sharpened by LayerCAM
+    # on the stride-8 map: 8 x 8 positions, spread over each picture.
+    proc = catnet_cli("explain", run / "best.pt", data / "cats", "--out", tmp_path / "ex", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 8 and {row["method"] for row in rows} == {"grad-cam x layercam"}
+    assert all(Path(row["output"]).is_file() for row in rows)
+    heatmaps = model.explain(pictures)
+    assert all(h.shape == (24, 24) and 0 <= h.min() <= h.max() <= 1 for h in heatmaps)
 
 
 def test_version_1_checkpoints_still_load_and_predict(tmp_path: Path, tiny_config) -> None:

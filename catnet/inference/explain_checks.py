@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catnet.data.augment import MEAN
+from catnet.data.augment import MEAN, prepare_eval
 from catnet.inference.explain import Explainer
 
 GREY = tuple(round(255 * m) for m in MEAN)  # the average colour: normalised input 0
@@ -138,15 +138,38 @@ def deletion_drops(
     return deletion_test(explainer, batch_u8, fraction, generator, fill).probability
 
 
-def randomised(net: nn.Module, seed: int = 0) -> nn.Module:
-    """A copy of the network with every layer re-initialised at random (its own init)."""
+def randomised(net: nn.Module, seed: int = 0, calibration: torch.Tensor | None = None) -> nn.Module:
+    """A copy of the network with every layer re-initialised at random (its own init).
+
+    calibration: a normalised batch (B, 3, S, S) on which batch norm re-measures its running
+    statistics. Without it they reset to mean 0, variance 1, which a deep random network does
+    not have: activations blow up or die from layer to layer, ReLU6 clips them flat, the
+    gradients vanish and every map comes out empty. An empty map correlates with nothing, so
+    the check would pass without testing anything (measured: all 32 Grad-CAM maps of the
+    randomised pretrained backbone were empty)."""
     torch.manual_seed(seed)
     copied = copy.deepcopy(net)
     for module in copied.modules():
         reset = getattr(module, "reset_parameters", None)
         if callable(reset):
             reset()
-    return copied.eval()
+    copied.eval()
+    if calibration is not None:
+        norms = [m for m in copied.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for norm in norms:
+            norm.momentum = None  # a plain average over the calibration pass
+            norm.train()
+        with torch.no_grad():
+            copied(calibration)
+        for norm in norms:
+            norm.eval()
+    return copied
+
+
+def empty_maps(maps: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) -> (B,) bool: True where a map is constant (nothing ranked)."""
+    flat = maps.flatten(1)
+    return flat.amax(1) - flat.amin(1) < 1e-9
 
 
 def ranks(x: torch.Tensor) -> torch.Tensor:
@@ -174,10 +197,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def randomisation_correlation(
     explainer: Explainer, batch_u8: torch.Tensor, seed: int = 0
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B,) rank correlation between the trained network's maps and those of the same network
-    re-initialised at random, each explaining the trained network's answer."""
+    re-initialised at random (batch norm calibrated on this batch), each explaining the
+    trained network's answer; and (B,) bool, where the random network's map is empty (its
+    correlation of 0 then tests nothing: callers report these and leave them out)."""
     trained = explainer.explain(batch_u8)
     sign = torch.tensor([1.0 if side == "cat" else -1.0 for side in trained.sides])
-    shuffled = Explainer(explainer.model, randomised(explainer.net, seed))
-    return spearman(trained.maps, shuffled.maps(batch_u8, sign))
+    model = explainer.model
+    x = prepare_eval(batch_u8.to(model.compute.device), model.image_size, model.mean, model.std)
+    shuffled = Explainer(model, randomised(explainer.net, seed, x), explainer.fine_stride)
+    random_maps = shuffled.maps(batch_u8, sign)
+    return spearman(trained.maps, random_maps), empty_maps(random_maps)

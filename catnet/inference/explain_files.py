@@ -37,7 +37,7 @@ class ExplainRow:
     p_cat: float | None
     label: str  # cat, not_cat or error
     explained: str  # which side the map shows: cat or not_cat ("" for an error row)
-    method: str  # grad-cam or saliency
+    method: str  # grad-cam, grad-cam x layercam or saliency (explain.METHODS)
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:

@@ -29,12 +29,15 @@ class Caption:
     p_cat: float
     label: str
     side: str  # which side the map shows: cat or not_cat
-    method: str  # grad-cam or saliency
+    method: str  # grad-cam, grad-cam x layercam or saliency (explain.METHODS)
     name: str  # the input's path, for the caption
 
     def lines(self) -> list[str]:
         evidence = "cat" if self.side == "cat" else "not-cat (the negative logit)"
-        how = "Grad-CAM" if self.method == "grad-cam" else "saliency: an MLP has no conv maps"
+        how = {
+            "grad-cam": "Grad-CAM",
+            "grad-cam x layercam": "Grad-CAM x LayerCAM (stride 8)",
+        }.get(self.method, "saliency: an MLP has no conv maps")
         return [
             f"p(cat) {self.p_cat:.3f}   label {self.label}",
             f"map: evidence for {evidence}",
