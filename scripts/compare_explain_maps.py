@@ -1,15 +1,19 @@
-"""Which map would pass the deletion test best on a pretrained (timm tf_efficientnet_lite0)
+"""Which map passes the deletion test best on a pretrained (timm tf_efficientnet_lite0)
 checkpoint? Map variants compared on the same pictures and the same random masks.
 
-    python scripts/compare_explain_maps.py CHECKPOINT HELD_OUT_DIR [--n 200]
+    python scripts/compare_explain_maps.py CHECKPOINT HELD_OUT_DIR [--n 400] [--sanity 64]
 
-Variants (each map scaled to a maximum of 1, averages taken at 14 x 14): Grad-CAM on `bn2`
-(7 x 7, catnet's default), averaged with `blocks.4` (14 x 14) and with `blocks.5`, Grad-CAM++ on
-`bn2`, LayerCAM (positive gradients x activations, per position) on `bn2` + `blocks.4`, and the
-maps averaged with their mirror image's (the view predict's TTA also uses). Printed: the mean
-drop in the predicted class's probability and logit after greying out each map's top 20 %,
-against 20 % random cells and random pixels. A research script: nothing is asserted, and
-catnet's default map is not changed by it (see README, "Explain: do the heatmaps mean something?").
+Variants (each map scaled to a maximum of 1): Grad-CAM on `bn2` (the last stage, 7 x 7 at
+224 px), Grad-CAM++ on `bn2`, LayerCAM (positive gradients x activations, per position) on
+`blocks.4` (14 x 14), on `blocks.2` (28 x 28) and averaged over `bn2` + `blocks.4`, and Grad-CAM on
+`bn2` times LayerCAM on `blocks.4` or `blocks.2`, or Grad-CAM on `blocks.4` (the square root
+of the product, the geometric mean; ranked as the product). The
+last row is catnet's own map (Explainer.maps), which should equal Grad-CAM x LayerCAM on
+`blocks.2`. Printed: the mean drop in the predicted class's probability and logit after
+greying out each map's top 20 %, against 20 % random 7 x 7 cells and random pixels; with
+--sanity N, each map's rank correlation with the randomised network's (batch norm calibrated,
+three seeds) on the first N pictures. A research script: nothing is asserted (see README,
+"Explain: do the heatmaps mean something?").
 """
 
 from __future__ import annotations
@@ -75,40 +79,34 @@ def grad_cam_pp(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return F.relu(((alpha * F.relu(g)).sum((2, 3), keepdim=True) * a).sum(1))
 
 
-def average(*maps: torch.Tensor) -> torch.Tensor:
-    side = max(m.shape[-1] for m in maps)  # average at the finest map's resolution
-
-    def resized(m: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(m[:, None], size=(side, side), mode="bilinear")[:, 0]
-
-    return unit_max(sum(unit_max(resized(m)) for m in maps))
+def up(m: torch.Tensor, side: int) -> torch.Tensor:
+    return F.interpolate(m[:, None], size=(side, side), mode="bilinear")[:, 0]
 
 
 def variants(explainer: Explainer, batch: torch.Tensor, sign: torch.Tensor) -> dict:
     model, backbone = explainer.model, explainer.net.backbone
-    layers = {
-        "bn2": backbone.bn2,
-        "b5": backbone.blocks[5],
-        "b4": backbone.blocks[4],
-        "b2": backbone.blocks[2],
-        "b1": backbone.blocks[1],
-    }
+    layers = {"bn2": backbone.bn2, "b4": backbone.blocks[4], "b2": backbone.blocks[2]}
     x = prepare_eval(batch, model.image_size, model.mean, model.std)
     seen = activations_and_gradients(explainer.net, layers, x, sign)
     cam = {n: grad_cam(*v) for n, v in seen.items()}
     lc = {n: layer_cam(*v) for n, v in seen.items()}
 
     def sharpened(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
-        up = F.interpolate(coarse[:, None], size=fine.shape[-2:], mode="bilinear")[:, 0]
-        return unit_max(unit_max(up) * unit_max(fine))
+        return unit_max(torch.sqrt(unit_max(up(coarse, fine.shape[-1])) * unit_max(fine)))
 
+    average = unit_max(
+        sum(unit_max(up(m, lc["b4"].shape[-1])) for m in (layer_cam(*seen["bn2"]), lc["b4"]))
+    )
     return {
-        "grad-cam bn2 (default)": cam["bn2"],
+        "grad-cam bn2": cam["bn2"],
+        "grad-cam++ bn2": unit_max(grad_cam_pp(*seen["bn2"])),
+        "layercam bn2 + blocks.4, averaged": average,
         "layercam blocks.4": lc["b4"],
         "layercam blocks.2": lc["b2"],
+        "grad-cam bn2 x grad-cam blocks.4": sharpened(cam["bn2"], cam["b4"]),
         "grad-cam bn2 x layercam blocks.4": sharpened(cam["bn2"], lc["b4"]),
         "grad-cam bn2 x layercam blocks.2": sharpened(cam["bn2"], lc["b2"]),
-        "grad-cam bn2 x grad-cam blocks.4": sharpened(cam["bn2"], cam["b4"]),
+        "catnet (Explainer.maps)": explainer.maps(batch, sign),
     }
 
 
@@ -142,7 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("data", type=Path)
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=int, default=400)
     parser.add_argument(
         "--sanity", type=int, default=0, help="pictures for the randomisation check"
     )

@@ -94,7 +94,7 @@ def test_grad_cam_matches_the_formula(sign: float) -> None:
 def test_sharpened_grad_cam_matches_the_formula(sign: float) -> None:
     """Grad-CAM on the last stage (6 x 6) times LayerCAM on the finer map F the stage-2 pool
     takes in (12 x 12), written out by hand: relu(sum_c relu(dS/dF_c) * F_c), each map scaled
-    to max 1, Grad-CAM upsampled bilinearly, the product scaled to max 1."""
+    to max 1, Grad-CAM upsampled bilinearly, their geometric mean scaled to max 1."""
     torch.manual_seed(0)
     net = CNN(width=4, depth=2).eval()
     x = torch.randn(3, 3, 24, 24)
@@ -109,7 +109,7 @@ def test_sharpened_grad_cam_matches_the_formula(sign: float) -> None:
     cam = unit(torch.relu((g_last.mean(dim=(2, 3), keepdim=True) * feats).sum(1))).detach()
     detail = unit(torch.relu((torch.relu(g_fine) * fine_maps).sum(1))).detach()
     up = torch.nn.functional.interpolate(cam[:, None], size=(12, 12), mode="bilinear")[:, 0]
-    expected = unit(up * detail)
+    expected = unit(torch.sqrt(up * detail))  # the geometric mean of the two maps
     got = grad_cam(net, net.features, x, torch.full((3,), sign), net.features[5])
     assert got.shape == (3, 12, 12) and got.amax() > 0
     assert torch.allclose(got, expected, atol=1e-5)

@@ -9,13 +9,13 @@ for a "not_cat" answer: a one-logit network has no second output to explain, and
 inverted-map pitfall of CAM libraries with binary models (pytorch-grad-cam issue #428).
 
 Where the last stage is coarser than 1/8 of the input (an ImageNet backbone: 7 x 7 at 224 px,
-cells of 32 pixels), the Grad-CAM map is multiplied by LayerCAM (Jiang et al., 2021) on the
+cells of 32 pixels), the Grad-CAM map is combined with LayerCAM (Jiang et al., 2021) on the
 stride-8 map F: relu(sum_c relu(d score / d F_c) * F_c), per position (28 x 28 at 224 px).
 Grad-CAM says which part of the picture holds the answer's evidence, LayerCAM which of its
-pixels; the product keeps the first's class-specificity at the second's resolution (Guided
-Grad-CAM's recipe, with a detail map that passes the randomisation check, which guided
-backpropagation does not). Measured on the pretrained model: see README, "Explain: do the
-heatmaps mean something?".
+pixels; their product (drawn as its square root, the geometric mean) keeps the first's
+class-specificity at the second's resolution (Guided Grad-CAM's recipe, with a detail map that
+passes the randomisation check, which guided backpropagation does not). Measured on the
+pretrained model: see README, "Explain: do the heatmaps mean something?".
 
 Written with forward hooks and torch.autograd.grad (~50 lines) rather than captum or grad-cam:
 see README, "Explain", for why.
@@ -44,11 +44,11 @@ if TYPE_CHECKING:
 # How a map is made, by how many conv layers it uses: none (the MLP), the last stage, or the
 # last stage sharpened by the stride-8 one.
 METHODS = ("saliency", "grad-cam", "grad-cam x layercam")
-SIDES = ("not_cat", "cat")
+SIDES = ("not_cat", "cat")  # which side a map shows, by sign index: -1 -> not_cat, +1 -> cat
 # Input pixels per position of the map LayerCAM sharpens with: 28 x 28 at 224 px. Chosen on the
 # dev photos (scripts/compare_explain_maps.py): stride 16 (14 x 14) gained less in the deletion
 # test on every split.
-FINE_STRIDE = 8  # which side a map shows, by sign index: -1 -> not_cat, +1 -> cat
+FINE_STRIDE = 8
 
 
 def feature_layer(net: nn.Module, image_size: int) -> nn.Module | None:
@@ -124,8 +124,8 @@ def grad_cam(
 ) -> torch.Tensor:
     """x (B, 3, S, S) normalised, sign (B,) of +1 (explain cat) or -1 (explain not-cat) ->
     (B, h, w) maps, each scaled to a maximum of 1 (all 0 where nothing in the picture speaks
-    for that side). Plain Grad-CAM at the layer's resolution; with `fine` (see fine_layer), that
-    map times LayerCAM on fine's input, at fine's input resolution."""
+    for that side). Plain Grad-CAM at the layer's resolution; with `fine` (see fine_layer), the
+    geometric mean of that map and LayerCAM on fine's input, at fine's input resolution."""
     kept: list[torch.Tensor] = []
 
     def keep_output(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
@@ -155,9 +155,11 @@ def grad_cam(
     if fine is None:
         return cam
     detail_maps, detail_grad = kept[0].detach().float(), grads[0].float()
-    detail = _unit_max(F.relu((F.relu(detail_grad) * detail_maps).sum(dim=1)))  # (B, 4h, 4w)
+    detail = _unit_max(F.relu((F.relu(detail_grad) * detail_maps).sum(dim=1)))  # (B, S/8, S/8)
     coarse = F.interpolate(cam[:, None], size=detail.shape[-2:], mode="bilinear")[:, 0]
-    return _unit_max(coarse * detail)
+    # The geometric mean: it ranks positions as the product does, and stays on each map's own
+    # scale (a product of two [0, 1] maps crowds near 0 and draws as a few faint specks).
+    return _unit_max(torch.sqrt(coarse * detail))
 
 
 def saliency(net: nn.Module, x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
