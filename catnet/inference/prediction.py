@@ -138,9 +138,10 @@ class CatnetModel:
         self, images: Iterable[Image.Image | str | Path], target: str = "predicted"
     ) -> list[np.ndarray]:
         """Where the network looked: one (height, width) float32 heatmap in [0, 1] per picture,
-        in the picture's own size. Grad-CAM for convolutional networks, gradient saliency for
-        the MLP; target "predicted" shows the evidence for each picture's own answer (for
-        not_cat, the evidence for not-cat), or "cat" / "not_cat". See catnet.inference.explain."""
+        in the picture's own size. Grad-CAM for convolutional networks (sharpened by LayerCAM
+        where the last stage is coarser than stride 8), gradient saliency for the MLP; target
+        "predicted" shows the evidence for each picture's own answer (for not_cat, the
+        evidence for not-cat), or "cat" / "not_cat". See catnet.inference.explain."""
         from catnet.inference.explain import Explainer, explain_images
 
         if self._explainer is None:  # finding the conv stage costs a forward pass: once
