@@ -10,8 +10,10 @@ held-out pictures, for any checkpoint (CNN, pretrained, MLP), plus explain's spe
   answer's map shows the negative logit's evidence. The drop in the predicted class's
   calibrated logit is printed too, as a secondary measure: a very sure model's probability
   saturates (a picture at p 0.9999 that falls to 0.999 barely counts), its logit does not.
-- Randomisation (Adebayo et al., 2018): every layer re-initialised at random (3 seeds); Spearman
-  rank correlation with the trained maps, per picture. Target: mean < 0.5.
+- Randomisation (Adebayo et al., 2018): every layer re-initialised at random (3 seeds; batch
+  norm re-measured on each batch, see explain_checks.randomised); Spearman rank correlation
+  with the trained maps, per picture. Target: mean < 0.5. Empty random maps are counted and
+  left out: their correlation of 0 would pass without testing anything.
 - Speed (--speed): `explain_files` (maps, PNGs, index, contact sheet) against `predict` on the
   same files, in the same run, and one picture after the model is loaded.
 
