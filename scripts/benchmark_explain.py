@@ -130,9 +130,14 @@ def sanity(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespace)
     print("|---|---|---|---|---|")
     means = []
     for seed in range(3):
+        # No batch of one: batch norm is re-measured on each batch, and a 1 x 1 stage of a
+        # single picture has one value per channel.
+        starts = list(range(0, len(pixels), args.batch_size))
+        if len(starts) > 1 and len(pixels) - starts[-1] == 1:
+            starts.pop()
+        ends = [*starts[1:], len(pixels)]
         rhos, empties = zip(*[
-            randomisation_correlation(explainer, pixels[s : s + args.batch_size], seed)
-            for s in range(0, len(pixels), args.batch_size)
+            randomisation_correlation(explainer, pixels[s:e], seed) for s, e in zip(starts, ends, strict=True)
         ], strict=True)  # fmt: skip
         empty = torch.cat(empties)
         rho = torch.cat(rhos)[~empty]

@@ -8,19 +8,14 @@ import pytest
 import torch
 from conftest import single_thread, tiny_config
 
-from catnet.inference.explain import (
-    Explainer,
-    feature_layer,
-    fine_layer,
-    grad_cam,
-    on_picture,
-    saliency,
-)
+from catnet.inference.conv_stages import feature_layer, fine_layer, last_stage
+from catnet.inference.explain import Explainer, grad_cam, on_picture, saliency
 from catnet.inference.explain_checks import (
     class_probability,
     deletion_drops,
     grey_out,
     randomisation_correlation,
+    randomised,
     spearman,
     top_mask,
     upsample,
@@ -37,14 +32,37 @@ def test_feature_layer_is_the_last_conv_stage() -> None:
 
 
 def test_fine_layer_only_where_the_last_stage_is_coarse() -> None:
-    """LayerCAM sharpening needs a stride-8 map finer than the last stage's: the CNN's last
-    stage at 24 px is 6 x 6 (stride 4), nothing to add; four stages at 64 px end at 4 x 4
-    (stride 16), and the stride-8 map is what the fourth stage's max-pool takes in."""
-    cnn = CNN(width=4, depth=2).eval()
-    assert fine_layer(cnn, 24, 6) is None
+    """LayerCAM sharpening needs a stride-8 map finer than the last stage's: the default CNN's
+    last stage at 72 px is 9 x 9 (stride 8), nothing to add; four stages end coarser (4 x 4 at
+    72 px, 6 x 6 at 100 px), and the stride-8 map is what the fourth stage's max-pool takes in
+    (9 x 9; at 100 px 12 x 12, rounded down as the pools round)."""
+    cnn = CNN(width=4, depth=3).eval()
+    layer, side = last_stage(cnn, 72)
+    assert layer is cnn.features and side == 9
+    assert fine_layer(cnn, 72, side) is None
     deep = CNN(width=4, depth=4).eval()
-    assert fine_layer(deep, 64, 4) is deep.features[11]  # MaxPool2d: 8 x 8 in, 4 x 4 out
     assert isinstance(deep.features[11], torch.nn.MaxPool2d)
+    for size, last in ((72, 4), (100, 6)):
+        assert last_stage(deep, size)[1] == last
+        assert fine_layer(deep, size, last) is deep.features[11]
+    assert fine_layer(deep, 72, 4, stride=2) is deep.features[5]  # 36 x 36 in, 18 x 18 out
+
+
+def test_randomised_network_measures_batch_norm_on_the_batch() -> None:
+    """Re-initialised batch norm keeps mean 0 / variance 1 unless calibrated; calibrated, its
+    running mean is the batch's (the first norm's input is the first conv's output on x)."""
+    torch.manual_seed(3)
+    net = CNN(width=4, depth=2).eval()
+    x = torch.randn(6, 3, 24, 24) * 2 + 1
+    plain = randomised(net, 0)
+    assert torch.equal(plain.features[0][1].running_mean, torch.zeros(4))
+    calibrated = randomised(net, 0, x)
+    conv, norm = calibrated.features[0][0], calibrated.features[0][1]
+    with torch.no_grad():
+        first = conv(x)
+    assert torch.allclose(norm.running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert torch.allclose(norm.running_var, first.var(dim=(0, 2, 3)), rtol=1e-4)
+    assert not calibrated.training and not norm.training
 
 
 @pytest.mark.slow

@@ -160,7 +160,11 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
         proc = catnet_cli(*args)
         assert proc.returncode == 0, (args, proc.stderr)
     # Explain: the backbone's last stage is 2 x 2 at 64 px, so Grad-CAM is sharpened by LayerCAM
-    # on the stride-8 map: 8 x 8 positions, spread over each picture.
+    # on the stride-8 map (blocks.2's 8 x 8 output, blocks.3's input), spread over each picture.
+    from catnet.inference.explain import Explainer
+
+    explainer = Explainer(model)
+    assert explainer.fine is model.module.backbone.blocks[3]
     proc = catnet_cli("explain", run / "best.pt", data / "cats", "--out", tmp_path / "ex", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]

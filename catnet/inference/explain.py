@@ -37,6 +37,7 @@ from torch import nn
 from catnet.data.augment import prepare_eval
 from catnet.data.pixels import decode_square, to_square_rgb
 from catnet.errors import CatnetError, DecodeError
+from catnet.inference.conv_stages import FINE_STRIDE, fine_layer, last_stage
 
 if TYPE_CHECKING:
     from catnet.inference.prediction import CatnetModel
@@ -45,74 +46,6 @@ if TYPE_CHECKING:
 # last stage sharpened by the stride-8 one.
 METHODS = ("saliency", "grad-cam", "grad-cam x layercam")
 SIDES = ("not_cat", "cat")  # which side a map shows, by sign index: -1 -> not_cat, +1 -> cat
-# Input pixels per position of the map LayerCAM sharpens with: 28 x 28 at 224 px. Chosen on the
-# dev photos (scripts/compare_explain_maps.py): stride 16 (14 x 14) gained less in the deletion
-# test on every split.
-FINE_STRIDE = 8
-
-
-def feature_layer(net: nn.Module, image_size: int) -> nn.Module | None:
-    """The last convolutional stage: of the modules whose output is a 4-D feature map with more
-    than one position, the last to finish its forward pass. For catnet's CNN that is
-    `features` (the map before global pooling); for a timm backbone it is the block after
-    `conv_head` (global pooling's (B, C, 1, 1) output has one position and does not count).
-    None for a network without feature maps (the MLP)."""
-    return last_stage(net, image_size)[0]
-
-
-def last_stage(net: nn.Module, image_size: int) -> tuple[nn.Module | None, int]:
-    """(feature_layer's module, the side of its output map in positions); (None, 0) without."""
-    finished: list[tuple[nn.Module, int]] = []
-
-    def note(module: nn.Module, _inputs: Any, output: Any) -> None:
-        if isinstance(output, torch.Tensor) and output.dim() == 4 and output[0, 0].numel() > 1:
-            finished.append((module, output.shape[-1]))
-
-    handles = [m.register_forward_hook(note) for m in net.modules() if m is not net]
-    device = next(net.parameters()).device
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return finished[-1] if finished else (None, 0)
-
-
-def fine_layer(
-    net: nn.Module, image_size: int, last_side: int, stride: int = FINE_STRIDE
-) -> nn.Module | None:
-    """The module whose *input* is the network's stride-8 feature map: the first module to
-    take a map of side ceil(image_size / stride) and return a smaller one (for
-    tf_efficientnet_lite0 at 224 px, blocks.3, whose input is blocks.2's 28 x 28 output). None
-    where the last stage is already that fine (catnet's CNN: 9 x 9 at 72 px) or nothing
-    downsamples from it."""
-    side = -(-image_size // stride)
-    if last_side >= side:
-        return None
-    found: list[nn.Module] = []
-
-    def note(module: nn.Module, inputs: Any, output: Any) -> None:
-        first = inputs[0] if inputs else None
-        if (
-            isinstance(first, torch.Tensor) and first.dim() == 4 and first.shape[-1] == side
-            and isinstance(output, torch.Tensor) and output.dim() == 4 and output.shape[-1] < side
-        ):  # fmt: skip
-            found.append(module)
-
-    # Pre-hooks run in call order, so the first call that downsamples from `side` is found
-    # before its children (blocks.3 before blocks.3.0); forward hooks would list children first.
-    calls: list[nn.Module] = []
-    handles = [m.register_forward_pre_hook(lambda m, _i: calls.append(m)) for m in net.modules()]
-    handles += [m.register_forward_hook(note) for m in net.modules() if m is not net]
-    device = next(net.parameters()).device
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, 3, image_size, image_size, device=device))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return min(found, key=calls.index) if found else None
 
 
 def grad_cam(
@@ -124,18 +57,19 @@ def grad_cam(
 ) -> torch.Tensor:
     """x (B, 3, S, S) normalised, sign (B,) of +1 (explain cat) or -1 (explain not-cat) ->
     (B, h, w) maps, each scaled to a maximum of 1 (all 0 where nothing in the picture speaks
-    for that side). Plain Grad-CAM at the layer's resolution; with `fine` (see fine_layer), the
-    geometric mean of that map and LayerCAM on fine's input, at fine's input resolution."""
-    kept: list[torch.Tensor] = []
+    for that side). Plain Grad-CAM at the layer's resolution; with `fine` (see
+    conv_stages.fine_layer), the geometric mean of that map and LayerCAM on fine's input, at
+    fine's input resolution."""
+    kept: dict[str, list[torch.Tensor]] = {"last": [], "fine": []}
 
     def keep_output(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> torch.Tensor:
-        kept.append(output)
+        kept["last"].append(output)
         # Later layers get a copy: an in-place op after this one (timm's activations) must not
         # overwrite the maps we differentiate against.
         return output.clone()
 
     def keep_input(_module: nn.Module, inputs: tuple) -> tuple:
-        kept.append(inputs[0])
+        kept["fine"].append(inputs[0])
         return (inputs[0].clone(), *inputs[1:])
 
     handles = [layer.register_forward_hook(keep_output)]
@@ -144,22 +78,24 @@ def grad_cam(
     try:
         with torch.enable_grad():
             logits = net(x.detach().requires_grad_(True)).float()
-            grads = torch.autograd.grad((logits * sign).sum(), kept)
+            if len(kept["last"]) != 1 or len(kept["fine"]) != (fine is not None):
+                raise CatnetError("explain: a feature map ran more or less than once per pass")
+            wanted = kept["last"] + kept["fine"]
+            grads = torch.autograd.grad((logits * sign).sum(), wanted)
     finally:
         for handle in handles:
             handle.remove()
-    # The fine map is computed first in the forward pass, so it is kept first.
-    maps, grad = kept[-1].detach().float(), grads[-1].float()
+    maps, grad = wanted[0].detach().float(), grads[0].float()  # (B, C, h, w) each
     alpha = grad.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1): each channel's weight
     cam = _unit_max(F.relu((alpha * maps).sum(dim=1)))  # (B, h, w)
     if fine is None:
         return cam
-    detail_maps, detail_grad = kept[0].detach().float(), grads[0].float()
-    detail = _unit_max(F.relu((F.relu(detail_grad) * detail_maps).sum(dim=1)))  # (B, S/8, S/8)
+    detail_maps, detail_grad = wanted[1].detach().float(), grads[1].float()  # (B, C', h', w')
+    detail = _unit_max(F.relu((F.relu(detail_grad) * detail_maps).sum(dim=1)))  # (B, h', w')
     coarse = F.interpolate(cam[:, None], size=detail.shape[-2:], mode="bilinear")[:, 0]
     # The geometric mean: it ranks positions as the product does, and stays on each map's own
     # scale (a product of two [0, 1] maps crowds near 0 and draws as a few faint specks).
-    return _unit_max(torch.sqrt(coarse * detail))
+    return _unit_max(torch.sqrt(coarse * detail))  # (B, h', w')
 
 
 def saliency(net: nn.Module, x: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:

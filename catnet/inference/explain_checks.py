@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from catnet.data.augment import MEAN, prepare_eval
+from catnet.errors import CatnetError
 from catnet.inference.explain import Explainer
 
 GREY = tuple(round(255 * m) for m in MEAN)  # the average colour: normalised input 0
@@ -159,8 +160,13 @@ def randomised(net: nn.Module, seed: int = 0, calibration: torch.Tensor | None =
         for norm in norms:
             norm.momentum = None  # a plain average over the calibration pass
             norm.train()
-        with torch.no_grad():
-            copied(calibration)
+        try:
+            with torch.no_grad():
+                copied(calibration)
+        except ValueError as exc:  # one value per channel: a batch of one at a 1 x 1 stage
+            raise CatnetError(
+                f"cannot calibrate the randomised network on this batch: {exc}"
+            ) from None
         for norm in norms:
             norm.eval()
     return copied

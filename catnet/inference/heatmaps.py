@@ -36,7 +36,7 @@ class Caption:
         evidence = "cat" if self.side == "cat" else "not-cat (the negative logit)"
         how = {
             "grad-cam": "Grad-CAM",
-            "grad-cam x layercam": "Grad-CAM x LayerCAM (stride 8)",
+            "grad-cam x layercam": "Grad-CAM x LayerCAM (sharpened)",
         }.get(self.method, "saliency: an MLP has no conv maps")
         return [
             f"p(cat) {self.p_cat:.3f}   label {self.label}",
