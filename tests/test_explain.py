@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import single_thread, tiny_config
 
-from catnet.inference.conv_stages import feature_layer, fine_layer, last_stage
+from catnet.inference.conv_stages import conv_stages, feature_layer, fine_layer
 from catnet.inference.explain import Explainer, grad_cam, on_picture, saliency
 from catnet.inference.explain_checks import (
     class_probability,
@@ -37,15 +37,15 @@ def test_fine_layer_only_where_the_last_stage_is_coarse() -> None:
     72 px, 6 x 6 at 100 px), and the stride-8 map is what the fourth stage's max-pool takes in
     (9 x 9; at 100 px 12 x 12, rounded down as the pools round)."""
     cnn = CNN(width=4, depth=3).eval()
-    layer, side = last_stage(cnn, 72)
-    assert layer is cnn.features and side == 9
-    assert fine_layer(cnn, 72, side) is None
+    stages = conv_stages(cnn, 72)
+    assert stages.last is cnn.features and stages.last_side == 9
+    assert stages.fine is None
     deep = CNN(width=4, depth=4).eval()
     assert isinstance(deep.features[11], torch.nn.MaxPool2d)
     for size, last in ((72, 4), (100, 6)):
-        assert last_stage(deep, size)[1] == last
-        assert fine_layer(deep, size, last) is deep.features[11]
-    assert fine_layer(deep, 72, 4, stride=2) is deep.features[5]  # 36 x 36 in, 18 x 18 out
+        assert conv_stages(deep, size).last_side == last
+        assert fine_layer(deep, size) is deep.features[11]
+    assert fine_layer(deep, 72, stride=2) is deep.features[5]  # 36 x 36 in, 18 x 18 out
 
 
 def test_randomised_network_measures_batch_norm_on_the_batch() -> None:
@@ -86,7 +86,7 @@ def test_feature_layer_on_a_timm_backbone() -> None:
     maps = grad_cam(OneLogit().eval(), layer, x, torch.tensor([1.0, -1.0]))
     assert maps.shape == (2, 2, 2) and torch.isfinite(maps).all()
     # 2 x 2 at 64 px is stride 32: the sharpening map is blocks.2's 8 x 8 output, blocks.3's input.
-    fine = fine_layer(net, 64, 2)
+    fine = fine_layer(net, 64)
     assert fine is net.blocks[3]
     maps = grad_cam(OneLogit().eval(), layer, x, torch.tensor([1.0, -1.0]), fine)
     assert maps.shape == (2, 8, 8) and torch.isfinite(maps).all()

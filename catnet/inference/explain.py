@@ -37,7 +37,7 @@ from torch import nn
 from catnet.data.augment import prepare_eval
 from catnet.data.pixels import decode_square, to_square_rgb
 from catnet.errors import CatnetError, DecodeError
-from catnet.inference.conv_stages import FINE_STRIDE, fine_layer, last_stage
+from catnet.inference.conv_stages import FINE_STRIDE, conv_stages
 
 if TYPE_CHECKING:
     from catnet.inference.prediction import CatnetModel
@@ -58,7 +58,7 @@ def grad_cam(
     """x (B, 3, S, S) normalised, sign (B,) of +1 (explain cat) or -1 (explain not-cat) ->
     (B, h, w) maps, each scaled to a maximum of 1 (all 0 where nothing in the picture speaks
     for that side). Plain Grad-CAM at the layer's resolution; with `fine` (see
-    conv_stages.fine_layer), the geometric mean of that map and LayerCAM on fine's input, at
+    conv_stages), the geometric mean of that map and LayerCAM on fine's input, at
     fine's input resolution."""
     kept: dict[str, list[torch.Tensor]] = {"last": [], "fine": []}
 
@@ -134,10 +134,8 @@ class Explainer:
         self.model = model
         self.net = (net or model.module).eval()
         self.fine_stride = fine_stride
-        self.layer, side = last_stage(self.net, model.image_size)
-        self.fine = None
-        if self.layer is not None:
-            self.fine = fine_layer(self.net, model.image_size, side, fine_stride)
+        stages = conv_stages(self.net, model.image_size, fine_stride)
+        self.layer, self.fine = stages.last, stages.fine
         self.method = METHODS[(self.layer is not None) + (self.fine is not None)]
 
     @property
