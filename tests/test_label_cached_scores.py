@@ -33,20 +33,21 @@ def head_only_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
     return data, train(cfg).best_checkpoint
 
 
-def fp32_model(checkpoint: Path):  # type: ignore[no-untyped-def]
+@pytest.fixture(name="cached_model")
+def cached_model_fixture(head_only: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """(data folder, the head-only model loaded in fp32 as trained), with $CATNET_CACHE at the
+    cache training filled, so ranking finds the stored features."""
     from catnet.inference.prediction import load_model
 
-    model = load_model(checkpoint, device="cpu")
-    model.compute = Compute(torch.device("cpu"), None)  # as trained: fp32
-    return model
-
-
-def test_cached_feature_scores_match_the_whole_network(
-    head_only: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
     data, checkpoint = head_only
     monkeypatch.setenv("CATNET_CACHE", str(checkpoint.parent.parent / "cache"))
-    model = fp32_model(checkpoint)
+    model = load_model(checkpoint, device="cpu")
+    model.compute = Compute(torch.device("cpu"), None)  # as trained: fp32
+    return data, model
+
+
+def test_cached_feature_scores_match_the_whole_network(cached_model) -> None:  # type: ignore[no-untyped-def]
+    data, model = cached_model
     assert model.tta and model.open_set is not None  # both paths below are exercised
     paths = untagged_pictures(data / "unlabeled") + sorted((data / "cats").iterdir())
     for tta in (True, False):
@@ -63,12 +64,8 @@ def test_cached_feature_scores_match_the_whole_network(
             assert cached.open_set[p] == pytest.approx(whole.open_set[p], abs=2e-3), (tta, p)
 
 
-def test_a_rerank_does_not_run_the_backbone(
-    head_only: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    data, checkpoint = head_only
-    monkeypatch.setenv("CATNET_CACHE", str(checkpoint.parent.parent / "cache"))
-    model = fp32_model(checkpoint)
+def test_a_rerank_does_not_run_the_backbone(cached_model) -> None:  # type: ignore[no-untyped-def]
+    data, model = cached_model
     paths = untagged_pictures(data / "unlabeled") + sorted((data / "dogs").iterdir())
     first = score_and_check(model, paths)  # the untagged pictures' features get stored
     calls: list[int] = []
@@ -79,12 +76,14 @@ def test_a_rerank_does_not_run_the_backbone(
 
 
 def test_models_that_train_the_backbone_still_run_it(
-    head_only: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    head_only: tuple[Path, Path],
+    cached_model,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
 ) -> None:
     from catnet.labelling.cached_scores import head_only_scorer
 
     _, checkpoint = head_only
-    model = fp32_model(checkpoint)
+    _, model = cached_model
     assert head_only_scorer(model, checkpoint.parent) is not None
     monkeypatch.setitem(model.payload["train_config"], "train_stages", 1)
     assert head_only_scorer(model, checkpoint.parent) is None
