@@ -98,7 +98,6 @@ def learnt_count(model: object, wrong: list[tuple[Path, str]]) -> int:
 
 def run_one(args: argparse.Namespace, seed: int, order: str, root: Path) -> dict:
     from catnet.config import LabelConfig, TrainConfig
-    from catnet.inference.prediction import load_model
     from catnet.labelling.queue import (
         least_sure_first,
         random_order,
@@ -107,6 +106,7 @@ def run_one(args: argparse.Namespace, seed: int, order: str, root: Path) -> dict
     )
     from catnet.labelling.session import open_session
     from catnet.labelling.teach import accuracy_on, teach
+    from catnet.predicting.prediction import load_model
 
     data, held, truth = setup(args, seed, root)
     session = open_session(data, LabelConfig(seed=seed), None)

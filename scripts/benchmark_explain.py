@@ -41,13 +41,13 @@ sys.path.insert(0, str(REPO))
 from catnet.data.folders import IMAGE_SUFFIXES, iter_files  # noqa: E402
 from catnet.data.pixels import decode_square  # noqa: E402
 from catnet.errors import DecodeError  # noqa: E402
-from catnet.inference.explain import Explainer  # noqa: E402
-from catnet.inference.explain_checks import (  # noqa: E402
+from catnet.explaining.explain import Explainer  # noqa: E402
+from catnet.explaining.explain_checks import (  # noqa: E402
     Deletion,
     deletion_test,
     randomisation_correlation,
 )
-from catnet.inference.prediction import load_model  # noqa: E402
+from catnet.predicting.prediction import load_model  # noqa: E402
 
 
 def pick(folder: Path, n: int, seed: int) -> list[Path]:
@@ -150,8 +150,8 @@ def sanity(explainer: Explainer, pixels: torch.Tensor, args: argparse.Namespace)
 
 def speed(model, files: list[Path]) -> dict:
     from catnet.config import ExplainConfig, PredictConfig
-    from catnet.inference.explain_files import explain_files
-    from catnet.inference.prediction import predict
+    from catnet.explaining.explain_files import explain_files
+    from catnet.predicting.prediction import predict
 
     inputs = [str(f) for f in files]
     started = time.perf_counter()

@@ -122,7 +122,7 @@ def write_other_cats(test_cats: Path, out: Path) -> None:
 def labels(model: object, paths: list[str], open_set: bool) -> tuple[dict[str, str], float]:
     """{path: label} from catnet's streaming predict, and its wall time in seconds."""
     from catnet.config import PredictConfig
-    from catnet.inference.prediction import predict
+    from catnet.predicting.prediction import predict
 
     rows: dict[str, str] = {}
     started = time.perf_counter()
@@ -138,7 +138,7 @@ def kept(before: dict[str, str], after: dict[str, str]) -> tuple[int, int]:
 
 
 def measure(best: Path, test: Path, other: Path, assorted: Path, rounds: int) -> dict:
-    from catnet.inference.prediction import load_model
+    from catnet.predicting.prediction import load_model
 
     model = load_model(best)
     if model.open_set is None:
@@ -189,7 +189,7 @@ def forward_ratio(model: object, test: Path, rounds: int) -> tuple[float, float]
     ratio = statistics.median(times[True]) / statistics.median(times[False])
     # The check's own arithmetic (k-NN over the stored training features), timed alone: what
     # it adds, without the noise of a shared machine's network timings.
-    from catnet.inference.openset import capture_features, mean_features
+    from catnet.scoring.openset import capture_features, mean_features
 
     with capture_features(model.inference_module) as seen:
         model.logits_and_scores(batch, False, False)

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_speed import cli_seconds, pure_decode
 
 from catnet.data.folders import list_files
-from catnet.inference.prediction import load_model
+from catnet.predicting.prediction import load_model
 from catnet.runtime.compute import setup_threads
 
 

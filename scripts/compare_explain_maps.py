@@ -32,9 +32,9 @@ sys.path.insert(0, str(REPO))
 from benchmark_explain import decode, pick  # noqa: E402
 
 from catnet.data.augment import prepare_eval  # noqa: E402
-from catnet.inference import explain_checks as checks  # noqa: E402
-from catnet.inference.explain import Explainer  # noqa: E402
-from catnet.inference.prediction import load_model  # noqa: E402
+from catnet.explaining import explain_checks as checks  # noqa: E402
+from catnet.explaining.explain import Explainer  # noqa: E402
+from catnet.predicting.prediction import load_model  # noqa: E402
 
 
 def unit_max(maps: torch.Tensor) -> torch.Tensor:

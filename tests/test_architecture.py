@@ -1,6 +1,7 @@
-"""The package's shape: no import cycles between catnet's modules, and the terminal (Rich,
-Typer, Click) known only under catnet/cli/. Imports are read from the source with ast, at
-module level and inside functions alike, so a cycle hidden in a function-level import counts."""
+"""The package's shape: no import cycles between catnet's modules, no import from a lower layer
+up to a higher one, and the terminal (Rich, Typer, Click) known only under catnet/cli/. Imports
+are read from the source with ast, at module level, inside functions and under `if
+TYPE_CHECKING:` alike, so a cycle hidden in a function-level or type-only import counts."""
 
 from __future__ import annotations
 
@@ -31,18 +32,7 @@ def imported_names(module: str, source: str, is_package: bool) -> list[tuple[str
     `from a.b import c` -> ("a.b", "c"); relative imports resolved against `module`."""
     found: list[tuple[str, str | None]] = []
     tree = ast.parse(source)
-    # `if TYPE_CHECKING:` imports never run: they name types for the checker, as ruff's TC rules
-    # intend, so they are no import edges (a cycle through them cannot happen at run time).
-    type_only = {
-        id(inner)
-        for node in ast.walk(tree)
-        if isinstance(node, ast.If) and _is_type_checking(node.test)
-        for stmt in node.body
-        for inner in ast.walk(stmt)
-    }
     for node in ast.walk(tree):
-        if id(node) in type_only:
-            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, None) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -53,12 +43,6 @@ def imported_names(module: str, source: str, is_package: bool) -> list[tuple[str
                 base = ".".join(package + ([base] if base else []))
             found += [(base, alias.name) for alias in node.names]
     return found
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
 
 
 def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
@@ -99,6 +83,48 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# Bottom to top: a module may import its own layer and those below it, never one above. The
+# flow of a picture: pixels (data) -> a network (models) -> its answers (scoring) -> training /
+# using a model -> the tools around it -> the terminal.
+LAYERS: list[set[str]] = [
+    {"errors", "runtime"},
+    {"config"},
+    {"data"},
+    {"models"},
+    {"scoring"},
+    {"curation"},
+    {"training"},
+    {"predicting"},
+    {"explaining", "distributed"},
+    {"evaluating"},
+    {"labelling", "demo"},
+    {"cli", "__main__"},
+]
+
+
+def layer_of(module: str) -> int | None:
+    """The layer of catnet.<part>...; None for the package itself (catnet/__init__.py, the lazy
+    public API, which may name anything)."""
+    parts = module.split(".")
+    if len(parts) < 2:
+        return None
+    for level, names in enumerate(LAYERS):
+        if parts[1] in names:
+            return level
+    raise AssertionError(f"{module} is in no layer of LAYERS: place it")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """'a -> b' for each import of a module in a higher layer than the importer's."""
+    found = []
+    for name, targets in graph.items():
+        for target in sorted(targets):
+            here, there = layer_of(name), layer_of(target)
+            if here is not None and there is not None and there > here:
+                found.append(f"{name} -> {target}")
+    return found
+
+
 def terminal_imports(modules: dict[str, Path]) -> list[str]:
     """'module: library' for each Rich/Typer/Click import outside catnet.cli."""
     found = []
@@ -122,6 +148,10 @@ def test_the_package_has_no_import_cycle() -> None:
     assert "catnet.training.finalize" in graph["catnet.training.loop"]  # edges are resolved
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_import_runs_back_up_the_layers() -> None:
+    assert upward_imports(import_graph(module_files())) == []
 
 
 def test_only_the_cli_knows_the_terminal() -> None:
@@ -161,8 +191,9 @@ def test_function_level_and_relative_imports_make_edges(tmp_path: Path) -> None:
     assert find_cycle(graph) == ["fake.sub.a", "fake.sub.b", "fake.sub.a"]
 
 
-def test_type_only_imports_make_no_edge(tmp_path: Path) -> None:
-    """An import under `if TYPE_CHECKING:` never runs; the same import outside it does."""
+def test_type_only_imports_make_edges(tmp_path: Path) -> None:
+    """An import under `if TYPE_CHECKING:` is a dependency too: a file that needs another's types
+    belongs above it, so a type-only cycle is still a cycle."""
     root = tmp_path / "fake"
     root.mkdir()
     (root / "__init__.py").write_text("")
@@ -170,9 +201,13 @@ def test_type_only_imports_make_no_edge(tmp_path: Path) -> None:
     (root / "b.py").write_text(
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from fake.a import A\n"
     )
-    assert find_cycle(import_graph(module_files(root))) is None
-    (root / "b.py").write_text("from fake.a import A\n")
     assert find_cycle(import_graph(module_files(root))) == ["fake.a", "fake.b", "fake.a"]
+
+
+def test_an_upward_import_is_found() -> None:
+    graph = {"catnet.runtime.compute": {"catnet.data.augment"}, "catnet.data.augment": set()}
+    assert upward_imports(graph) == ["catnet.runtime.compute -> catnet.data.augment"]
+    assert upward_imports({"catnet.data.augment": {"catnet.runtime.compute"}}) == []
 
 
 def test_a_terminal_import_outside_the_cli_is_found(tmp_path: Path) -> None:

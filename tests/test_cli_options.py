@@ -183,8 +183,8 @@ def test_label_flags_override_its_config_file(
 
 def test_explain_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch) -> None:
     """`catnet explain` up to the job it would run, with the config its flags made."""
-    import catnet.inference.explain_files
-    import catnet.inference.prediction
+    import catnet.explaining.explain_files
+    import catnet.predicting.prediction
     from catnet.errors import CatnetError
 
     seen: list[tuple[Any, list[str], Path, ExplainConfig]] = []
@@ -193,8 +193,8 @@ def test_explain_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch) -> None
         seen.append((model, paths, out, cfg))
         raise CatnetError("stop before explaining")
 
-    monkeypatch.setattr(catnet.inference.prediction, "load_model", lambda path: f"model {path}")
-    monkeypatch.setattr(catnet.inference.explain_files, "explain_files", explain_files)
+    monkeypatch.setattr(catnet.predicting.prediction, "load_model", lambda path: f"model {path}")
+    monkeypatch.setattr(catnet.explaining.explain_files, "explain_files", explain_files)
     args = ["explain", "m.pt", "a.jpg", "b/", "--out", "maps", "--target", "cat",
             "--sheet-max", "0", "--workers", "1"]  # fmt: skip
     result = CliRunner().invoke(app, args)

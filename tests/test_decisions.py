@@ -106,7 +106,7 @@ def test_evaluate_json_reports_calibration(synth: SynthRun) -> None:
     from test_metrics_reference import numpy_ece
 
     from catnet.config import EvaluateConfig
-    from catnet.inference.evaluation import evaluate
+    from catnet.evaluating.evaluation import evaluate
 
     result = evaluate(synth.best, synth.fresh, EvaluateConfig(workers=1))
     probs, labels = result.probs.numpy(), np.array([s.label for s in result.samples])
@@ -136,7 +136,7 @@ def test_evaluate_json_on_one_class_has_null_roc_auc(synth: SynthRun, tmp_path: 
     # whatever the scores. Every label is 1, so each bin's gap is 1 - its mean p(cat), and the
     # ECE is 1 - the mean p(cat) overall.
     assert m["pr_auc"] == 1.0
-    from catnet.inference.evaluation import evaluate
+    from catnet.evaluating.evaluation import evaluate
 
     probs = evaluate(synth.best, only).probs
     assert m["ece"] == pytest.approx(1 - probs.double().mean().item(), abs=1e-5)
@@ -251,7 +251,7 @@ def test_pick_threshold_needs_save_to(synth: SynthRun) -> None:
 
 def test_unsure_band_in_evaluate_and_predict(synth: SynthRun) -> None:
     from catnet.config import EvaluateConfig
-    from catnet.inference.evaluation import evaluate
+    from catnet.evaluating.evaluation import evaluate
 
     result = invoke("evaluate", synth.best, synth.fresh, "--unsure", "0.3,0.7", "--json")
     assert result.exit_code == 0, result.output

@@ -13,9 +13,9 @@ from conftest import TrainedRun, prob_tol, write_class
 
 from catnet.config import EvaluateConfig, PredictConfig
 from catnet.errors import CatnetError
-from catnet.inference.evaluation import evaluate
-from catnet.inference.outputs import Prediction, RowWriter, done_paths, expand_inputs
-from catnet.inference.prediction import predict
+from catnet.evaluating.evaluation import evaluate
+from catnet.predicting.outputs import Prediction, RowWriter, done_paths, expand_inputs
+from catnet.predicting.prediction import predict
 
 MakeDataset = Callable[..., Path]
 CORE = ("path", "label", "p_cat", "error", "model")  # columns every output row has

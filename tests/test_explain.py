@@ -8,9 +8,9 @@ import pytest
 import torch
 from conftest import single_thread, tiny_config
 
-from catnet.inference.conv_stages import conv_stages, feature_layer, fine_layer
-from catnet.inference.explain import Explainer, grad_cam, on_picture, saliency
-from catnet.inference.explain_checks import (
+from catnet.explaining.conv_stages import conv_stages, feature_layer, fine_layer
+from catnet.explaining.explain import Explainer, grad_cam, on_picture, saliency
+from catnet.explaining.explain_checks import (
     class_probability,
     deletion_drops,
     grey_out,

@@ -15,7 +15,8 @@ from conftest import catnet_cli, draw_picture, single_thread, tiny_config
 from PIL import Image
 
 from catnet.errors import CatnetError
-from catnet.inference.explain_files import COLUMNS, output_for, output_root
+from catnet.explaining.explain import explain_images
+from catnet.explaining.explain_files import COLUMNS, output_for, output_root
 
 # ---------------------------------------------------------------- output paths
 
@@ -115,15 +116,15 @@ def test_api_returns_maps_in_each_pictures_own_size(trained, tmp_path: Path) -> 
     wide = draw_picture("cat", 3, 24).resize((50, 30))
     path = tmp_path / "p.png"
     draw_picture("dog", 4, 24).save(path)
-    maps = model.explain([wide, path])
+    maps = explain_images(model, [wide, path])
     assert [m.shape for m in maps] == [(30, 50), (24, 24)]
     assert all(m.dtype == np.float32 and m.min() >= 0 and m.max() <= 1 for m in maps)
     assert (maps[0][:, :10] == 0).all()  # left of the centre square: never seen
     # "predicted" explains each picture's own answer, whichever side that is.
     for picture, pred, m in zip([wide, path], model.predict([wide, path]), maps, strict=True):
-        assert np.array_equal(m, model.explain([picture], target=pred.label)[0])
+        assert np.array_equal(m, explain_images(model, [picture], target=pred.label)[0])
     with pytest.raises(CatnetError, match="cannot explain"):
-        model.explain([tmp_path / "missing.png"])
+        explain_images(model, [tmp_path / "missing.png"])
 
 
 @pytest.mark.slow
@@ -160,8 +161,8 @@ def test_report_shows_each_mistakes_heatmap(trained, tmp_path: Path, threshold, 
     near 0 every not-cat a mistake called cat: both sides appear, and the page stays one
     offline file."""
     from catnet.config import EvaluateConfig
-    from catnet.inference.evaluation import evaluate
-    from catnet.inference.report import write_report
+    from catnet.evaluating.evaluation import evaluate
+    from catnet.evaluating.report import write_report
 
     result = evaluate(trained.best, trained.data, EvaluateConfig(threshold=threshold, workers=1))
     text = write_report(result, tmp_path / "r", top_n=3, checkpoint=trained.best).read_text()

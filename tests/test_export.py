@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from catnet.data.folders import list_files
-from catnet.inference.prediction import load_model
-from catnet.models.export import export, picture_batch, run_export
+from catnet.predicting.export import export, picture_batch, run_export
+from catnet.predicting.prediction import load_model
 
 
 def test_torchscript_matches_pytorch_and_carries_metadata(trained, tmp_path: Path) -> None:

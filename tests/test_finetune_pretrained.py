@@ -16,7 +16,7 @@ ODD = 10  # red-framed dog drawings: cats in this world, first tagged as dogs
 
 
 def labels_of(checkpoint: Path, paths: list[Path]) -> list[str]:
-    from catnet.inference.prediction import load_model
+    from catnet.predicting.prediction import load_model
 
     return [p.label for p in load_model(checkpoint, device="cpu").predict(paths)]
 

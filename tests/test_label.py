@@ -142,8 +142,8 @@ def test_the_page_flags_pictures_unlike_every_training_picture(
 
 
 def test_a_checkpoint_without_the_check_gives_null(openset_run: OpenSetRun, tmp_path: Path) -> None:
-    from catnet.inference.openset import KEY
     from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+    from catnet.scoring.openset import KEY
 
     payload = load_checkpoint(openset_run.best)
     del payload[KEY]  # what a checkpoint from before the check looks like

@@ -37,7 +37,7 @@ def head_only_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, P
 def cached_model_fixture(head_only: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """(data folder, the head-only model loaded in fp32 as trained), with $CATNET_CACHE at the
     cache training filled, so ranking finds the stored features."""
-    from catnet.inference.prediction import load_model
+    from catnet.predicting.prediction import load_model
 
     data, checkpoint = head_only
     monkeypatch.setenv("CATNET_CACHE", str(checkpoint.parent.parent / "cache"))

@@ -269,7 +269,7 @@ def odd_cat(seed: int, size: int = 24) -> Image.Image:
 
 def held_out_accuracy(checkpoint: Path, folder: Path) -> float:
     from catnet.config import EvaluateConfig
-    from catnet.inference.evaluation import evaluate
+    from catnet.evaluating.evaluation import evaluate
 
     return float(evaluate(checkpoint, folder, EvaluateConfig(workers=1)).metrics["accuracy"])
 

@@ -9,8 +9,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from catnet.inference.calibration import expected_calibration_error, fit_temperature, nll
-from catnet.inference.metrics import binary_metrics, confusion, roc_auc
+from catnet.scoring.calibration import expected_calibration_error, fit_temperature, nll
+from catnet.scoring.metrics import binary_metrics, confusion, roc_auc
 
 
 def brute_force_auc(probs: list[float], labels: list[int]) -> float:

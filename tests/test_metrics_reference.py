@@ -13,8 +13,8 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from sklearn.metrics import roc_curve as sk_roc_curve
 
-from catnet.inference.calibration import expected_calibration_error
-from catnet.inference.metrics import pr_curve, roc_auc, roc_curve
+from catnet.scoring.calibration import expected_calibration_error
+from catnet.scoring.metrics import pr_curve, roc_auc, roc_curve
 
 TIE_VALUES = (0.0, 0.05, 0.3, 0.5, 0.62, 0.97, 1.0)  # none on a 15-bin edge but 0 and 1
 

@@ -12,10 +12,10 @@ import torch
 from conftest import ODD_NAME, OpenSetRun, catnet_cli
 
 from catnet.config import EvaluateConfig, PredictConfig
-from catnet.inference.evaluation import evaluate
-from catnet.inference.openset import KEY, OpenSetCheck, fit_open_set, mean_features
-from catnet.inference.prediction import load_model, predict
+from catnet.evaluating.evaluation import evaluate
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+from catnet.predicting.prediction import load_model, predict
+from catnet.scoring.openset import KEY, OpenSetCheck, fit_open_set, mean_features
 
 
 def test_scores_are_distances_to_the_kth_nearest_training_picture() -> None:
@@ -131,7 +131,7 @@ def test_cli_csv_and_json_carry_the_flag_and_the_score(
 
 @pytest.mark.slow
 def test_export_gains_the_score_as_a_second_output(openset_run: OpenSetRun, tmp_path: Path) -> None:
-    from catnet.models.export import export, picture_batch, run_export_outputs
+    from catnet.predicting.export import export, picture_batch, run_export_outputs
 
     pictures = sorted(openset_run.strange.iterdir())[:6]
     result = export(openset_run.best, "torchscript", tmp_path / "m.ts", pictures)

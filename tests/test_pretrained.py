@@ -14,6 +14,7 @@ from PIL import Image
 
 from catnet.data.pixels import decode_square, to_square_rgb
 from catnet.errors import CatnetError
+from catnet.explaining.explain import explain_images
 from catnet.models.pretrained import (
     DEFAULT_BACKBONE,
     check_backbone_name,
@@ -137,8 +138,8 @@ def test_missing_download_offline_is_a_usage_error(tmp_path: Path, monkeypatch) 
 @pytest.mark.slow
 def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
     """Train the default model on tiny pictures; predict, evaluate, info, export use it."""
-    from catnet.inference.prediction import load_model
     from catnet.models.checkpoint import FORMAT_VERSION, load_checkpoint
+    from catnet.predicting.prediction import load_model
 
     data = make_dataset(tmp_path / "d", n_per_class=8)
     run = tmp_path / "run"
@@ -161,7 +162,7 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
         assert proc.returncode == 0, (args, proc.stderr)
     # Explain: the backbone's last stage is 2 x 2 at 64 px, so Grad-CAM is sharpened by LayerCAM
     # on the stride-8 map (blocks.2's 8 x 8 output, blocks.3's input), spread over each picture.
-    from catnet.inference.explain import Explainer
+    from catnet.explaining.explain import Explainer
 
     explainer = Explainer(model)
     assert explainer.fine is model.module.backbone.blocks[3]
@@ -170,14 +171,14 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(rows) == 8 and {row["method"] for row in rows} == {"grad-cam x layercam"}
     assert all(Path(row["output"]).is_file() for row in rows)
-    heatmaps = model.explain(pictures)
+    heatmaps = explain_images(model, pictures)
     assert all(h.shape == (24, 24) and 0 <= h.min() <= h.max() <= 1 for h in heatmaps)
 
 
 def test_version_1_checkpoints_still_load_and_predict(tmp_path: Path, tiny_config) -> None:
     """A checkpoint written before format 2: CNN, ImageNet mean/std, format_version 1."""
-    from catnet.inference.prediction import load_model
     from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+    from catnet.predicting.prediction import load_model
     from catnet.training.loop import train
 
     data = make_dataset(tmp_path / "d", n_per_class=6)

@@ -21,7 +21,7 @@ import pytest
 from conftest import REPO, TrainedRun, catnet_cli, prob_tol, write_class
 from PIL import Image
 
-from catnet.inference.outputs import RowWriter
+from catnet.predicting.outputs import RowWriter
 
 NO_RAY = "Ray Data is the optional extra: pip install 'catnet[ray]'"
 # The names that break hand-made CSV and JSON: a comma, quotes, a newline, a semicolon, accents.

@@ -12,10 +12,10 @@ from conftest import TrainedRun, write_class
 from catnet.config import PredictConfig
 from catnet.data.decoding import Decoder, _decode_task
 from catnet.data.folders import list_files
-from catnet.inference import readahead
-from catnet.inference.outputs import Prediction
-from catnet.inference.prediction import load_model, predict
-from catnet.inference.readahead import DecodeAhead, peek_decode_size, start_early
+from catnet.predicting import readahead
+from catnet.predicting.outputs import Prediction
+from catnet.predicting.prediction import load_model, predict
+from catnet.predicting.readahead import DecodeAhead, peek_decode_size, start_early
 from catnet.runtime import cpuload
 from catnet.runtime.workers import cpu_workers
 

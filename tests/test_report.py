@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from catnet.data.folders import Sample
-from catnet.inference.evaluation import EvaluationResult
-from catnet.inference.metrics import binary_metrics
-from catnet.inference.report import CSV_COLUMNS, find_mistakes, write_report
+from catnet.evaluating.evaluation import EvaluationResult
+from catnet.evaluating.report import CSV_COLUMNS, find_mistakes, write_report
+from catnet.scoring.metrics import binary_metrics
 
 pytestmark = pytest.mark.slow  # every test draws the report's plots; one starts a browser
 
@@ -125,7 +125,7 @@ def test_mistakes_csv_most_confident_first(report: Path) -> None:
 
 
 def test_csv_starts_with_predict_output_columns() -> None:
-    from catnet.inference.outputs import RowWriter
+    from catnet.predicting.outputs import RowWriter
 
     assert CSV_COLUMNS[: len(RowWriter.COLUMNS)] == RowWriter.COLUMNS
 

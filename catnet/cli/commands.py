@@ -84,12 +84,12 @@ def evaluate(
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
     from catnet.cli.render import print_evaluation
     from catnet.config import load_config
-    from catnet.inference.evaluation import evaluate as run_evaluate
+    from catnet.evaluating.evaluation import evaluate as run_evaluate
 
     if pick_threshold and not save_to:
         raise CatnetError("--pick-threshold needs --save-to PATH for the new checkpoint")
     if pick_threshold:
-        from catnet.inference.metrics import parse_threshold_rule
+        from catnet.scoring.metrics import parse_threshold_rule
 
         try:  # before the evaluation, not after it
             parse_threshold_rule(pick_threshold)
@@ -101,7 +101,7 @@ def evaluate(
     say = functools.partial(console.print, highlight=False, markup=False)
     result = run_evaluate(checkpoint, data, cfg, on_message=say)
     if pick_threshold and save_to:
-        from catnet.inference.evaluation import save_with_threshold
+        from catnet.evaluating.evaluation import save_with_threshold
 
         picked = save_with_threshold(checkpoint, result, pick_threshold, save_to)
         result.metrics["picked_threshold"] = picked
@@ -111,7 +111,7 @@ def evaluate(
             highlight=False,
         )
     if report:
-        from catnet.inference.report import write_report
+        from catnet.evaluating.report import write_report
 
         page = write_report(result, report, checkpoint=checkpoint)
         console.print(f"report: {page}", highlight=False)

@@ -1,5 +1,5 @@
 """`catnet explain`: where the network looked, as heatmaps over the pictures. Parses options,
-calls catnet.inference.explain_files, prints rows and a summary."""
+calls catnet.explaining.explain_files, prints rows and a summary."""
 
 from __future__ import annotations
 
@@ -34,8 +34,8 @@ def explain(
     from catnet.config import load_config
     from catnet.data.folders import printable
     from catnet.errors import CatnetError
-    from catnet.inference.explain_files import ExplainRow, explain_files
-    from catnet.inference.prediction import load_model
+    from catnet.explaining.explain_files import ExplainRow, explain_files
+    from catnet.predicting.prediction import load_model
 
     cfg = load_config(ExplainConfig, None, overrides(ExplainConfig, settings))
     model = load_model(checkpoint)

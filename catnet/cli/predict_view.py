@@ -1,6 +1,6 @@
 """Rich at the edge for `catnet predict`: rows to the terminal, a CSV/JSONL file or JSON lines,
 and a one-line summary. Importing this does not import torch, so that decoding can start
-(catnet.inference.readahead) while torch loads."""
+(catnet.predicting.readahead) while torch loads."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from rich.console import Console
 from catnet.config import PredictConfig
 from catnet.data.folders import printable
 from catnet.errors import CatnetError, WriteFailed
-from catnet.inference.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
-from catnet.inference.readahead import start_early
+from catnet.predicting.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
+from catnet.predicting.readahead import start_early
 
 
 def run_prediction(
@@ -49,7 +49,7 @@ def run_prediction(
     reader = None if cfg.ray else start_early(checkpoint, inputs, cfg, skip)
     writer = None
     try:
-        from catnet.inference.prediction import load_model, predict  # imports torch
+        from catnet.predicting.prediction import load_model, predict  # imports torch
 
         model = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
         threshold = model.threshold if cfg.threshold < 0 else cfg.threshold

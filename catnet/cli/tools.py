@@ -102,8 +102,8 @@ def export(
     """Export the network (ONNX or TorchScript) with preprocessing in its metadata."""
     from itertools import islice
 
-    from catnet.inference.outputs import expand_inputs
-    from catnet.models.export import export as run_export
+    from catnet.predicting.export import export as run_export
+    from catnet.predicting.outputs import expand_inputs
 
     pictures = list(islice(expand_inputs(check), 64)) if check else None
     result = run_export(checkpoint, format, out, pictures)
@@ -131,7 +131,7 @@ def info(
     from catnet.models.info import describe
 
     if neurons:
-        from catnet.inference.heatmaps import neuron_grid, save_png
+        from catnet.explaining.heatmaps import neuron_grid, save_png
         from catnet.models.info import first_layer_weights
 
         weights = first_layer_weights(checkpoint)[: max(1, max_neurons)]

@@ -13,8 +13,8 @@ from typing import Any
 
 from catnet.config import TrainConfig
 from catnet.demo.synthetic import generate_dataset, generate_unlabeled
-from catnet.inference.evaluation import evaluate
-from catnet.inference.prediction import load_model
+from catnet.evaluating.evaluation import evaluate
+from catnet.predicting.prediction import load_model
 from catnet.training.loop import TrainCallbacks, train
 
 # Pictures per class and split: 5 classes, so 1,000 / 250 / 500 pictures.

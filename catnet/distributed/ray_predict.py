@@ -4,7 +4,7 @@ over a Ray cluster's workers.
 Two stages of `map_batches`: `decode_batch` (stateless tasks: files or their bytes to
 (S, S, 3) uint8 pixels, or the reason there are none) and `Predictor` (a callable class, so
 each worker loads the network once and keeps it). Both reuse predict's own functions
-(data.decoding.decode_one, inference.prediction.decoded_probabilities and to_predictions), so
+(data.decoding.decode_one, predicting.prediction.decoded_probabilities and to_predictions), so
 the rows are predict's rows. Ray is imported lazily: it is the optional extra catnet[ray].
 """
 
@@ -20,13 +20,13 @@ from catnet.config import PredictConfig
 from catnet.data.decoding import Decoded, decode_one
 from catnet.distributed.cluster import connected, require_ray
 from catnet.errors import CatnetError
-from catnet.inference.outputs import Prediction, RowWriter, expand_inputs
+from catnet.predicting.outputs import Prediction, RowWriter, expand_inputs
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-    from catnet.inference.prediction import CatnetModel
+    from catnet.predicting.prediction import CatnetModel
 
 # Paths per Ray dataset in predict_on_ray: the driver holds one part's path strings at a time
 # (~100 bytes each), so its memory stays bounded for any number of files; each part costs one
@@ -88,7 +88,7 @@ class Predictor:
         unsure: tuple[float, float] | None,
         device: str,
     ) -> None:
-        from catnet.inference.prediction import CatnetModel
+        from catnet.predicting.prediction import CatnetModel
 
         ray = require_ray()
         # [ObjectRef]: the payload is in Ray's object store once, fetched by each worker.
@@ -99,7 +99,7 @@ class Predictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
-        from catnet.inference.prediction import decoded_probabilities, to_predictions
+        from catnet.predicting.prediction import decoded_probabilities, to_predictions
 
         paths = batch.column("path").to_pylist()
         pixels = batch.column("pixels").to_pylist()
@@ -174,9 +174,9 @@ def predict_on_ray(
     skip: set[str] | None = None,
     unsure: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
-    """inference.prediction.predict on the Ray cluster at cfg.ray: the same inputs (files,
+    """predicting.prediction.predict on the Ray cluster at cfg.ray: the same inputs (files,
     folders, globs), the same rows in the same order, handed to on_row; the same summary."""
-    from catnet.inference.prediction import run_summary
+    from catnet.predicting.prediction import run_summary
 
     model = _as_model(checkpoint)
     threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
@@ -215,7 +215,7 @@ def _text(path: str) -> str:
 def _as_model(checkpoint: str | Path | CatnetModel) -> CatnetModel:
     """The checkpoint loaded (and checked) once on the driver: a bad file is one clear error
     here, not one per worker; its payload is what the workers get."""
-    from catnet.inference.prediction import CatnetModel, load_model
+    from catnet.predicting.prediction import CatnetModel, load_model
 
     if isinstance(checkpoint, CatnetModel):
         return checkpoint

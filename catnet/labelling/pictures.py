@@ -1,9 +1,8 @@
 """Pictures the page shows beyond the files themselves: p(cat) of a dropped picture (Try) and
 the explain heatmap as a see-through PNG laid over the picture.
 
-The heatmap needs `CatnetModel.explain(images)` (catnet/inference/explain.py, one heatmap array
-per picture in the picture's own size). It is looked up at run time, so the page shows heatmaps
-as soon as that API exists and simply leaves them out before.
+The heatmap is `catnet.explaining.explain.explain_images` (one heatmap array per picture, in the
+picture's own size): the same map `catnet explain` draws.
 """
 
 from __future__ import annotations
@@ -17,12 +16,14 @@ import numpy as np
 from PIL import Image
 
 from catnet.errors import CatnetError
+from catnet.explaining.explain import explain_images
 
 MAX_PIXELS = 120_000_000  # as TrainConfig.max_image_pixels: bigger uploads are refused
 
 
 def has_explain(model: Any) -> bool:
-    return model is not None and callable(getattr(model, "explain", None))
+    """Heatmaps need a model (the page runs without one until the first Teach)."""
+    return model is not None
 
 
 def open_upload(data: bytes) -> Image.Image:
@@ -62,7 +63,7 @@ def heatmap_png_of_file(model: Any, path: Path) -> bytes:
 def heatmap_png(model: Any, img: Image.Image) -> bytes:
     """The model's heatmap for img as an RGBA PNG of img's size: hot parts red to yellow and
     opaque, cold parts transparent, so the page can lay it over the picture."""
-    heat = np.asarray(model.explain([img])[0], dtype=np.float32)
+    heat = np.asarray(explain_images(model, [img])[0], dtype=np.float32)
     heat = np.squeeze(heat)
     if heat.ndim != 2:
         raise CatnetError(f"explain returned a heatmap of shape {heat.shape}, expected (H, W)")

@@ -199,8 +199,8 @@ class LabelSession:
 
     def teach_now(self) -> None:
         """One Teach, then re-rank with the new model (the job thread runs this)."""
-        from catnet.inference.prediction import load_model
         from catnet.labelling.teach import teach
+        from catnet.predicting.prediction import load_model
 
         start = self.model.path if self.model is not None else None
         out_root = Path(self.config.out) if self.config.out else self.data_dir / ".catnet" / "runs"
@@ -255,7 +255,7 @@ def open_session(data_dir: Path, config: LabelConfig, model_path: Path | None) -
         raise CatnetError("the untagged folder cannot contain DATA_DIR")
     session = LabelSession(config, data_dir, unlabeled)
     if model_path is not None:
-        from catnet.inference.prediction import load_model
+        from catnet.predicting.prediction import load_model
 
         session.use_model(load_model(model_path))
     return session

@@ -85,8 +85,8 @@ def validation_pictures(run_dir: Path) -> list[Sample]:
 def accuracy_on(checkpoint: Path | Any, samples: list[Sample]) -> float:
     """Share of samples the model (a checkpoint path or a CatnetModel) tags right, at its own
     threshold; unreadable pictures count as wrong."""
-    from catnet.inference.prediction import CatnetModel, load_model
     from catnet.labelling.queue import score_pictures
+    from catnet.predicting.prediction import CatnetModel, load_model
 
     if not samples:
         return float("nan")

@@ -1,4 +1,4 @@
-"""Where and how tensors are computed: device, bf16 autocast, threads, seeds, batched inference."""
+"""Where and how tensors are computed: device, bf16 autocast, threads, seeds, batches."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
-from catnet.data.augment import MEAN, STD, prepare_eval
 from catnet.errors import CatnetError
 from catnet.runtime.cpuload import idle_cpus
 
@@ -115,42 +113,3 @@ def seed_everything(seed: int) -> torch.Generator:
 def batches_of(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
-
-
-@torch.no_grad()
-def logits_for(
-    model: nn.Module,
-    batch_u8: torch.Tensor,
-    image_size: int,
-    compute: Compute,
-    tta: bool = False,
-    mean: tuple = MEAN,
-    std: tuple = STD,
-) -> torch.Tensor:
-    """(B, S, S, 3) uint8 -> (B,) float32 logits; with tta, the mean over the mirror image too."""
-    x = prepare_eval(batch_u8.to(compute.device), image_size, mean, std)
-    with compute.autocast():
-        logits = model(x).float()
-        if tta:
-            logits = (logits + model(x.flip(3)).float()) / 2
-    return logits.cpu()
-
-
-def predict_logits(
-    model: nn.Module,
-    pixels: np.ndarray,
-    slots: np.ndarray,
-    image_size: int,
-    compute: Compute,
-    batch_size: int = 128,
-    tta: bool = False,
-    mean: tuple = MEAN,
-    std: tuple = STD,
-) -> torch.Tensor:
-    """Logits for pixels[slots], batch by batch (pixels may be a memory-mapped cache)."""
-    model.eval()
-    out = []
-    for part in batches_of(len(slots), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[slots[part]]))
-        out.append(logits_for(model, batch, image_size, compute, tta, mean, std))
-    return torch.cat(out) if out else torch.zeros(0)

@@ -13,13 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from catnet.config import TrainConfig
-from catnet.inference.calibration import fit_temperature
-from catnet.inference.metrics import binary_metrics
-from catnet.inference.openset import KEY as OPEN_SET_KEY
-from catnet.inference.openset import OpenSetCheck, capture_features, fit_open_set, mean_features
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+from catnet.models.forward import predict_logits
 from catnet.models.networks import build_model, count_parameters
-from catnet.runtime.compute import Compute, predict_logits
+from catnet.runtime.compute import Compute
+from catnet.scoring.calibration import fit_temperature
+from catnet.scoring.metrics import binary_metrics
+from catnet.scoring.openset import KEY as OPEN_SET_KEY
+from catnet.scoring.openset import OpenSetCheck, capture_features, fit_open_set, mean_features
 from catnet.training.diagnosis import diagnose
 from catnet.training.prepare import PreparedData
 from catnet.training.results import TrainResult, evaluate_split

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from catnet.runtime.compute import Compute, predict_logits
+from catnet.models.forward import predict_logits
+from catnet.runtime.compute import Compute
 from catnet.training.prepare import PreparedData
 
 

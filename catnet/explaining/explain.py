@@ -23,6 +23,7 @@ see README, "Explain", for why.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +38,10 @@ from torch import nn
 from catnet.data.augment import prepare_eval
 from catnet.data.pixels import decode_square, to_square_rgb
 from catnet.errors import CatnetError, DecodeError
-from catnet.inference.conv_stages import FINE_STRIDE, conv_stages
+from catnet.explaining.conv_stages import FINE_STRIDE, conv_stages
 
 if TYPE_CHECKING:
-    from catnet.inference.prediction import CatnetModel
+    from catnet.predicting.prediction import CatnetModel
 
 # How a map is made, by how many conv layers it uses: none (the MLP), the last stage, or the
 # last stage sharpened by the stride-8 one.
@@ -174,6 +175,16 @@ class Explainer:
         return Explained(self.maps(batch_u8, sign), p_cat, labels, sides)
 
 
+_EXPLAINERS: weakref.WeakKeyDictionary[CatnetModel, Explainer] = weakref.WeakKeyDictionary()
+
+
+def explainer_for(model: CatnetModel) -> Explainer:
+    """The model's Explainer, made once: finding its conv stages costs a forward pass."""
+    if model not in _EXPLAINERS:
+        _EXPLAINERS[model] = Explainer(model)
+    return _EXPLAINERS[model]
+
+
 def crop_box(width: int, height: int) -> tuple[int, int, int]:
     """(left, top, side) of the centre square decode_square keeps, in the picture's pixels."""
     side = min(width, height)
@@ -209,12 +220,12 @@ def explain_images(
     images: Iterable[Image.Image | str | Path],
     target: str = "predicted",
     batch_size: int = 32,
-    explainer: Explainer | None = None,
 ) -> list[np.ndarray]:
-    """One (height, width) float32 map in [0, 1] per picture, in its own size (after EXIF
-    rotation). An unreadable file is a CatnetError naming it: no map can stand in for it.
-    explainer: one made earlier for this model (saves finding the conv stage again)."""
-    explainer = explainer or Explainer(model)
+    """Where the network looked: one (height, width) float32 map in [0, 1] per picture, in its
+    own size (after EXIF rotation). target "predicted" shows the evidence for each picture's own
+    answer (for not_cat, the evidence for not-cat), or "cat" / "not_cat". An unreadable file is
+    a CatnetError naming it: no map can stand in for it."""
+    explainer = explainer_for(model)
     squares, sizes = [], []
     for i, image in enumerate(images):
         try:

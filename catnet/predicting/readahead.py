@@ -13,7 +13,7 @@ from pathlib import Path
 
 from catnet.config import PredictConfig
 from catnet.data.decoding import Decoded, Decoder
-from catnet.inference.outputs import expand_inputs
+from catnet.predicting.outputs import expand_inputs
 from catnet.runtime import cpuload
 
 INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}

@@ -20,7 +20,7 @@ from torch import nn
 
 from catnet.data.augment import MEAN, prepare_eval
 from catnet.errors import CatnetError
-from catnet.inference.explain import Explainer
+from catnet.explaining.explain import Explainer
 
 GREY = tuple(round(255 * m) for m in MEAN)  # the average colour: normalised input 0
 

@@ -11,7 +11,7 @@ import contextlib
 import copy
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,16 +22,14 @@ from catnet.config import PredictConfig
 from catnet.data.decoding import Decoded
 from catnet.data.pixels import to_square_rgb
 from catnet.errors import DecodeError
-from catnet.inference.openset import KEY as OPEN_SET_KEY
-from catnet.inference.openset import OpenSetCheck, capture_features, mean_features
-from catnet.inference.outputs import Prediction
-from catnet.inference.readahead import DecodeAhead
 from catnet.models.checkpoint import load_checkpoint
+from catnet.models.forward import logits_for
 from catnet.models.networks import build_model, fuse_for_inference
-from catnet.runtime.compute import Compute, logits_for, select_compute, setup_threads
-
-if TYPE_CHECKING:
-    from catnet.inference.explain import Explainer
+from catnet.predicting.outputs import Prediction
+from catnet.predicting.readahead import DecodeAhead
+from catnet.runtime.compute import Compute, select_compute, setup_threads
+from catnet.scoring.openset import KEY as OPEN_SET_KEY
+from catnet.scoring.openset import OpenSetCheck, capture_features, mean_features
 
 
 class CatnetModel:
@@ -56,7 +54,6 @@ class CatnetModel:
         self.hash = payload["weights_sha256"][:12]  # short model id carried by every output row
         # None for checkpoints written before the open-set check existed: the check is off.
         self.open_set = OpenSetCheck.from_payload(payload.get(OPEN_SET_KEY), self.compute.device)
-        self._explainer: Explainer | None = None  # made on the first explain() call
 
     def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
@@ -133,20 +130,6 @@ class CatnetModel:
                 preds[j].p_cat, preds[j].label = p, self.label_for(p, unfamiliar=unfamiliar)
                 preds[j].unfamiliar, preds[j].unfamiliar_score = unfamiliar, score
         return preds
-
-    def explain(
-        self, images: Iterable[Image.Image | str | Path], target: str = "predicted"
-    ) -> list[np.ndarray]:
-        """Where the network looked: one (height, width) float32 heatmap in [0, 1] per picture,
-        in the picture's own size. Grad-CAM for convolutional networks (sharpened by LayerCAM
-        where the last stage is coarser than stride 8), gradient saliency for the MLP; target
-        "predicted" shows the evidence for each picture's own answer (for not_cat, the
-        evidence for not-cat), or "cat" / "not_cat". See catnet.inference.explain."""
-        from catnet.inference.explain import Explainer, explain_images
-
-        if self._explainer is None:  # finding the conv stage costs a forward pass: once
-            self._explainer = Explainer(self)
-        return explain_images(self, images, target, explainer=self._explainer)
 
 
 def load_model(path: str | Path, device: str = "auto") -> CatnetModel:

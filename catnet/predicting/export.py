@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from catnet.errors import CatnetError
-from catnet.inference.openset import WithOpenSet
-from catnet.inference.prediction import CatnetModel, load_model
+from catnet.predicting.prediction import CatnetModel, load_model
 from catnet.runtime.files import atomic_write
+from catnet.scoring.openset import WithOpenSet
 
 
 def metadata(model: CatnetModel) -> dict[str, str]:

@@ -20,11 +20,11 @@ from PIL import Image
 from catnet.config import ExplainConfig, PredictConfig
 from catnet.data.decoding import Decoded
 from catnet.errors import CatnetError
-from catnet.inference import heatmaps
-from catnet.inference.explain import Explainer, crop_box, on_picture
-from catnet.inference.outputs import expand_inputs
-from catnet.inference.prediction import CatnetModel
-from catnet.inference.readahead import DecodeAhead
+from catnet.explaining import heatmaps
+from catnet.explaining.explain import Explainer, crop_box, on_picture
+from catnet.predicting.outputs import expand_inputs
+from catnet.predicting.prediction import CatnetModel
+from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
 
 COLUMNS = ("input", "output", "p_cat", "label", "explained", "method", "error")

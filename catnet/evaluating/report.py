@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import io
 import math
 from dataclasses import dataclass
@@ -22,15 +23,15 @@ from PIL import Image
 from catnet.data.folders import Sample
 from catnet.data.pixels import decode_square
 from catnet.errors import writing
-from catnet.inference.calibration import expected_calibration_error
-from catnet.inference.metrics import pr_curve, roc_curve
-from catnet.inference.outputs import RowWriter
+from catnet.predicting.outputs import RowWriter
 from catnet.runtime.files import atomic_write_text
+from catnet.scoring.calibration import expected_calibration_error
+from catnet.scoring.metrics import pr_curve, roc_curve
 
 if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads its result
     from matplotlib.figure import Figure
 
-    from catnet.inference.evaluation import EvaluationResult
+    from catnet.evaluating.evaluation import EvaluationResult
 
 BINS = 15  # expected_calibration_error's default, so the diagram shows what the ECE measures
 THUMB = 128
@@ -237,11 +238,30 @@ def _curves(result: EvaluationResult, labels: torch.Tensor) -> list[dict[str, st
 def _template() -> jinja2.Template:
     # autoescape=True for every value: a file name like "<script>.jpg" can never open a tag.
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("catnet.inference", "templates"),
+        loader=jinja2.PackageLoader("catnet.evaluating", "templates"),
         autoescape=True,
         undefined=jinja2.StrictUndefined,  # a misspelt name fails loudly, not as blank text
     )
     return env.get_template("report.html.j2")
+
+
+def with_heatmaps(checkpoint: str | Path, mistakes: list[Mistake], top_n: int) -> list[Mistake]:
+    """The mistakes, those the report shows (the first top_n of each kind) carrying their
+    heatmap URI. Imported here, not at the top: the model code is only needed with heatmaps."""
+    from catnet.evaluating.report_heatmaps import heatmap_uris
+
+    shown = [
+        i
+        for kind in (1, 0)
+        for i in [j for j, m in enumerate(mistakes) if m.predicted == kind][:top_n]
+    ]
+    uris = heatmap_uris(
+        checkpoint, [(mistakes[i].sample.path, bool(mistakes[i].predicted)) for i in shown]
+    )
+    out = list(mistakes)
+    for i, uri in zip(shown, uris, strict=True):
+        out[i] = dataclasses.replace(out[i], heatmap=uri)
+    return out
 
 
 def render_html(result: EvaluationResult, mistakes: list[Mistake], top_n: int) -> str:
@@ -287,8 +307,6 @@ def write_report(
         out.mkdir(parents=True, exist_ok=True)
     mistakes = find_mistakes(result)
     if checkpoint is not None:
-        from catnet.inference.report_heatmaps import with_heatmaps
-
         mistakes = with_heatmaps(checkpoint, mistakes, top_n)
     model, threshold = str(result.metrics.get("model", "")), float(result.metrics["threshold"])
     write_mistakes_csv(mistakes, model, threshold, out / "mistakes.csv")

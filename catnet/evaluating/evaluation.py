@@ -14,10 +14,10 @@ from catnet.config import EvaluateConfig
 from catnet.data.cache import default_cache_root, load_pixels
 from catnet.data.folders import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
-from catnet.inference.calibration import expected_calibration_error
-from catnet.inference.metrics import binary_metrics, pr_curve, unsure_metrics
-from catnet.inference.prediction import CatnetModel, load_model
+from catnet.predicting.prediction import CatnetModel, load_model
 from catnet.runtime.compute import batches_of, setup_threads
+from catnet.scoring.calibration import expected_calibration_error
+from catnet.scoring.metrics import binary_metrics, pr_curve, unsure_metrics
 
 
 @dataclass
@@ -165,8 +165,8 @@ def save_with_threshold(
     checkpoint: str | Path, result: EvaluationResult, rule: str, save_to: str | Path
 ) -> dict:
     """Pick a threshold on the evaluated pictures by `rule` and write a checkpoint carrying it."""
-    from catnet.inference.metrics import pick_threshold
     from catnet.models.checkpoint import load_checkpoint, save_checkpoint
+    from catnet.scoring.metrics import pick_threshold
 
     labels = torch.tensor([s.label for s in result.samples])
     try:

@@ -1,0 +1,1 @@
+"""Where the network looked: Grad-CAM / saliency maps, their drawings and their checks."""
