@@ -91,3 +91,25 @@ def test_a_failed_copy_leaves_no_file_behind(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         copy_new(tmp_path / "missing.jpg", tmp_path / "copy.jpg")
     assert not os.path.lexists(tmp_path / "copy.jpg")
+
+
+def test_run_and_teach_folders_share_the_numbering_and_never_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders get free names the way files do (name, name-1, ...), claimed by the mkdir
+    itself: a name another process takes between a check and the creation is skipped. Every
+    existence check is blinded here, as in that race; the old check-then-mkdir of new_run_dir
+    failed on the taken name (and new_teach_dir numbered from -2)."""
+    from catnet.labelling.teach import new_teach_dir
+    from catnet.training.runs import new_run_dir
+
+    monkeypatch.setattr("time.strftime", lambda fmt: "20240101-120000")
+    (tmp_path / "runs" / "20240101-120000").mkdir(parents=True)
+    (tmp_path / "teach" / "teach-20240101-120000").mkdir(parents=True)
+    monkeypatch.setattr(os.path, "lexists", lambda path: False)
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: False)
+    assert new_run_dir("") == Path("runs") / "20240101-120000-1"
+    assert new_run_dir("") == Path("runs") / "20240101-120000-2"
+    teach = tmp_path / "teach"
+    assert new_teach_dir(teach) == teach / "teach-20240101-120000-1"
+    assert all(p.is_dir() for p in (tmp_path / "runs").iterdir())
