@@ -113,3 +113,24 @@ def test_run_and_teach_folders_share_the_numbering_and_never_race(
     teach = tmp_path / "teach"
     assert new_teach_dir(teach) == teach / "teach-20240101-120000-1"
     assert all(p.is_dir() for p in (tmp_path / "runs").iterdir())
+
+
+def test_data_uri_takes_a_picture_or_its_encoded_bytes() -> None:
+    """One helper for every page that inlines a picture (report plots and thumbnails, the
+    explain heatmaps, the labelling page's Try heatmap)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from catnet.explaining.heatmaps import data_uri
+
+    picture = Image.new("RGB", (4, 3), (200, 30, 60))
+    buf = io.BytesIO()
+    picture.save(buf, "PNG")
+    assert data_uri(buf.getvalue()) == data_uri(picture)
+    assert data_uri(picture).startswith("data:image/png;base64,")
+    jpeg = data_uri(picture, "JPEG")
+    assert jpeg.startswith("data:image/jpeg;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(jpeg.split(",", 1)[1])))
+    assert decoded.format == "JPEG" and decoded.size == (4, 3)

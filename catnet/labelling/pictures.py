@@ -7,7 +7,6 @@ picture's own size): the same map `catnet explain` draws.
 
 from __future__ import annotations
 
-import base64
 import io
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from PIL import Image
 
 from catnet.errors import CatnetError
 from catnet.explaining.explain import explain_images
+from catnet.explaining.heatmaps import data_uri
 
 MAX_PIXELS = 120_000_000  # as TrainConfig.max_image_pixels: bigger uploads are refused
 
@@ -51,7 +51,7 @@ def try_bytes(model: Any, data: bytes) -> dict[str, Any]:
         "label": pred.label,
         "unfamiliar": pred.unfamiliar,
         "unfamiliar_score": pred.unfamiliar_score,
-        "heatmap": "data:image/png;base64," + base64.b64encode(heat).decode() if heat else None,
+        "heatmap": data_uri(heat) if heat else None,
     }
 
 
