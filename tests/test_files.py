@@ -134,3 +134,28 @@ def test_data_uri_takes_a_picture_or_its_encoded_bytes() -> None:
     assert jpeg.startswith("data:image/jpeg;base64,")
     decoded = Image.open(io.BytesIO(base64.b64decode(jpeg.split(",", 1)[1])))
     assert decoded.format == "JPEG" and decoded.size == (4, 3)
+
+
+def test_file_key_accepts_every_name_a_file_system_allows(tmp_path: Path) -> None:
+    """Non-UTF-8 bytes in a name: the key round-trips to the bytes with os.fsencode, and the
+    feature cache (which hashes it) stores and finds the file. Old code: UnicodeEncodeError
+    in the feature cache, the default model's training stopped with a traceback."""
+    import torch
+
+    from catnet.data.cache import file_key
+    from catnet.training.features import FeatureStore
+
+    path = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9 \n-x.png")))
+    try:
+        path.write_bytes(b"not really a picture")
+    except OSError:
+        pytest.skip("this filesystem refuses non-UTF-8 file names")
+    key = file_key(path)
+    assert key is not None and os.fsencode(key).startswith(os.fsencode(path.resolve()))
+    store = FeatureStore(tmp_path / "cache", "tag")
+    store.put(path, torch.ones(3), torch.zeros(3))
+    found = store.get(path)
+    assert found is not None and torch.equal(found[0], torch.ones(3))
+    # Names no file system allows are no file: no key, no crash.
+    assert file_key(tmp_path / "lone\ud800surrogate.png") is None
+    assert file_key(tmp_path / "nul\0byte.png") is None

@@ -65,11 +65,15 @@ def _key_path(key: str) -> str:
 
 
 def file_key(path: Path) -> str | None:
+    """ "abs path|bytes|mtime ns" for every cache keyed by file, None where unreadable. Non-UTF-8
+    names stay surrogate escapes: hash os.fsencode(key), never key.encode()."""
     try:
         stat = path.stat()
-    except OSError:
+        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        os.fsencode(key)
+    except (OSError, ValueError):  # a name no file system allows (NUL, lone surrogate)
         return None
-    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return key
 
 
 def load_pixels(
