@@ -41,7 +41,7 @@ class Correction:
     logged: tuple[str, ...] = field(default=())  # its row in corrections.csv
 
 
-# sha256 by file_key (path, size, mtime): a long-lived caller (catnet label) hashes each file once.
+# sha256 by file_key: a long-lived caller (catnet label) hashes each file once.
 HashCache = dict[str, str]
 
 
@@ -215,7 +215,8 @@ def lesson(row: dict[str, str]) -> bool:
 def _hash_index(data_dir: Path, hashes: HashCache | None = None) -> dict[str, list[Path]]:
     index: dict[str, list[Path]] = {}
     for path in list_files(data_dir, tagged_only=True):  # unlabeled/ holds no tagged copies
-        index.setdefault(_sha256_cached(path, hashes), []).append(path)
+        with contextlib.suppress(OSError):  # a broken link is no copy of anything
+            index.setdefault(_sha256_cached(path, hashes), []).append(path)
     return index
 
 

@@ -65,13 +65,12 @@ def _key_path(key: str) -> str:
 
 
 def file_key(path: Path) -> str | None:
-    """ "abs path|bytes|mtime ns" for every cache keyed by file, None where unreadable. Non-UTF-8
-    names stay surrogate escapes: hash os.fsencode(key), never key.encode()."""
+    """The key of every cache keyed by file, or None. Hash os.fsencode(key) (non-UTF-8 names)."""
     try:
         stat = path.stat()
         key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
         os.fsencode(key)
-    except (OSError, ValueError):  # a name no file system allows (NUL, lone surrogate)
+    except (OSError, ValueError):  # ValueError: a NUL, a lone surrogate
         return None
     return key
 

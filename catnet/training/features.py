@@ -84,7 +84,6 @@ class FeatureStore:
         self.writable = True
 
     def _file(self, key: str) -> Path:
-        # fsencode: a non-UTF-8 file name is in the key as surrogate escapes (file_key).
         return self.dir / f"{hashlib.sha1(os.fsencode(key), usedforsecurity=False).hexdigest()}.pt"
 
     def get(self, path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:

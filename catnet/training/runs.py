@@ -25,8 +25,6 @@ def new_run_dir(out: str) -> Path:
     runs = Path("runs")
     with writing("the run folder", runs.absolute(), EXIT_USAGE):
         runs.mkdir(exist_ok=True)
-        # runs/<stamp>, else <stamp>-1, ...: mkdir claims the name, so two runs started in the
-        # same second never share a folder.
         return create_new(runs / time.strftime("%Y%m%d-%H%M%S"), os.mkdir)
 
 
