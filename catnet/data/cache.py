@@ -68,11 +68,9 @@ def file_key(path: Path) -> str | None:
     """The key of every cache keyed by file, or None. Hash os.fsencode(key) (non-UTF-8 names)."""
     try:
         stat = path.stat()
-        key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
-        os.fsencode(key)
-    except (OSError, ValueError):  # ValueError: a NUL, a lone surrogate
+    except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate, in no file system
         return None
-    return key
+    return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 def load_pixels(
