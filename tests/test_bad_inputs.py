@@ -34,6 +34,12 @@ NON_UTF8_NAME = b"caf\xe9.jpg"  # Latin-1 é: not valid UTF-8
 BOMB_SIDE = 60_000  # a PNG header claiming 3.6 gigapixels (10.8 GB as RGB)
 BIG_SIDE = 8_000  # a real 64-megapixel photo: large, but under the 120 MP limit
 TIMEOUT_S = 60  # one CLI command; a hang fails the test instead of blocking the suite
+ODD_NAMES = ("with space.png", "kätzchen 猫.png", "new\nline.png", "-leading-dash.png")
+# Both networks: the CNN, and the default (pretrained, head only on cached features) at 64 px.
+MODELS = {
+    "cnn": ("--model", "cnn", "--width", "8", "--depth", "2", "--image-size", "24"),
+    "pretrained": ("--image-size", "64"),
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,6 +193,14 @@ def build_corpus(root: Path) -> Corpus:
     (dogs / "empty.png").mkdir()  # ... and an empty one is simply nothing
     os.symlink("cats_0.png", cats / "good_link.png")
     odd["cats/good_link.png"] = "symlink to a good picture"
+    # Odd names (usable pictures): the rows, CSVs and JSON that name them must stay valid.
+    for name in ODD_NAMES:
+        draw_picture("dogs", name, 24).save(dogs / name, "PNG")
+        odd[f"dogs/{name}"] = f"odd file name {name!r}"
+    draw_picture("dogs", "la", 24).convert("LA").save(dogs / "gray_alpha.png")
+    odd["dogs/gray_alpha.png"] = "LA PNG (gray with alpha)"
+    draw_picture("dogs", "1-bit", 24).convert("1").save(dogs / "one_bit.png")
+    odd["dogs/one_bit.png"] = "1-bit PNG"
     non_utf8: str | None = None
     try:
         with open(os.path.join(os.fsencode(cats), NON_UTF8_NAME), "wb") as fh:
@@ -278,11 +292,12 @@ class TrainRun:
     run_dir: Path
 
 
-@pytest.fixture(scope="module")
-def trained_on_corpus(corpus: Corpus, cli: Cli) -> TrainRun:
-    run_dir = cli.base / "run"
-    proc = cli("train", corpus.root, "--epochs", "1", "--model", "cnn", "--width", "8", "--depth", "2",
-               "--image-size", "24", "--precision", "fp32", "--out", run_dir)  # fmt: skip
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def trained_on_corpus(corpus: Corpus, cli: Cli, request: pytest.FixtureRequest) -> TrainRun:
+    """Every test that uses it runs with the CNN and with the default model."""
+    run_dir = cli.base / f"run-{request.param}"
+    proc = cli("train", corpus.root, "--epochs", "1", *MODELS[request.param],
+               "--precision", "fp32", "--out", run_dir)  # fmt: skip
     return TrainRun(proc, run_dir)
 
 
@@ -510,6 +525,98 @@ def test_check_and_decode_agree_on_the_pixel_limit(cli: Cli, tmp_path: Path) -> 
     _, found = run_check(cli, data, "--fix")
     assert found["unreadable"] == [], found["unreadable"]
     assert big.is_file(), "check --fix quarantined a picture that training uses"
+
+
+@pytest.mark.slow
+def test_explain_names_every_file_in_valid_rows(
+    corpus: Corpus, trained_on_corpus: TrainRun, tmp_path: Path
+) -> None:
+    """In-process: what matters here is the rows (JSON on stdout, index.csv), not the process."""
+    from typer.testing import CliRunner
+
+    from catnet.cli import app
+
+    out = tmp_path / "explained"
+    best = trained_on_corpus.run_dir / "best.pt"
+    result = CliRunner().invoke(app, ["explain", str(best), str(corpus.root), "--out", str(out),
+                                      "--json"])  # fmt: skip
+    assert result.exit_code == 1, result.output  # some files could not be read
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    indexed = read_rows(out / "index.csv")
+    for table in (rows, indexed):
+        by_input = {corpus.rel(r["input"]): r for r in table}
+        assert len(by_input) == len(table) and set(by_input) == corpus.readable | set(
+            corpus.invalid
+        )
+        for rel, row in by_input.items():
+            if rel in corpus.invalid:
+                assert row["label"] == "error" and row["error"] and not row["output"], row
+            else:
+                assert row["label"] in ("cat", "not_cat") and not row["error"], row
+                assert Path(row["output"]).is_file(), row
+
+
+def browser_query(path: str) -> str:
+    """What a browser's URLSearchParams sends for a name with non-UTF-8 bytes (surrogate
+    escapes in the JSON the page read): U+FFFD."""
+    return "".join("\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in path)
+
+
+@pytest.mark.slow
+def test_label_page_lists_shows_and_tags_every_odd_file(
+    corpus: Corpus, trained_on_corpus: TrainRun, tmp_path: Path
+) -> None:
+    """The labelling page (Starlette TestClient, in-process) with a DATA_DIR full of broken
+    files and an untagged folder holding every kind of them: every request answers (JSON that
+    parses, or a clear refusal), never a server error, and every file can be tagged."""
+    from starlette.testclient import TestClient
+
+    from catnet.config import LabelConfig
+    from catnet.labelling.app import create_app
+    from catnet.labelling.session import open_session
+
+    mine = copy_corpus(corpus, tmp_path / "data")
+    untagged = mine.root / "unlabeled"
+    shutil.copytree(corpus.root / "dogs", untagged, symlinks=True)
+    if corpus.non_utf8:  # the odd names, odd modes and broken files of cats/ and dogs/ alike
+        shutil.copy(corpus.root / corpus.non_utf8, untagged)
+    session = open_session(mine.root, LabelConfig(out=str(tmp_path / "runs")),
+                           trained_on_corpus.run_dir / "best.pt")  # fmt: skip
+    session.rank()
+    client = TestClient(create_app(session, "t", "127.0.0.1", 1), base_url="http://127.0.0.1:1",
+                        raise_server_exceptions=False)  # fmt: skip
+    head = {"x-catnet-token": "t", "content-type": "application/json"}
+    review = client.get("/api/queue", params={"kind": "review", "token": "t"})
+    assert review.status_code == 200, review.text
+    queue = client.get("/api/queue", params={"token": "t"})
+    assert queue.status_code == 200, queue.text
+    items = queue.json()["items"]
+    listed = {item["path"] for item in items}
+    expected = {rel.removeprefix("dogs/") for rel in corpus.readable | set(corpus.invalid)
+                if rel.startswith("dogs/") and "/" not in rel.removeprefix("dogs/")}  # fmt: skip
+    if corpus.non_utf8:
+        expected.add(Path(corpus.non_utf8).name)
+    assert listed >= expected - {"loop_a.jpg", "loop_b.jpg"}, sorted(expected - listed)
+    for item in items:
+        query = {"root": "unlabeled", "path": browser_query(item["path"]), "token": "t"}
+        for route in ("/api/picture", "/api/heatmap"):
+            answer = client.get(route, params=query)
+            assert answer.status_code < 500, (route, item["path"], answer.text)
+        if (untagged / item["path"]).is_file() and "\ufffd" not in query["path"]:
+            heat = client.get("/api/heatmap", params=query)
+            readable = f"dogs/{item['path']}" in corpus.readable
+            assert heat.status_code == (200 if readable else 409), (item["path"], heat.text)
+        there = (untagged / item["path"]).exists()  # False for a broken link, a link loop
+        # A JSON body keeps the name exactly (surrogate escapes), as the page's fetch sends it.
+        tagged = client.post("/api/label", headers=head,
+                             content=json.dumps({"path": item["path"], "label": "cat"}))  # fmt: skip
+        if there:
+            assert tagged.status_code == 200, (item["path"], tagged.text)
+            assert not os.path.lexists(untagged / item["path"]), item["path"]
+        else:  # refused with a reason, and left in place
+            assert tagged.status_code == 404 and tagged.json()["error"], (item, tagged.text)
+    left = client.get("/api/queue", params={"token": "t"}).json()["items"]
+    assert {i["path"] for i in left} == {"broken_link.jpg", "loop_a.jpg", "loop_b.jpg"} & listed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,3 +91,71 @@ def test_a_failed_copy_leaves_no_file_behind(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         copy_new(tmp_path / "missing.jpg", tmp_path / "copy.jpg")
     assert not os.path.lexists(tmp_path / "copy.jpg")
+
+
+def test_run_and_teach_folders_share_the_numbering_and_never_race(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders get free names the way files do (name, name-1, ...), claimed by the mkdir
+    itself: a name another process takes between a check and the creation is skipped. Every
+    existence check is blinded here, as in that race; the old check-then-mkdir of new_run_dir
+    failed on the taken name (and new_teach_dir numbered from -2)."""
+    from catnet.labelling.teach import new_teach_dir
+    from catnet.training.runs import new_run_dir
+
+    monkeypatch.setattr("time.strftime", lambda fmt: "20240101-120000")
+    (tmp_path / "runs" / "20240101-120000").mkdir(parents=True)
+    (tmp_path / "teach" / "teach-20240101-120000").mkdir(parents=True)
+    monkeypatch.setattr(os.path, "lexists", lambda path: False)
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: False)
+    assert new_run_dir("") == Path("runs") / "20240101-120000-1"
+    assert new_run_dir("") == Path("runs") / "20240101-120000-2"
+    teach = tmp_path / "teach"
+    assert new_teach_dir(teach) == teach / "teach-20240101-120000-1"
+    assert all(p.is_dir() for p in (tmp_path / "runs").iterdir())
+
+
+def test_data_uri_takes_a_picture_or_its_encoded_bytes() -> None:
+    """One helper for every page that inlines a picture (report plots and thumbnails, the
+    explain heatmaps, the labelling page's Try heatmap)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from catnet.explaining.heatmaps import data_uri
+
+    picture = Image.new("RGB", (4, 3), (200, 30, 60))
+    buf = io.BytesIO()
+    picture.save(buf, "PNG")
+    assert data_uri(buf.getvalue()) == data_uri(picture)
+    assert data_uri(picture).startswith("data:image/png;base64,")
+    jpeg = data_uri(picture, "JPEG")
+    assert jpeg.startswith("data:image/jpeg;base64,")
+    decoded = Image.open(io.BytesIO(base64.b64decode(jpeg.split(",", 1)[1])))
+    assert decoded.format == "JPEG" and decoded.size == (4, 3)
+
+
+def test_file_key_accepts_every_name_a_file_system_allows(tmp_path: Path) -> None:
+    """Non-UTF-8 bytes in a name: the key round-trips to the bytes with os.fsencode, and the
+    feature cache (which hashes it) stores and finds the file. Old code: UnicodeEncodeError
+    in the feature cache, the default model's training stopped with a traceback."""
+    import torch
+
+    from catnet.data.cache import file_key
+    from catnet.training.features import FeatureStore
+
+    path = Path(os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9 \n-x.png")))
+    try:
+        path.write_bytes(b"not really a picture")
+    except OSError:
+        pytest.skip("this filesystem refuses non-UTF-8 file names")
+    key = file_key(path)
+    assert key is not None and os.fsencode(key).startswith(os.fsencode(path.resolve()))
+    store = FeatureStore(tmp_path / "cache", "tag")
+    store.put(path, torch.ones(3), torch.zeros(3))
+    found = store.get(path)
+    assert found is not None and torch.equal(found[0], torch.ones(3))
+    # Names no file system allows are no file: no key, no crash.
+    assert file_key(tmp_path / "lone\ud800surrogate.png") is None
+    assert file_key(tmp_path / "nul\0byte.png") is None

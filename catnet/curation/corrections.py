@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from catnet.curation.safe_files import append_row, data_lock, place, put_back, remove_row
+from catnet.data.cache import file_key
 from catnet.data.folders import POSITIVE_NAMES, is_reserved, list_files
 from catnet.errors import CatnetError, WriteFailed, writing
 
@@ -40,8 +41,8 @@ class Correction:
     logged: tuple[str, ...] = field(default=())  # its row in corrections.csv
 
 
-# sha256 by (path, size, mtime in ns): a long-lived caller (catnet label) hashes each file once.
-HashCache = dict[tuple[str, int, int], str]
+# sha256 by file_key: a long-lived caller (catnet label) hashes each file once.
+HashCache = dict[str, str]
 
 
 def sha256_of(path: Path) -> str:
@@ -214,15 +215,15 @@ def lesson(row: dict[str, str]) -> bool:
 def _hash_index(data_dir: Path, hashes: HashCache | None = None) -> dict[str, list[Path]]:
     index: dict[str, list[Path]] = {}
     for path in list_files(data_dir, tagged_only=True):  # unlabeled/ holds no tagged copies
-        index.setdefault(_sha256_cached(path, hashes), []).append(path)
+        with contextlib.suppress(OSError):  # a broken link is no copy of anything
+            index.setdefault(_sha256_cached(path, hashes), []).append(path)
     return index
 
 
 def _sha256_cached(path: Path, hashes: HashCache | None) -> str:
-    if hashes is None:
-        return sha256_of(path)
-    info = path.stat()
-    key = (str(path), info.st_size, info.st_mtime_ns)
+    key = file_key(path)
+    if hashes is None or key is None:
+        return sha256_of(path)  # raises OSError where the file cannot be read
     if key not in hashes:
         hashes[key] = sha256_of(path)
     return hashes[key]

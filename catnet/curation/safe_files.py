@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from catnet.errors import writing
-from catnet.runtime.files import append_whole, atomic_write_text, fsync_folder, numbered
+from catnet.runtime.files import append_whole, atomic_write_text, create_new, fsync_folder
 
 try:  # POSIX; elsewhere the lock is a no-op and a single writer is the user's job
     import fcntl
@@ -48,21 +48,23 @@ def place(source: Path, folder: Path, name: str, move: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     # A copy is a copy (not a second hard link that an edit of the original would change).
     staged = None if move else _staging_copy(source, folder)
+
+    def link(target: Path) -> None:  # os.link claims the name atomically
+        nonlocal staged
+        try:
+            os.link(staged or source, target)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or staged:
+                raise
+            # Another file system (or no hard links): copy next to the target first, then
+            # link that copy in, so the final name still appears atomically.
+            staged = _staging_copy(source, folder)
+            os.link(staged, target)
+
     try:
-        origin, names = staged or source, numbered(folder / name)
-        target = next(names)
-        while True:
-            try:
-                os.link(origin, target)  # atomic; fails if target exists
-                break
-            except FileExistsError:
-                target = next(names)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK) or staged:
-                    raise
-                # Another file system (or no hard links): copy next to the target first,
-                # then link that copy in, so the final name still appears atomically.
-                staged = origin = _staging_copy(source, folder)
+        target = create_new(folder / name, link)
         if move:
             source.unlink()
             sync_folder(source.parent)
@@ -92,17 +94,14 @@ def put_back(current: Path, original: Path) -> None:
 
 
 def _staging_copy(source: Path, folder: Path) -> Path:
-    for staged in numbered(folder / f".catnet-incoming-{os.getpid()}{source.suffix}"):
-        try:
-            with source.open("rb") as src, open(staged, "xb") as dst:
-                shutil.copyfileobj(src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
-            shutil.copystat(source, staged)
-            return staged
-        except FileExistsError:
-            continue
-    raise AssertionError("unreachable")  # free_names never ends
+    def copy(staged: Path) -> None:
+        with source.open("rb") as src, open(staged, "xb") as dst:
+            shutil.copyfileobj(src, dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        shutil.copystat(source, staged)
+
+    return create_new(folder / f".catnet-incoming-{os.getpid()}{source.suffix}", copy)
 
 
 def sync_folder(folder: Path) -> None:

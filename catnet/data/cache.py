@@ -65,9 +65,10 @@ def _key_path(key: str) -> str:
 
 
 def file_key(path: Path) -> str | None:
+    """The key of every cache keyed by file, or None. Hash os.fsencode(key) (non-UTF-8 names)."""
     try:
         stat = path.stat()
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a NUL or a lone surrogate, in no file system
         return None
     return f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
 

@@ -7,7 +7,7 @@ Content-Security-Policy that forbids the browser from fetching anything else.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import csv
 import dataclasses
 import io
@@ -23,6 +23,7 @@ from PIL import Image
 from catnet.data.folders import Sample
 from catnet.data.pixels import decode_square
 from catnet.errors import writing
+from catnet.explaining.heatmaps import data_uri
 from catnet.predicting.outputs import RowWriter
 from catnet.runtime.files import atomic_write_text
 from catnet.scoring.calibration import expected_calibration_error
@@ -100,7 +101,7 @@ def write_mistakes_csv(mistakes: list[Mistake], model: str, threshold: float, pa
 def _png(fig: Figure) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return data_uri(buf.getvalue())
 
 
 def _figure(height: float = 3.6, rows: int = 1, ratios: list[int] | None = None) -> Any:
@@ -190,13 +191,10 @@ def _reliability_png(result: EvaluationResult, labels: torch.Tensor) -> str:
 
 def _thumb(m: Mistake) -> dict[str, Any]:
     src = ""
-    try:  # decode the way evaluation did; a file may have changed or vanished since
-        pixels = decode_square(m.sample.path, THUMB)
-        buf = io.BytesIO()
-        Image.fromarray(pixels).save(buf, "JPEG", quality=85)
-        src = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-    except Exception:  # a broken thumbnail must not cost the whole report
-        pass
+    # Decoded the way evaluation did; a file may have changed or vanished since, and a broken
+    # thumbnail must not cost the whole report.
+    with contextlib.suppress(Exception):
+        src = data_uri(Image.fromarray(decode_square(m.sample.path, THUMB)), "JPEG")
     why = "evidence for cat" if m.predicted else "evidence for not-cat"
     return {"src": src, "path": str(m.sample.path), "p_cat": m.p_cat,
             "class_name": m.sample.class_name, "heatmap": m.heatmap, "why": why}  # fmt: skip

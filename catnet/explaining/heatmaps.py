@@ -129,11 +129,14 @@ def save_png(image: Image.Image, path: Path) -> Path:
     return path
 
 
-def data_uri(image: Image.Image, fmt: str = "PNG") -> str:
-    """The picture as a data: URI, for pages that must not fetch anything (JPEG: smaller)."""
-    buf = io.BytesIO()
-    image.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
-    return f"data:image/{fmt.lower()};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+def data_uri(picture: Image.Image | bytes, fmt: str = "PNG") -> str:
+    """A data: URI for pages that must not fetch anything: an image saved as fmt (JPEG is
+    smaller), or bytes already in fmt."""
+    if isinstance(picture, Image.Image):
+        buf = io.BytesIO()
+        picture.save(buf, fmt, **({"quality": 85} if fmt == "JPEG" else {}))
+        picture = buf.getvalue()
+    return f"data:image/{fmt.lower()};base64," + base64.b64encode(picture).decode("ascii")
 
 
 def cell(overlaid: Image.Image, caption: Caption) -> Image.Image:

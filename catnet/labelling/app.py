@@ -16,6 +16,7 @@ Every /api request needs the token; POSTs need it in the X-Catnet-Token header.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -66,7 +67,7 @@ class Handlers:
             try:
                 return await handler(request)
             except CatnetError as exc:
-                return JSONResponse({"error": exc.message}, status_code=409)
+                return AsciiJSON({"error": exc.message}, status_code=409)
 
         return wrapper
 
@@ -120,7 +121,7 @@ class Handlers:
         found = self.picture_path(request, "unlabeled", str(body.get("path", "")))
         answer = LABELS.get(str(body.get("label", "")))
         if found is None or answer is None:
-            return JSONResponse({"error": "no such untagged picture or label"}, status_code=404)
+            return AsciiJSON({"error": "no such untagged picture or label"}, status_code=404)
         action = await asyncio.to_thread(self.session.label, found, answer)
         return _json({"action": action})
 
@@ -129,7 +130,7 @@ class Handlers:
         found = self.picture_path(request, "data", str(body.get("path", "")))
         verdict = body.get("verdict")
         if found is None or verdict not in ("wrong", "right"):
-            return JSONResponse({"error": "no such tagged picture or verdict"}, status_code=404)
+            return AsciiJSON({"error": "no such tagged picture or verdict"}, status_code=404)
         tag = "cat" if found.parent.name.lower() in POSITIVE_NAMES else "not_cat"  # its folder's
         if verdict == "right":
             action = await asyncio.to_thread(self.session.confirm, found, tag)
@@ -141,20 +142,20 @@ class Handlers:
     async def undo(self, request: Request) -> Response:
         body = await _body(request)
         if not isinstance(body.get("action"), int):
-            return JSONResponse({"error": "action must be a number"}, status_code=400)
+            return AsciiJSON({"error": "action must be a number"}, status_code=400)
         return _json({"restored": await asyncio.to_thread(self.session.undo, body["action"])})
 
     async def teach(self, request: Request) -> Response:
         if not self.session.start_teach():
-            return JSONResponse({"error": "a job is already running"}, status_code=409)
+            return AsciiJSON({"error": "a job is already running"}, status_code=409)
         return _json({"started": True})
 
     async def try_picture(self, request: Request) -> Response:
         data = await request.body()
         if len(data) > self.session.config.max_upload_mb * 1e6:
-            return JSONResponse({"error": "picture too large"}, status_code=413)
+            return AsciiJSON({"error": "picture too large"}, status_code=413)
         if self.session.model is None:
-            return JSONResponse({"error": "no model yet: Teach first"}, status_code=409)
+            return AsciiJSON({"error": "no model yet: Teach first"}, status_code=409)
         return _json(await asyncio.to_thread(pictures.try_bytes, self.session.model, data))
 
     def app(self) -> Starlette:
@@ -207,8 +208,15 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _json(value: Any) -> JSONResponse:
-    return JSONResponse(_finite(value), headers=_NO_STORE)
+class AsciiJSON(JSONResponse):
+    """ASCII: a non-UTF-8 name's surrogate escapes become \\udcXX, not a 500 (UTF-8 fails)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+def _json(value: Any) -> AsciiJSON:
+    return AsciiJSON(_finite(value), headers=_NO_STORE)
 
 
 def _finite(value: Any) -> Any:

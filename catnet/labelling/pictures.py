@@ -7,16 +7,17 @@ picture's own size): the same map `catnet explain` draws.
 
 from __future__ import annotations
 
-import base64
 import io
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
+from catnet.data.pixels import open_picture, reason_for, to_rgb
 from catnet.errors import CatnetError
 from catnet.explaining.explain import explain_images
+from catnet.explaining.heatmaps import data_uri
 
 MAX_PIXELS = 120_000_000  # as TrainConfig.max_image_pixels: bigger uploads are refused
 
@@ -26,24 +27,24 @@ def has_explain(model: Any) -> bool:
     return model is not None
 
 
-def open_upload(data: bytes) -> Image.Image:
-    """A dropped or pasted picture, decoded (RGB); CatnetError for anything else."""
+def open_upload(fh: IO[bytes], what: str = "not a picture this app can read") -> Image.Image:
+    """The picture upright in 8-bit RGB, as commands see it; CatnetError (shown) if unusable."""
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_PIXELS:
-            raise CatnetError(f"picture too large ({img.width}x{img.height} pixels)")
-        img.load()
-        return img.convert("RGB")
+        with open_picture(fh) as img:
+            if img.width * img.height > MAX_PIXELS:
+                raise CatnetError(f"picture too large ({img.width}x{img.height} pixels)")
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img) or img)
     except CatnetError:
         raise
     except Exception as exc:
-        raise CatnetError(f"not a picture this app can read ({type(exc).__name__})") from None
+        raise CatnetError(f"{what}: {reason_for(exc, MAX_PIXELS)}") from None
 
 
 def try_bytes(model: Any, data: bytes) -> dict[str, Any]:
     """Try page: {p_cat, label, unfamiliar (null: no open-set check), unfamiliar_score,
     heatmap (data: URL of a PNG, or null)}."""
-    img = open_upload(data)
+    img = open_upload(io.BytesIO(data))
     pred = model.predict([img])[0]
     heat = heatmap_png(model, img) if has_explain(model) else None
     return {
@@ -51,13 +52,13 @@ def try_bytes(model: Any, data: bytes) -> dict[str, Any]:
         "label": pred.label,
         "unfamiliar": pred.unfamiliar,
         "unfamiliar_score": pred.unfamiliar_score,
-        "heatmap": "data:image/png;base64," + base64.b64encode(heat).decode() if heat else None,
+        "heatmap": data_uri(heat) if heat else None,
     }
 
 
 def heatmap_png_of_file(model: Any, path: Path) -> bytes:
-    with Image.open(path) as img:
-        return heatmap_png(model, img.convert("RGB"))
+    with path.open("rb") as fh:
+        return heatmap_png(model, open_upload(fh, f"cannot read {path.name}"))
 
 
 def heatmap_png(model: Any, img: Image.Image) -> bytes:

@@ -5,6 +5,7 @@ validation accuracy before and after on the same pictures."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,7 @@ from catnet.config import TrainConfig, from_dict, read_toml
 from catnet.curation.corrections import corrected_paths
 from catnet.curation.reviewed import reviewed_paths
 from catnet.data.folders import Sample, scan_dataset
+from catnet.runtime.files import create_new
 from catnet.training.results import TrainCallbacks
 
 
@@ -31,15 +33,7 @@ class TeachResult:
 def new_teach_dir(out_root: Path) -> Path:
     """out_root/teach-<timestamp>[-n], created here so two Teaches never share a folder."""
     out_root.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    n = 1
-    while True:
-        path = out_root / (f"teach-{stamp}" if n == 1 else f"teach-{stamp}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            n += 1
+    return create_new(out_root / f"teach-{time.strftime('%Y%m%d-%H%M%S')}", os.mkdir)
 
 
 def teach(

@@ -129,10 +129,10 @@ def numbered(path: Path) -> Iterator[Path]:
 
 
 def create_new(path: str | Path, make: Callable[[Path], None]) -> Path:
-    """Try path, name-1.ext, ... in turn (skipping names that exist, broken symlinks too) and
-    return the first that `make` created. `make` must raise FileExistsError where the candidate
-    exists (os.link, open(..., "xb"), copy_new and move_new do), so that a file another process
-    creates meanwhile is never overwritten."""
+    """Try path, name-1.ext, ... (files or folders; existing names and broken symlinks skipped)
+    and return the first that `make` created. `make` must raise FileExistsError where the name
+    is taken (os.mkdir, os.link, open(..., "xb"), copy_new, move_new do): the creation is the
+    check, so a name another process takes meanwhile is skipped, never overwritten."""
     for candidate in numbered(Path(path)):
         if os.path.lexists(candidate):
             continue

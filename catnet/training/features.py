@@ -14,6 +14,7 @@ The file key is the pixel cache's "abs path | bytes | mtime ns", so an edited ph
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,7 +84,7 @@ class FeatureStore:
         self.writable = True
 
     def _file(self, key: str) -> Path:
-        return self.dir / f"{hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()}.pt"
+        return self.dir / f"{hashlib.sha1(os.fsencode(key), usedforsecurity=False).hexdigest()}.pt"
 
     def get(self, path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
         key = file_key(path)

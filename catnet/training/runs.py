@@ -4,32 +4,28 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from catnet.errors import EXIT_USAGE, writing
-from catnet.runtime.files import atomic_write_text
+from catnet.runtime.files import atomic_write_text, create_new
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds")
 
 
 def new_run_dir(out: str) -> Path:
-    """`out`, or runs/<timestamp> (with a suffix if two runs start in the same second)."""
+    """`out`, or a new runs/<timestamp>[-n]."""
     if out:
         path = Path(out).expanduser()
         with writing("the run folder", path, EXIT_USAGE):  # before any work: a usage error
             path.mkdir(parents=True, exist_ok=True)
         return path
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / stamp
-    n = 1
-    while path.exists():
-        n += 1
-        path = Path("runs") / f"{stamp}-{n}"
-    with writing("the run folder", path.absolute(), EXIT_USAGE):
-        path.mkdir(parents=True)
-    return path
+    runs = Path("runs")
+    with writing("the run folder", runs.absolute(), EXIT_USAGE):
+        runs.mkdir(exist_ok=True)
+        return create_new(runs / time.strftime("%Y%m%d-%H%M%S"), os.mkdir)
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
