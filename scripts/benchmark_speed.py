@@ -33,9 +33,10 @@ from catnet.models.networks import CNN, fuse_for_inference
 from catnet.runtime.compute import Compute, select_compute, setup_threads
 from catnet.runtime.workers import cpu_workers
 from catnet.training.prepare import PreparedData, eval_size_for
+from catnet.training.results import TrainCallbacks
 from catnet.training.schedule import EarlyStopping
-from catnet.training.state import TrainState
-from catnet.training.steps import build_optimizer, train_one_epoch
+from catnet.training.state import Run, TrainState
+from catnet.training.steps import build_optimizer, pixel_epoch
 
 
 def baseline_epoch_seconds(data: Path, cfg: TrainConfig, epochs: int = 2) -> float:
@@ -100,13 +101,16 @@ def catnet_epochs(
     model = CNN(cfg.width, cfg.depth, cfg.activation, cfg.dropout).to(
         memory_format=torch.channels_last
     )
-    optimizer = build_optimizer(model, cfg)
     state = TrainState(stopper=EarlyStopping(0), total_steps=10**6)
     gen = torch.Generator().manual_seed(0)
+    run = Run(cfg, prepared, Path("."), compute, gen, time.monotonic(), TrainCallbacks(), None,
+              state)  # fmt: skip
+    run.model = run.forward = model
+    run.optimizer, run.batch_size = build_optimizer(model, cfg), cfg.batch_size
     times = []
     for _ in range(3):
         started = time.monotonic()
-        train_one_epoch(model, optimizer, prepared, cfg, state, compute, gen)
+        pixel_epoch(run, lambda step, steps, loss: None)
         times.append(time.monotonic() - started)
     return {"cache_build": cache_seconds, "epoch": min(times[1:]), "n": len(ok)}
 

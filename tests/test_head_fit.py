@@ -49,7 +49,7 @@ def test_a_weight_of_two_is_the_same_as_showing_a_photo_twice() -> None:
 def test_small_sets_fit_full_batch_and_larger_ones_keep_the_epoch_loop(
     tmp_path: Path, tiny_config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from catnet.training import feature_loop
+    from catnet.training import recipes
     from catnet.training.loop import train
 
     data = make_dataset(tmp_path / "d", n_per_class=8)
@@ -57,6 +57,6 @@ def test_small_sets_fit_full_batch_and_larger_ones_keep_the_epoch_loop(
     small = train(tiny_config(data, tmp_path / "small", tmp_path / "cache", **cfg))
     assert len(small.history) == 1 and "L-BFGS" in small.stop_reason
     assert small.best_checkpoint.exists()
-    monkeypatch.setattr(feature_loop, "FULL_BATCH_PHOTOS", 0)  # as if the set were large
+    monkeypatch.setattr(recipes, "FULL_BATCH_PHOTOS", 0)  # as if the set were large
     large = train(tiny_config(data, tmp_path / "large", tmp_path / "cache", **cfg))
     assert len(large.history) == 3 and "L-BFGS" not in large.stop_reason

@@ -305,3 +305,47 @@ def test_epochs_that_fit() -> None:
     assert epochs_that_fit(100, 10, 5, 8) == 8
     assert epochs_that_fit(-5, 10, 3, 30) == 3
     assert epochs_that_fit(100, 0, 0, 30) == 30
+
+
+@pytest.mark.slow
+def test_the_lr_schedule_spans_the_steps_corrected_pictures_add(
+    tmp_path: Path, make_dataset: MakeDataset, tiny_config: TinyConfig
+) -> None:
+    """A corrected picture is shown correction_weight times an epoch, so an epoch has more
+    steps; the schedule must be planned over them (it was planned over one showing each, and
+    the learning rate reached the schedule's end before the last epoch). Fails on the loop
+    before run_epochs: 10 steps planned, 12 taken."""
+    from catnet.curation.corrections import correct
+
+    data = make_dataset(tmp_path / "d", n_per_class=12, size=16)
+    correct(data, [data / "dogs" / "dogs_1.png"], "cat")  # shown 4 times an epoch
+    cfg = tiny_config(data, tmp_path / "run", tmp_path / "c", image_size=16, batch_size=4)
+    resume = load_checkpoint(train(cfg).last_checkpoint)["resume"]
+    assert resume["step"] == resume["total_steps"]
+
+
+@pytest.mark.slow
+def test_the_pretrained_recipe_reports_its_batches(
+    tmp_path: Path, make_dataset: MakeDataset, tiny_config: TinyConfig,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The default recipe runs the same loop as the others, progress callbacks included (its
+    own loop never called on_batch: the batch bar stood still). Fails on the old feature loop."""
+    events: list[tuple[int, int]] = []
+
+    class Recorder(TrainCallbacks):
+        def on_batch(self, step: int, steps: int, loss: float) -> None:
+            assert math.isfinite(loss)
+            events.append((step, steps))
+
+    data = make_dataset(tmp_path / "d", n_per_class=8)
+    cfg = dict(model="pretrained", image_size=64, batch_size=8)
+    train(tiny_config(data, tmp_path / "small", tmp_path / "c", **cfg), Recorder())
+    assert events == [(1, 1)]  # the full-batch head fit: one "batch"
+    events.clear()
+    from catnet.training import recipes
+
+    monkeypatch.setattr(recipes, "FULL_BATCH_PHOTOS", 0)  # minibatch epochs, as for a large set
+    train(tiny_config(data, tmp_path / "large", tmp_path / "c", epochs=2, **cfg), Recorder())
+    steps = events[0][1]
+    assert steps > 1 and events == [(i, steps) for i in range(1, steps + 1)] * 2

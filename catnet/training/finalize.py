@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +23,7 @@ from catnet.scoring.openset import OpenSetCheck, capture_features, fit_open_set,
 from catnet.training.diagnosis import diagnose
 from catnet.training.prepare import PreparedData
 from catnet.training.results import TrainResult, evaluate_split
-from catnet.training.state import TrainState
+from catnet.training.state import Run
 
 # Temperature scaling of a pretrained head, measured on 3 dev splits each (held-out ECE before
 # -> after): 320 validation photos 0.0107 -> 0.0089 on average; 40 (100 photos a class at
@@ -56,19 +55,14 @@ def clean_train_accuracy(
 
 
 def finalize_run(
-    cfg: TrainConfig,
-    run_dir: Path,
-    data: PreparedData,
-    compute: Compute,
-    state: TrainState,
-    started: float,
-    on_message: Callable[[str], None],
+    run: Run,
     split_logits: Callable[[str], torch.Tensor] | None = None,
     split_net: torch.nn.Module | None = None,
 ) -> TrainResult:
     """split_logits("val" | "train"), when given, supplies the best weights' logits (the
     pretrained recipe computes them from its stored features instead of the pixels);
     split_net is the network it runs (the open-set check reads its penultimate features)."""
+    cfg, run_dir, data, compute, state = run.cfg, run.run_dir, run.data, run.compute, run.state
     best_path = run_dir / "best.pt"
     payload = load_checkpoint(best_path)
     model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
@@ -104,7 +98,7 @@ def finalize_run(
 
         plot_curves(state.history, state.stopper.best_epoch, run_dir / "curves.png")
     except ImportError:  # matplotlib missing: the run is still complete without the picture
-        on_message("matplotlib is not installed: no curves.png")
+        run.cb.on_message("matplotlib is not installed: no curves.png")
     return TrainResult(
         run_dir=run_dir,
         best_checkpoint=best_path,
@@ -115,7 +109,7 @@ def finalize_run(
         history=state.history,
         skipped=len(data.skipped),
         stop_reason="",
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - run.started,
         diagnosis=diagnosis,
     )
 

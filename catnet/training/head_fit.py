@@ -23,13 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from catnet.errors import CatnetError
+from catnet.runtime.distributed import share_weights
 
 if TYPE_CHECKING:
-    from catnet.config import TrainConfig
-    from catnet.models.pretrained import PretrainedNet
     from catnet.training.features import Features
-    from catnet.training.prepare import PreparedData
-    from catnet.training.state import TrainState
+    from catnet.training.state import Run
+    from catnet.training.steps import OnBatch
 
 # scikit-learn's LogisticRegression default; the floor in scripts/benchmark_accuracy.py uses it.
 HEAD_C = 1.0
@@ -104,18 +103,21 @@ def fit_head_full_batch(
     }
 
 
-def fit_head_epoch(net: PretrainedNet, feats: Features, data: PreparedData, cfg: TrainConfig,
-                   state: TrainState) -> dict[str, float]:  # fmt: skip
-    """The full-batch fit as one metrics row: every training photo plain and (with `augment`)
-    mirrored, each counted train_repeat times."""
+def fit_head_epoch(run: Run, feats: Features, on_batch: OnBatch) -> dict[str, float]:
+    """The full-batch fit as the run's one "epoch": every training photo plain and (with
+    `augment`) mirrored, each counted train_repeat times. Every rank fits the same head; rank
+    0's is kept, bit for bit."""
     n = len(feats.train)
+    data = run.data
     repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
-    views = [feats.train, feats.train_mirror] if cfg.augment else [feats.train]
+    views = [feats.train, feats.train_mirror] if run.cfg.augment else [feats.train]
     labels = torch.from_numpy(data.train_labels)
     weights = torch.from_numpy(repeat.astype(np.float32))
     row = fit_head_full_batch(
-        net.head, torch.cat(views), labels.repeat(len(views)), weights.repeat(len(views)),
-        cfg.label_smoothing,
+        run.model.head, torch.cat(views), labels.repeat(len(views)), weights.repeat(len(views)),
+        run.cfg.label_smoothing,
     )  # fmt: skip
-    state.step += int(row.pop("iterations"))
+    run.state.step += int(row.pop("iterations"))
+    share_weights(run.ranks, run.model.head)
+    on_batch(1, 1, row["train_loss"])
     return row

@@ -1,23 +1,17 @@
-"""The explicit training loop: `train` ties the epochs (training.steps.train_one_epoch) to the
-data, checkpoints, early stopping, the time budget and the end of the run (finalize), on one
-process or on several under torchrun (README "Beyond one machine")."""
+"""The training loop: `train` sets a run up (data, recipe, resume, torchrun), `run_epochs`
+trains it epoch by epoch, then the run is finalized. One loop for every recipe: they differ
+only in their epoch function (training.recipes)."""
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from catnet.config import TrainConfig
-from catnet.errors import CatnetError
 from catnet.runtime.compute import Compute, seed_everything, select_compute, setup_threads
 from catnet.runtime.distributed import (
-    SINGLE,
     Ranks,
     broadcast_object,
     collective_errors,
@@ -25,14 +19,12 @@ from catnet.runtime.distributed import (
     from_leader,
     leader_first,
     local_world_size,
-    share_weights,
     start,
-    wrap_model,
 )
+from catnet.training import recipes
 from catnet.training.budget import BatchClock, plan_epochs
-from catnet.training.finalize import finalize_run
-from catnet.training.prepare import PreparedData, prepare_data
-from catnet.training.results import TrainCallbacks, TrainResult, epoch_report, evaluate_split
+from catnet.training.prepare import prepare_data
+from catnet.training.results import TrainCallbacks, TrainResult, epoch_report
 from catnet.training.runs import new_run_dir, write_metrics
 from catnet.training.schedule import EarlyStopping
 from catnet.training.sharding import (
@@ -42,8 +34,7 @@ from catnet.training.sharding import (
     reduce_validation,
     write_record,
 )
-from catnet.training.state import TrainState, restore_state, save_run_checkpoints
-from catnet.training.steps import build_optimizer, train_one_epoch
+from catnet.training.state import Run, TrainState, restore_state, save_run_checkpoints
 
 
 def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
@@ -79,154 +70,69 @@ def _run(cfg: TrainConfig, ranks: Ranks, compute: Compute, started: float,
         shard = Shard(ranks, cfg.seed, earlier_epochs(run_dir, done + 1))
         cb.on_message(f"training on {ranks.world} processes ({ranks.backend}): each step's "
                       f"batch is split among them")  # fmt: skip
-    if cfg.model == "pretrained":
-        from catnet.training.feature_loop import train_on_features
-
-        return train_on_features(cfg, data, run_dir, compute, gen, started, cb, resume, shard)
-    return _train_pixels(cfg, data, run_dir, compute, gen, started, cb, resume, shard)
-
-
-def _train_pixels(cfg: TrainConfig, data: PreparedData, run_dir: Path, compute: Compute,
-                  gen: torch.Generator, started: float, cb: TrainCallbacks, resume: dict | None,
-                  shard: Shard | None) -> TrainResult:  # fmt: skip
-    """The epochs of the from-scratch networks (cnn, mlp), their checkpoints and the end."""
-    model = _build(cfg, data, compute)
-    optimizer = build_optimizer(model, cfg)
-    # The exponential moving average of the weights: what validation sees and best.pt keeps.
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
-        if cfg.ema
-        else None
-    )
     mode = "min" if cfg.monitor == "val_loss" else "max"
     state = TrainState(stopper=EarlyStopping(cfg.patience, cfg.min_delta, mode))
+    run = Run(cfg, data, run_dir, compute, gen, started, cb, shard, state)
+    recipe = recipes.features if cfg.model == "pretrained" else recipes.pixels
+    epoch, finalize = recipe(run, resume)
     if resume:
-        state.load(resume, model, optimizer, gen)
-        if ema is not None:  # the average so far is what state_dict holds
-            ema.module.load_state_dict(resume["state_dict"])
-            ema.n_averaged.fill_(max(state.step, 1))
         cb.on_message(f"resuming from epoch {state.epoch} of {run_dir}")
-    ranks = shard.ranks if shard else SINGLE
-    if ranks.leader:
-        if resume:  # the history last.pt carries is the truth (see end_epoch)
-            write_metrics(run_dir / "metrics.csv", state.history)
-        save_run_checkpoints(
-            run_dir, cfg, data, model, optimizer, state, gen, compute, best=False, ema=ema
-        )
-    run = _PixelRun(cfg, data, run_dir, compute, gen, started, cb, shard, model, optimizer, ema)
-    stop_reason = run.epochs(state)
-
-    def finalize() -> TrainResult:
-        result = finalize_run(cfg, run_dir, data, compute, state, started, cb.on_message)
-        result.stop_reason = stop_reason
-        return result
-
-    return end_of_run(shard, run_dir, model.state_dict(), cfg.batch_size, run.n_shown, finalize)
+    stop_reason = run_epochs(run, epoch)
+    return end_of_run(shard, run_dir, run.model.state_dict(), run.batch_size, len(run.shown),
+                      lambda: finalize(stop_reason))  # fmt: skip
 
 
-@dataclasses.dataclass
-class _PixelRun:
-    """What the pixel loop's epochs share (a bundle, so the loop reads as the steps it takes)."""
-
-    cfg: TrainConfig
-    data: PreparedData
-    run_dir: Path
-    compute: Compute
-    gen: torch.Generator
-    started: float
-    cb: TrainCallbacks
-    shard: Shard | None
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    ema: AveragedModel | None
-
-    def __post_init__(self) -> None:
-        self.ranks = self.shard.ranks if self.shard else SINGLE
-        repeat = self.data.train_repeat
-        self.n_shown = int(repeat.sum()) if repeat is not None else len(self.data.train_slots)
-        self.steps = (
-            self.shard.steps(self.n_shown, self.cfg.batch_size)
-            if self.shard
-            else math.ceil(len(self.data.train_slots) / self.cfg.batch_size)
-        )
-        # This rank's validation pictures (all of them without torchrun).
-        self.val_data = self.data if self.shard is None else dataclasses.replace(
-            self.data, val_slots=self.shard.part(self.data.val_slots),
-            val_labels=self.shard.part(self.data.val_labels),
-        )  # fmt: skip
-
-    def epochs(self, state: TrainState) -> str:
-        """Train until the plan, early stopping or the budget ends it; returns why it ended."""
-        cfg, cb, ranks, steps = self.cfg, self.cb, self.ranks, self.steps
-        net = wrap_model(self.model, self.compute, ranks)
-        plan_epochs(cfg, state, self.started, state.epoch_seconds, steps, ranks)
+def run_epochs(run: Run, epoch: recipes.EpochFn) -> str:
+    """Train until the plan, early stopping or the time budget ends it; returns why it ended.
+    Under torchrun every rank runs this, and rank 0 decides whatever must be the same on all
+    (the plan, the stop)."""
+    cfg, state, cb, ranks = run.cfg, run.state, run.cb, run.ranks
+    if ranks.leader and run.save_every_epoch:  # a last.pt to resume from, even in epoch 1
+        _save(run, best=False)
+    try:
+        plan_epochs(run)
         stop_reason = "finished the planned epochs"
         while state.epoch < state.planned_epochs:
-            cb.on_epoch_start(state.epoch + 1, state.planned_epochs, steps)
-            clock = BatchClock(cfg, state, self.started, steps, cb, ranks)
-            row = train_one_epoch(net, self.optimizer, self.data, cfg, state, self.compute,
-                                  self.gen, clock.on_batch, self.ema, self.shard)  # fmt: skip
-            # DDP sent rank 0's batch-norm statistics before each step, but each rank's last
-            # forward pass updated its own: rank 0's are kept, so all ranks hold one network.
-            share_weights(ranks, self.model, buffers_only=True)
-            if self.ema is not None:
-                share_weights(ranks, self.ema.module, buffers_only=True)
+            cb.on_epoch_start(state.epoch + 1, state.planned_epochs, run.steps)
+            clock = BatchClock(run)
+            row = epoch(run, clock.on_batch)
             val_start = time.monotonic()
-            row.update(self.validate())
+            labels = torch.from_numpy(run.part(run.data.val_labels))
+            row.update(reduce_validation(ranks, run.val_logits(), labels))
             state.epoch += 1
             # Typical batch time, not this epoch's wall time: the first batches pay one-off
             # costs (kernel selection, bf16 warm-up) that later epochs do not.
-            state.epoch_seconds = clock.median() * steps + (time.monotonic() - val_start)
-            if self.end_epoch(state, row):
+            state.epoch_seconds = clock.median() * run.steps + (time.monotonic() - val_start)
+            row = {"epoch": state.epoch, **row, "seconds": round(time.monotonic() - run.started, 2)}
+            state.history.append(row)
+            improved = state.stopper.update(row[cfg.monitor], state.epoch)
+            best = improved or not (cfg.select_best or cfg.patience > 0)  # else follows the last
+            if best and not run.save_every_epoch:
+                run.keep_best()
+            if ranks.leader:
+                if run.save_every_epoch:
+                    _save(run, best)
+                if run.shard:
+                    write_record(run.run_dir, run.shard, run.batch_size, len(run.shown))
+            cb.on_epoch_end(epoch_report(row, cfg, state.planned_epochs, best, improved))
+            # Rank 0 decides, so that every rank leaves the loop at the same epoch.
+            if from_leader(ranks, [int(state.stopper.should_stop)])[0]:
                 return f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
-            plan_epochs(cfg, state, self.started, state.epoch_seconds, steps, ranks)
-            if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < cfg.epochs:
+            plan_epochs(run)
+            if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < run.max_epochs:
                 stop_reason = f"time budget of {cfg.time_budget:g} s reached"
         return stop_reason
-
-    def validate(self) -> dict[str, float]:
-        """val_loss and val_acc, over every rank's share under torchrun."""
-        model = self.ema.module if self.ema else self.model
-        val = evaluate_split(model, self.val_data, self.compute, self.cfg.batch_size * 2,
-                             self.cfg.tta)  # fmt: skip
-        if self.ranks.active:
-            labels = torch.from_numpy(self.val_data.val_labels)
-            val.update(reduce_validation(self.ranks, val["logits"], labels))
-        return {"val_loss": val["val_loss"], "val_acc": val["val_acc"]}
-
-    def end_epoch(self, state: TrainState, row: dict[str, float]) -> bool:
-        """Record the epoch (rank 0 writes); True if early stopping ends the run here."""
-        cfg = self.cfg
-        row = {"epoch": state.epoch, **row, "seconds": round(time.monotonic() - self.started, 2)}
-        state.history.append(row)
-        improved = state.stopper.update(row[cfg.monitor], state.epoch)
-        best = improved or not (cfg.select_best or cfg.patience > 0)  # else follows the last
-        if self.ranks.leader:
-            # metrics.csv first, the checkpoint last: last.pt is what a resume starts from, and
-            # it rewrites metrics.csv from the history it carries. A stop between the two then
-            # leaves a row that the resume writes again, never an epoch missing from the file.
-            write_metrics(self.run_dir / "metrics.csv", state.history)
-            save_run_checkpoints(self.run_dir, cfg, self.data, self.model, self.optimizer, state,
-                                 self.gen, self.compute, best=best, ema=self.ema)  # fmt: skip
-            if self.shard:
-                write_record(self.run_dir, self.shard, cfg.batch_size, self.n_shown)
-        self.cb.on_epoch_end(epoch_report(row, cfg, state.planned_epochs, best, improved))
-        # Rank 0 decides, so that every rank leaves the loop at the same epoch.
-        return bool(from_leader(self.ranks, [int(state.stopper.should_stop)])[0])
+    finally:  # also on Ctrl-C: the epochs so far are kept (last.pt resumes them)
+        if ranks.leader and not run.save_every_epoch:
+            _save(run, best=True, weights=run.best_weights)
 
 
-def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
-    from catnet.models.networks import architecture_from_config, build_model
-
-    model = build_model(architecture_from_config(cfg, data.image_size))
-    if cfg.init_from:  # fine-tuning: start from a trained network of the same architecture
-        from catnet.models.checkpoint import load_checkpoint
-
-        payload = load_checkpoint(cfg.init_from)
-        if payload["arch"] != architecture_from_config(cfg, data.image_size):
-            raise CatnetError(f"{cfg.init_from} has another architecture than this config")
-        model.load_state_dict(payload["state_dict"])
-    return model.to(compute.device, memory_format=torch.channels_last)
+def _save(run: Run, best: bool, weights: dict[str, torch.Tensor] | None = None) -> None:
+    """metrics.csv first, the checkpoints last: last.pt is what a resume starts from, and it
+    rewrites metrics.csv from the history it carries. A stop between the two then leaves a row
+    that the resume writes again, never an epoch missing from the file."""
+    write_metrics(run.run_dir / "metrics.csv", run.state.history)
+    save_run_checkpoints(run, best, weights)
 
 
 # Fine-tuning epochs when none are asked for. A network trained end to end: 5. A pretrained

@@ -64,6 +64,6 @@ def epoch_report(
 ) -> dict[str, Any]:
     """What on_epoch_end receives: the metrics row plus `best` (best.pt was written this epoch),
     `improved` (the monitored value beat every earlier epoch), and what the display needs to say
-    so (`monitor`, `planned_epochs`, `time_budget` in s). Both training loops build it here."""
+    so (`monitor`, `planned_epochs`, `time_budget` in s). training.loop.run_epochs builds it."""
     return {**row, "best": best, "improved": improved, "monitor": cfg.monitor,
             "planned_epochs": planned_epochs, "time_budget": cfg.time_budget}  # fmt: skip
