@@ -216,17 +216,17 @@ class _PixelRun:
 
 
 def _build(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
-    from catnet.models.networks import architecture_from_config, build_model
+    from catnet.models.checkpoint import load_checkpoint
+    from catnet.models.networks import architecture_from_config, build_model, network_from
 
-    model = build_model(architecture_from_config(cfg, data.image_size))
-    if cfg.init_from:  # fine-tuning: start from a trained network of the same architecture
-        from catnet.models.checkpoint import load_checkpoint
-
-        payload = load_checkpoint(cfg.init_from)
-        if payload["arch"] != architecture_from_config(cfg, data.image_size):
-            raise CatnetError(f"{cfg.init_from} has another architecture than this config")
-        model.load_state_dict(payload["state_dict"])
-    return model.to(compute.device, memory_format=torch.channels_last)
+    arch = architecture_from_config(cfg, data.image_size)
+    if not cfg.init_from:
+        return build_model(arch).to(compute.device, memory_format=torch.channels_last)
+    # fine-tuning: start from a trained network of the same architecture
+    payload = load_checkpoint(cfg.init_from)
+    if payload["arch"] != arch:
+        raise CatnetError(f"{cfg.init_from} has another architecture than this config")
+    return network_from(payload).to(compute.device, memory_format=torch.channels_last)
 
 
 # Fine-tuning epochs when none are asked for. A network trained end to end: 5. A pretrained
