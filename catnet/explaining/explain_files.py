@@ -131,7 +131,7 @@ def explain_files(
                     explainer, chunk[part], results[part], root, out, cfg, decision
                 ):
                     counts[row.label] += 1
-                    writer.writerow({k: "" if v is None else v for k, v in row.as_dict().items()})
+                    writer.writerow({k: _cell(v) for k, v in row.as_dict().items()})
                     if cell is not None and len(cells) < cfg.sheet_max:
                         cells.append(cell)
                     if on_row:
@@ -190,6 +190,13 @@ def _explain_batch(
         row = ExplainRow(str(path), str(target), caption.p_cat, caption.label, caption.side,
                          explainer.method, "", answer.unfamiliar, answer.score)  # fmt: skip
         yield row, heatmaps.cell(overlaid, caption) if cfg.sheet_max else None
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell as predict writes it: "" for none, true/false for a flag."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else value
 
 
 def _overlay(path: Path, cam: torch.Tensor) -> Image.Image:
