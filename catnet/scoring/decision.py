@@ -132,14 +132,3 @@ class Decision:
             "temperature": str(self.temperature),
             "decision": json.dumps({**dataclasses.asdict(self), "rule": RULE}),
         }
-
-    @classmethod
-    def from_metadata(cls, meta: dict[str, str]) -> Decision:
-        values = json.loads(meta["decision"])
-        unsure = values.get("unsure")
-        return cls(
-            float(values["threshold"]),
-            float(values["temperature"]),
-            tuple(unsure) if unsure else None,  # type: ignore[arg-type]
-            values.get("unfamiliar_above"),
-        )
