@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 from catnet.config import LabelConfig
 from catnet.labelling.app import create_app
 from catnet.labelling.session import LabelSession, open_session
+from catnet.scoring.decision import Decision
 
 TOKEN = "test-token-123"
 HEAD = {"x-catnet-token": TOKEN}
@@ -72,8 +73,21 @@ def test_unlabeled_folder_is_not_a_class(tmp_path: Path) -> None:
 # --- queues --------------------------------------------------------------------------------
 
 
+class Decided05:
+    """A stand-in model whose decision is threshold 0.5, no temperature, no open-set check."""
+
+    def decision(self) -> Decision:
+        return Decision(0.5)
+
+
 def test_least_sure_first_and_review_order(tmp_path: Path) -> None:
-    from catnet.labelling.queue import Tagged, least_sure_first, random_order, review_order
+    from catnet.labelling.queue import (
+        Tagged,
+        answers_for,
+        least_sure_first,
+        random_order,
+        review_order,
+    )
 
     paths = [tmp_path / f"{i}.png" for i in range(5)]
     scores = {paths[0]: 0.9, paths[1]: 0.45, paths[2]: 0.05, paths[3]: 0.6}
@@ -85,9 +99,11 @@ def test_least_sure_first_and_review_order(tmp_path: Path) -> None:
     assert sorted(random_order(paths, 1)) == sorted(paths)
     tagged = [Tagged(paths[0], "not_cat"), Tagged(paths[1], "cat"), Tagged(paths[2], "cat"),
               Tagged(paths[3], "cat")]  # fmt: skip
-    order = review_order(tagged, scores, 0.5)
+    # the model's answers at threshold 0.5, as its decision gives them
+    answers = answers_for(Decided05(), list(scores), scores, {})
+    order = review_order(tagged, answers, 0.5)
     assert [t.path for t in order] == [paths[2], paths[0], paths[1]]  # most confident first
-    assert review_order(tagged, scores, 0.5, {str(paths[2].resolve())})[0].path == paths[0]
+    assert review_order(tagged, answers, 0.5, {str(paths[2].resolve())})[0].path == paths[0]
 
 
 def test_label_queue_is_ranked_by_the_model(trained: TrainedRun, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from PIL import Image
 from catnet.data.folders import Sample
 from catnet.evaluating.evaluation import EvaluationResult
 from catnet.evaluating.report import CSV_COLUMNS, find_mistakes, write_report
+from catnet.scoring.decision import Decision
 from catnet.scoring.metrics import binary_metrics
 
 pytestmark = pytest.mark.slow  # every test draws the report's plots; one starts a browser
@@ -49,12 +50,13 @@ def make_result(
     probs = torch.tensor([p for _, _, p in pictures])
     logits = torch.logit(probs) * TEMPERATURE  # so that sigmoid(logits / T) == probs
     labels = torch.tensor([s.label for s in samples])
-    metrics = binary_metrics(probs, labels, threshold)
+    cat = Decision(threshold, TEMPERATURE).decide(logits).cat  # the answers, as evaluate's
+    metrics = binary_metrics(probs, labels, threshold, cat)
     metrics.update(
         pr_auc=0.5, ece=0.1, ece_uncalibrated=0.2, temperature=TEMPERATURE, split="all",
         data=str(root / "data"), model="abc123", skipped=0,
     )  # fmt: skip
-    return EvaluationResult(metrics, samples, probs, logits, [])
+    return EvaluationResult(metrics, samples, probs, logits, [], cat=cat)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -52,7 +52,7 @@ def run_prediction(
         from catnet.predicting.prediction import load_model, predict  # imports torch
 
         model = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
-        threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
+        threshold = model.decision(cfg.threshold).threshold
         writer = RowWriter(output, append=skip_done) if output else None
         if not writer and not as_json:
             stdout.print(f"{'p_cat':>7}  {'label':<8} path", style="bold", highlight=False)

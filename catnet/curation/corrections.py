@@ -188,9 +188,10 @@ def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Corre
     return done
 
 
-def corrected_paths(data_dir: str | Path) -> set[str]:
+def corrected_paths(data_dir: str | Path, lessons_only: bool = True) -> set[str]:
     """Resolved paths of the logged pictures that are lessons (see lesson) and still there: they
-    are weighted up and kept out of validation. Other logged pictures are ordinary data."""
+    are weighted up and kept out of validation. Other logged pictures are ordinary data.
+    lessons_only False: every logged picture still there (all were tagged by a person)."""
     log = Path(data_dir) / ".catnet" / "corrections.csv"
     if not log.exists():
         return set()
@@ -198,7 +199,7 @@ def corrected_paths(data_dir: str | Path) -> set[str]:
         return {
             str(Path(row["dest"]).resolve())
             for row in csv.DictReader(fh)
-            if lesson(row) and Path(row["dest"]).exists()
+            if (lesson(row) or not lessons_only) and Path(row["dest"]).exists()
         }
 
 

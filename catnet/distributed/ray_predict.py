@@ -4,8 +4,9 @@ over a Ray cluster's workers.
 Two stages of `map_batches`: `decode_batch` (stateless tasks: files or their bytes to
 (S, S, 3) uint8 pixels, or the reason there are none) and `Predictor` (a callable class, so
 each worker loads the network once and keeps it). Both reuse predict's own functions
-(data.decoding.decode_one, predicting.prediction.decoded_probabilities and to_predictions), so
-the rows are predict's rows. Ray is imported lazily: it is the optional extra catnet[ray].
+(data.decoding.decode_one, predicting.prediction.decoded_answers and to_predictions, the
+model's one decision), so the rows are predict's rows. Ray is imported lazily: it is the
+optional extra catnet[ray].
 """
 
 from __future__ import annotations
@@ -93,22 +94,22 @@ class Predictor:
         ray = require_ray()
         # [ObjectRef]: the payload is in Ray's object store once, fetched by each worker.
         self.model = CatnetModel(ray.get(payload[0]), Path(name), device)
-        self.cfg, self.unsure = cfg, unsure
-        self.threshold = self.model.threshold if cfg.threshold < 0 else cfg.threshold
+        self.cfg = cfg
+        self.decision = self.model.decision(cfg.threshold, unsure, cfg.open_set)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa
 
-        from catnet.predicting.prediction import decoded_probabilities, to_predictions
+        from catnet.predicting.prediction import decoded_answers, to_predictions
 
         paths = batch.column("path").to_pylist()
         pixels = batch.column("pixels").to_pylist()
         reasons = batch.column("reason").to_pylist()
         results = [Decoded(p, r) for p, r in zip(pixels, reasons, strict=True)]
-        cfg = self.cfg
-        probs = decoded_probabilities(self.model, results, cfg.batch_size, cfg.tta, cfg.open_set)
-        preds = to_predictions(self.model, paths, results, probs, self.threshold, self.unsure)
-        rows = [pred.as_row(self.model.hash, self.threshold) for pred in preds]
+        answers = decoded_answers(self.model, self.decision, results, self.cfg.batch_size,
+                                  self.cfg.tta)  # fmt: skip
+        preds = to_predictions(paths, results, answers)
+        rows = [pred.as_row(self.model.hash, self.decision.threshold) for pred in preds]
         return pa.Table.from_pylist(rows, schema=row_schema())
 
 
@@ -179,7 +180,6 @@ def predict_on_ray(
     from catnet.predicting.prediction import run_summary
 
     model = _as_model(checkpoint)
-    threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
     paths = (str(p) for p in expand_inputs(inputs) if not skip or str(p) not in skip)
     with connected(cfg.ray) as ray:
@@ -204,7 +204,7 @@ def predict_on_ray(
                     counts[pred.label] += 1
                     if on_row:
                         on_row(pred)
-    return run_summary(model, cfg, counts, threshold)
+    return run_summary(model, model.decision(cfg.threshold, unsure, cfg.open_set), counts)
 
 
 def _text(path: str) -> str:

@@ -15,8 +15,9 @@ from catnet.data.cache import default_cache_root, load_pixels
 from catnet.data.folders import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
 from catnet.predicting.prediction import CatnetModel, load_model
-from catnet.runtime.compute import batches_of, setup_threads
+from catnet.runtime.compute import setup_threads
 from catnet.scoring.calibration import expected_calibration_error
+from catnet.scoring.decision import probabilities
 from catnet.scoring.metrics import binary_metrics, pr_curve, unsure_metrics
 
 
@@ -32,6 +33,8 @@ class EvaluationResult:
     # (n,) open-set scores and flags; None when the check is off or the checkpoint has none.
     scores: torch.Tensor | None = None
     unfamiliar: torch.Tensor | None = None
+    # (n,) bool: the decision's answer, True = cat (predict's label, before any unsure band)
+    cat: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
 
 def pick_samples(dataset: Dataset) -> tuple[list[Sample], str]:
@@ -91,56 +94,27 @@ def evaluate(
     if len(keep) == 0:
         raise CatnetError(f"none of the {len(samples)} pictures under {dataset.root} could be read")
     kept = [samples[i] for i in keep]
-    logits, scores = logits_and_scores(model, table.array, table.slots[keep], cfg)
-    probs = torch.sigmoid(logits / model.temperature)
-    labels = torch.tensor([s.label for s in kept])
-    threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
-    unfamiliar = (
-        None if scores is None or model.open_set is None else scores > model.open_set.threshold
+    decision = model.decision(cfg.threshold, cfg.unsure, cfg.open_set)
+    logits, scores = model.logits_and_scores_of(
+        table.array, table.slots[keep], cfg.batch_size, cfg.tta, decision.checks
     )
-    metrics = binary_metrics(decided(probs, unfamiliar, cfg.unsure), labels, threshold)
+    decided = decision.decide(logits, scores)
+    probs, unfamiliar, threshold = decided.p_cat, decided.unfamiliar, decision.threshold
+    labels = torch.tensor([s.label for s in kept])
+    metrics = binary_metrics(probs, labels, threshold, decided.cat)
     has_cats = bool(labels.any())
     metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"] if has_cats else None
     metrics["ece"] = expected_calibration_error(probs, labels)
-    metrics["ece_uncalibrated"] = expected_calibration_error(torch.sigmoid(logits), labels)
+    metrics["ece_uncalibrated"] = expected_calibration_error(probabilities(logits), labels)
     metrics["temperature"] = model.temperature
-    metrics["roc_auc"] = binary_metrics(probs, labels, threshold)["roc_auc"]  # the raw ranking
-    if cfg.unsure:
-        low, high = cfg.unsure
-        metrics.update(
-            unsure_metrics(decided(probs, unfamiliar, cfg.unsure), labels, low, high, threshold)
-        )
+    if decision.unsure:
+        metrics.update(unsure_metrics(decided.cat, decided.unsure, labels, decision.unsure))
     if unfamiliar is not None:
         metrics["open_set"] = open_set_metrics(probs, labels, unfamiliar, threshold)
     metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
-    return EvaluationResult(metrics, kept, probs, logits, skipped, scores, unfamiliar)
-
-
-def logits_and_scores(
-    model: CatnetModel, pixels: np.ndarray, slots: np.ndarray, cfg: EvaluateConfig
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Raw logits (n,) and open-set scores (n,) (None: check off) for pixels[slots]."""
-    logits, scores = [], []
-    for part in batches_of(len(slots), cfg.batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[slots[part]]))
-        lg, sc = model.logits_and_scores(batch, cfg.tta, cfg.open_set)
-        logits.append(lg)
-        scores.append(sc)
-    if not logits:
-        return torch.zeros(0), None
-    joined = None if scores[0] is None else torch.cat([s for s in scores if s is not None])
-    return torch.cat(logits), joined
-
-
-def decided(
-    probs: torch.Tensor, unfamiliar: torch.Tensor | None, unsure: list[float] | None = None
-) -> torch.Tensor:
-    """p(cat) as the decision sees it: an unfamiliar picture is never a cat, so its p(cat)
-    counts as 0, or as the middle of the unsure range when there is one (it is then unsure)."""
-    if unfamiliar is None:
-        return probs
-    stand_in = (unsure[0] + unsure[1]) / 2 if unsure else 0.0
-    return torch.where(unfamiliar, torch.full_like(probs, stand_in), probs)
+    return EvaluationResult(
+        metrics, kept, probs, logits, skipped, decided.scores, unfamiliar, decided.cat
+    )
 
 
 def open_set_metrics(

@@ -27,6 +27,7 @@ from catnet.explaining.heatmaps import data_uri
 from catnet.predicting.outputs import RowWriter
 from catnet.runtime.files import atomic_write_text
 from catnet.scoring.calibration import expected_calibration_error
+from catnet.scoring.decision import probabilities
 from catnet.scoring.metrics import pr_curve, roc_curve
 
 if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads its result
@@ -70,14 +71,12 @@ def find_mistakes(result: EvaluationResult) -> list[Mistake]:
     n = len(probs)
     flags = [None] * n if result.unfamiliar is None else result.unfamiliar.tolist()
     scores = [None] * n if result.scores is None else result.scores.tolist()
-    # Same comparison as metrics.confusion, so the list always matches the confusion matrix;
-    # an unfamiliar picture is never called cat (as in evaluate's metrics).
-    predicted = (probs >= float(result.metrics["threshold"])).long().tolist()
+    # The decision's answers, as the confusion matrix counts them (and predict labels them).
+    predicted = result.cat.long().tolist()
     out = []
     for sample, p, pred, flag, score in zip(
         result.samples, probs.tolist(), predicted, flags, scores, strict=True
     ):
-        pred = 0 if flag else pred
         if pred != sample.label:
             out.append(Mistake(sample, p, pred, p if pred else 1.0 - p, flag, score))
     return sorted(out, key=lambda m: (-m.confidence, str(m.sample.path)))
@@ -172,7 +171,7 @@ def _bins(probs: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[
 
 def _reliability_png(result: EvaluationResult, labels: torch.Tensor) -> str:
     after = result.probs.detach().float().cpu()
-    before = torch.sigmoid(result.logits.detach().float().cpu())
+    before = probabilities(result.logits.detach().cpu())
     ece_after = expected_calibration_error(after, labels, BINS)
     ece_before = expected_calibration_error(before, labels, BINS)
     fig, (ax, ax_n) = _figure(4.8, 2, [3, 1])

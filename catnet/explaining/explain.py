@@ -42,6 +42,7 @@ from catnet.explaining.conv_stages import FINE_STRIDE, conv_stages
 
 if TYPE_CHECKING:
     from catnet.predicting.prediction import CatnetModel
+    from catnet.scoring.decision import Answer, Decision
 
 # How a map is made, by how many conv layers it uses: none (the MLP), the last stage, or the
 # last stage sharpened by the stride-8 one.
@@ -118,9 +119,16 @@ def _unit_max(maps: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Explained:
     maps: torch.Tensor  # (B, h, w) float32 in [0, 1], over the centre square the model saw
-    p_cat: list[float]  # calibrated p(cat), as predict reports it
-    labels: list[str]  # cat or not_cat, at the model's threshold (or the one given)
+    answers: list[Answer]  # predict's answer for each picture (the model's one decision)
     sides: list[str]  # which side each map shows: cat or not_cat
+
+    @property
+    def p_cat(self) -> list[float]:
+        return [a.p_cat for a in self.answers]
+
+    @property
+    def labels(self) -> list[str]:
+        return [a.label for a in self.answers]
 
 
 class Explainer:
@@ -163,16 +171,21 @@ class Explainer:
         return saliency(self.net, x, sign).cpu()
 
     def explain(
-        self, batch_u8: torch.Tensor, target: str = "predicted", threshold: float | None = None
+        self, batch_u8: torch.Tensor, target: str = "predicted", decision: Decision | None = None
     ) -> Explained:
-        """target: "predicted" (each picture's own answer), "cat" or "not_cat"."""
+        """target: "predicted" (the evidence for the answer predict gives: decision, by default
+        the model's own, open-set check included), "cat" or "not_cat"."""
         if target not in ("predicted", *SIDES):
             raise CatnetError(f"target must be predicted, cat or not_cat; got {target!r}")
-        p_cat = self.model.probabilities(batch_u8).tolist()
-        labels = [self.model.label_for(p, threshold) for p in p_cat]
-        sides = labels if target == "predicted" else [target] * len(labels)
+        decision = decision or self.model.decision()
+        logits, scores = self.model.logits_and_scores(batch_u8, None, decision.checks)
+        answers = decision.decide(logits, scores).answers()
+        # An unsure answer has no side of its own: its map shows the evidence for not-cat,
+        # the side it is kept from (it is never called cat).
+        sides = [a.label if a.label == "cat" else "not_cat" for a in answers]
+        sides = sides if target == "predicted" else [target] * len(answers)
         sign = torch.tensor([1.0 if s == "cat" else -1.0 for s in sides])
-        return Explained(self.maps(batch_u8, sign), p_cat, labels, sides)
+        return Explained(self.maps(batch_u8, sign), answers, sides)
 
 
 _EXPLAINERS: weakref.WeakKeyDictionary[CatnetModel, Explainer] = weakref.WeakKeyDictionary()

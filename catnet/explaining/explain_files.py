@@ -26,8 +26,12 @@ from catnet.predicting.outputs import expand_inputs
 from catnet.predicting.prediction import CatnetModel
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
+from catnet.scoring.decision import Decision
 
-COLUMNS = ("input", "output", "p_cat", "label", "explained", "method", "error")
+COLUMNS = (
+    "input", "output", "p_cat", "label", "explained", "method", "error", "unfamiliar",
+    "unfamiliar_score",
+)  # fmt: skip
 
 
 @dataclass
@@ -35,14 +39,18 @@ class ExplainRow:
     input: str
     output: str  # the PNG written, "" for an error row
     p_cat: float | None
-    label: str  # cat, not_cat or error
+    label: str  # predict's answer: cat, not_cat, or error
     explained: str  # which side the map shows: cat or not_cat ("" for an error row)
     method: str  # grad-cam, grad-cam x layercam or saliency (explain.METHODS)
     error: str = ""
+    # As in predict's rows: the open-set check's flag (None: not checked) and score.
+    unfamiliar: bool | None = None
+    unfamiliar_score: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         p = None if self.p_cat is None else round(self.p_cat, 6)
-        return {**self.__dict__, "p_cat": p}
+        score = None if self.unfamiliar_score is None else round(self.unfamiliar_score, 6)
+        return {**self.__dict__, "p_cat": p, "unfamiliar_score": score}
 
 
 def output_root(inputs: Iterable[str]) -> Path:
@@ -94,7 +102,7 @@ def explain_files(
     setup_threads()
     started = time.perf_counter()
     explainer = Explainer(model)
-    threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
+    decision = model.decision(cfg.threshold)
     root, out = output_root(inputs), Path(out).expanduser()
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +112,7 @@ def explain_files(
     decode_cfg = PredictConfig(
         batch_size=cfg.batch_size, workers=cfg.workers, max_image_pixels=cfg.max_image_pixels
     )
-    counts = {"cat": 0, "not_cat": 0, "error": 0}
+    counts = {"cat": 0, "not_cat": 0, "error": 0}  # explain has no unsure band
     cells: list[Image.Image] = []
     index = out / "index.csv"
     with (
@@ -120,10 +128,10 @@ def explain_files(
             for start in range(0, len(chunk), cfg.batch_size):
                 part = slice(start, start + cfg.batch_size)
                 for row, cell in _explain_batch(
-                    explainer, chunk[part], results[part], root, out, cfg, threshold
+                    explainer, chunk[part], results[part], root, out, cfg, decision
                 ):
                     counts[row.label] += 1
-                    writer.writerow({k: "" if v is None else v for k, v in row.as_dict().items()})
+                    writer.writerow({k: _cell(v) for k, v in row.as_dict().items()})
                     if cell is not None and len(cells) < cfg.sheet_max:
                         cells.append(cell)
                     if on_row:
@@ -148,7 +156,7 @@ def _explain_batch(
     root: Path,
     out: Path,
     cfg: ExplainConfig,
-    threshold: float,
+    decision: Decision,
 ) -> Iterator[tuple[ExplainRow, Image.Image | None]]:
     """Rows (and contact sheet cells) for one batch of decoded results (no pixels = failed)."""
     s = explainer.model.decode_size
@@ -157,7 +165,7 @@ def _explain_batch(
     if good:
         pixels = np.stack([np.frombuffer(results[i].pixels, np.uint8) for i in good])
         batch = torch.from_numpy(pixels.reshape(len(good), s, s, 3))
-        explained = explainer.explain(batch, cfg.target, threshold)
+        explained = explainer.explain(batch, cfg.target, decision)
     where = {i: j for j, i in enumerate(good)}
     for i, (path, result) in enumerate(zip(paths, results, strict=True)):
         if explained is None or result.pixels is None:
@@ -167,8 +175,9 @@ def _explain_batch(
             )
             continue
         j = where[i]
+        answer = explained.answers[j]
         caption = heatmaps.Caption(
-            explained.p_cat[j], explained.labels[j], explained.sides[j], explainer.method, str(path)
+            answer.p_cat, answer.label, explained.sides[j], explainer.method, str(path)
         )
         try:
             overlaid = _overlay(path, explained.maps[j])
@@ -178,10 +187,16 @@ def _explain_batch(
             continue
         picture = heatmaps.captioned(overlaid, caption.lines())
         target = heatmaps.save_png(picture, output_for(path, root, out))
-        row = ExplainRow(
-            str(path), str(target), caption.p_cat, caption.label, caption.side, explainer.method
-        )
+        row = ExplainRow(str(path), str(target), caption.p_cat, caption.label, caption.side,
+                         explainer.method, "", answer.unfamiliar, answer.score)  # fmt: skip
         yield row, heatmaps.cell(overlaid, caption) if cfg.sheet_max else None
+
+
+def _cell(value: Any) -> Any:
+    """A CSV cell as predict writes it: "" for none, true/false for a flag."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "" if value is None else value
 
 
 def _overlay(path: Path, cam: torch.Tensor) -> Image.Image:

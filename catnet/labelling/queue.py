@@ -21,6 +21,8 @@ from catnet.errors import CatnetError
 if TYPE_CHECKING:
     import torch
 
+    from catnet.scoring.decision import Answer
+
 
 @dataclass(frozen=True)
 class Tagged:
@@ -78,7 +80,6 @@ def score_and_check(
     decoding them again would cost most of the time. A head-only pretrained model reads the
     backbone's stored features instead of running it (catnet.labelling.cached_scores)."""
     import numpy as np
-    import torch
 
     from catnet.data.cache import default_cache_root, load_pixels
     from catnet.labelling.cached_scores import head_only_scorer
@@ -100,24 +101,37 @@ def score_and_check(
         on_progress=on_progress,
     )
     good = np.flatnonzero(table.ok)
-    temperature = float(model.temperature)  # type: ignore[attr-defined]
-    for start in range(0, len(good), 64):
-        rows = good[start : start + 64]
-        batch = torch.from_numpy(np.ascontiguousarray(table.array[table.slots[rows]]))
-        logits, scores = model.logits_and_scores(batch, None, open_set)  # type: ignore[attr-defined]
-        _record(result, [paths[i] for i in rows], logits, scores, temperature)
+    logits, scores = model.logits_and_scores_of(table.array, table.slots[good], 64, None, open_set)  # type: ignore[attr-defined]
+    _record(result, [paths[i] for i in good], logits, scores, float(model.temperature))  # type: ignore[attr-defined]
     return result
 
 
 def _record(result: PictureScores, paths: list[Path], logits: torch.Tensor,
             scores: torch.Tensor | None, temperature: float) -> None:  # fmt: skip
-    """Add one batch: logits (n,) raw, scores (n,) open-set or None, for paths (n)."""
-    import torch
+    """Add logits (n,) raw, scores (n,) open-set or None, for paths (n)."""
+    from catnet.scoring.decision import probabilities
 
-    probs = torch.sigmoid(logits / temperature).tolist()
+    probs = probabilities(logits, temperature).tolist()
     result.p_cat.update((p, float(q)) for p, q in zip(paths, probs, strict=True))
     if scores is not None:
         result.open_set.update((p, float(d)) for p, d in zip(paths, scores.tolist(), strict=True))
+
+
+def answers_for(
+    model: object, paths: Iterable[Path], p_cat: dict[Path, float], open_set: dict[Path, float]
+) -> dict[Path, Answer]:
+    """The model's answer (its one decision: threshold, open-set check) for each of paths
+    that has a p(cat); an open-set score where every one of them has one."""
+    import torch
+
+    known = [p for p in paths if p in p_cat]
+    if model is None or not known:
+        return {}
+    probs = torch.tensor([p_cat[p] for p in known])
+    checked = all(p in open_set for p in known)
+    scores = torch.tensor([open_set[p] for p in known]) if checked else None
+    decided = model.decision().decide_p(probs, scores)  # type: ignore[attr-defined]
+    return dict(zip(known, decided.answers(), strict=True))
 
 
 def least_sure_first(
@@ -143,20 +157,19 @@ def random_order(paths: Iterable[Path], seed: int = 0) -> list[Path]:
 
 def review_order(
     tagged: Iterable[Tagged],
-    scores: dict[Path, float],
+    answers: dict[Path, Answer],
     threshold: float,
     reviewed: set[str] | None = None,
 ) -> list[Tagged]:
-    """Tagged pictures the model disagrees with (p(cat) on the other side of its threshold
-    from the tag), most confident disagreement first; reviewed ones (resolved paths) never."""
+    """Tagged pictures the model disagrees with (its answer is not the tag), most confident
+    disagreement (|p(cat) - threshold|) first; reviewed ones (resolved paths) never."""
     reviewed = reviewed or set()
     disputed = []
     for item in tagged:
-        p = scores.get(item.path)
-        if p is None or str(item.path.resolve()) in reviewed:
+        answer = answers.get(item.path)
+        if answer is None or str(item.path.resolve()) in reviewed:
             continue
-        says_cat = p >= threshold
-        if says_cat != (item.label == "cat"):
-            disputed.append((abs(p - threshold), item))
+        if answer.label != item.label:
+            disputed.append((abs(answer.p_cat - threshold), item))
     disputed.sort(key=lambda pair: (-pair[0], str(pair[1].path)))
     return [item for _, item in disputed]

@@ -17,6 +17,7 @@ from catnet.errors import CatnetError
 from catnet.labelling.progress import JobProgress, TeachCallbacks
 from catnet.labelling.queue import (
     Tagged,
+    answers_for,
     least_sure_first,
     random_order,
     review_order,
@@ -59,15 +60,14 @@ class LabelSession:
         with self._state:
             scores, ranked = dict(self.scores), self.ranked and self.model is not None
             model, open_set = self.model, dict(self.open_set)
+        answers = answers_for(model, paths, scores, open_set) if ranked else {}
         if ranked:
-            odd = [p for p, d in open_set.items() if model.is_unfamiliar(d)]
+            odd = [p for p, a in answers.items() if a.unfamiliar]
             order = least_sure_first(paths, scores, odd)
         else:
             order = random_order(paths, self.config.seed)
         return {
-            "items": [
-                self._item(p, "unlabeled", None, scores, open_set, model) for p in order[:limit]
-            ],
+            "items": [self._item(p, "unlabeled", None, answers, open_set) for p in order[:limit]],
             "total": len(paths),
             "order": "least sure first" if ranked else "random",
         }
@@ -78,31 +78,31 @@ class LabelSession:
             scores, model, open_set = dict(self.scores), self.model, dict(self.open_set)
         if model is None:
             return {"items": [], "total": 0, "order": "needs a model: Teach first"}
-        found = review_order(
-            tagged_pictures(self.data_dir), scores, model.threshold, reviewed_paths(self.data_dir)
-        )
+        tagged = tagged_pictures(self.data_dir)
+        answers = answers_for(model, [t.path for t in tagged], scores, open_set)
+        found = review_order(tagged, answers, model.threshold, reviewed_paths(self.data_dir))
         return {
             "items": [
-                self._item(t.path, "data", t.label, scores, open_set, model) for t in found[:limit]
+                self._item(t.path, "data", t.label, answers, open_set) for t in found[:limit]
             ],
             "total": len(found),
             "order": "most confident disagreement first",
         }
 
     def _item(
-        self, path: Path, root: str, tag: str | None, scores: dict, open_set: dict, model: Any
+        self, path: Path, root: str, tag: str | None, answers: dict, open_set: dict
     ) -> dict[str, Any]:
         """One queue entry; unfamiliar is null where there is no score (no model yet, not
         ranked yet, or a checkpoint without the open-set check)."""
         base = self.unlabeled_dir if root == "unlabeled" else self.data_dir
-        distance = open_set.get(path)
+        answer = answers.get(path)
         return {
             "root": root,
             "path": path.relative_to(base).as_posix(),
             "name": path.name,
-            "p_cat": scores.get(path),
-            "unfamiliar": model.is_unfamiliar(distance) if model is not None else None,
-            "unfamiliar_score": distance,
+            "p_cat": answer.p_cat if answer else None,
+            "unfamiliar": answer.unfamiliar if answer else None,
+            "unfamiliar_score": open_set.get(path),
             "tag": tag,
         }
 
@@ -123,12 +123,12 @@ class LabelSession:
         """What the model in use says about `picture`, from the scores the queues show: cat or
         not_cat; none with no model yet; "" when unknown (not ranked by this model yet)."""
         with self._state:
-            model, p = self.model, self.scores.get(picture) if self.ranked else None
+            model, scores = self.model, self.scores if self.ranked else {}
+            answer = answers_for(model, [picture], scores, self.open_set).get(picture)
         if model is None:
             return "none"
-        if p is None:
-            return ""
-        return "cat" if p >= model.threshold else "not_cat"
+        # unsure never: the page's decision has no unsure band
+        return answer.label if answer is not None else ""
 
     def confirm(self, picture: Path, label: str) -> int:
         """'The tag is right' on Review: recorded in reviewed.csv."""

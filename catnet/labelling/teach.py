@@ -77,16 +77,18 @@ def validation_pictures(run_dir: Path) -> list[Sample]:
 
 
 def accuracy_on(checkpoint: Path | Any, samples: list[Sample]) -> float:
-    """Share of samples the model (a checkpoint path or a CatnetModel) tags right, at its own
-    threshold; unreadable pictures count as wrong."""
-    from catnet.labelling.queue import score_pictures
+    """Share of samples the model (a checkpoint path or a CatnetModel) tags right, by its own
+    decision (threshold, open-set check: predict's labels); unreadable pictures count as
+    wrong."""
+    from catnet.labelling.queue import answers_for, score_and_check
     from catnet.predicting.prediction import CatnetModel, load_model
 
     if not samples:
         return float("nan")
     model = checkpoint if isinstance(checkpoint, CatnetModel) else load_model(checkpoint)
-    scores = score_pictures(model, [s.path for s in samples])
-    right = sum(
-        1 for s in samples if s.path in scores and int(scores[s.path] >= model.threshold) == s.label
-    )
+    paths = [s.path for s in samples]
+    found = score_and_check(model, paths)
+    answers = answers_for(model, paths, found.p_cat, found.open_set)
+    said = {p: int(a.label == "cat") for p, a in answers.items()}
+    right = sum(1 for s in samples if said.get(s.path) == s.label)
     return right / len(samples)

@@ -1,7 +1,10 @@
 """A network's forward pass on uint8 pictures, without gradients: the one place where decoded
-squares become logits, for training's validation, calibration, evaluate and predict."""
+squares become logits, for training's validation, calibration, evaluate and predict; and the one
+way to walk a table of pictures (a cache, a window of decoded files) batch by batch."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -30,6 +33,13 @@ def logits_for(
     return logits.cpu()
 
 
+def pixel_batches(pixels: np.ndarray, slots: np.ndarray, batch_size: int) -> Iterator[torch.Tensor]:
+    """pixels[slots] as (b, S, S, 3) uint8 tensors of up to batch_size pictures, in order
+    (pixels may be a memory-mapped cache: only one batch is read at a time)."""
+    for part in batches_of(len(slots), batch_size):
+        yield torch.from_numpy(np.ascontiguousarray(pixels[slots[part]]))
+
+
 def predict_logits(
     model: nn.Module,
     pixels: np.ndarray,
@@ -41,10 +51,10 @@ def predict_logits(
     mean: tuple = MEAN,
     std: tuple = STD,
 ) -> torch.Tensor:
-    """Logits for pixels[slots], batch by batch (pixels may be a memory-mapped cache)."""
+    """Logits (n,) for pixels[slots], batch by batch."""
     model.eval()
-    out = []
-    for part in batches_of(len(slots), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[slots[part]]))
-        out.append(logits_for(model, batch, image_size, compute, tta, mean, std))
+    out = [
+        logits_for(model, batch, image_size, compute, tta, mean, std)
+        for batch in pixel_batches(pixels, slots, batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0)

@@ -9,7 +9,7 @@ from torch import nn
 
 from catnet.errors import CatnetError
 from catnet.models.checkpoint import load_checkpoint
-from catnet.models.networks import CNN, MLP, build_model, count_parameters
+from catnet.models.networks import CNN, MLP, count_parameters, network_from
 
 REGULARIZERS = (
     "weight_decay",
@@ -115,7 +115,7 @@ def describe(path: str | Path) -> dict[str, Any]:
     """Everything `catnet info` shows, as plain data (also what --json prints)."""
     payload = load_checkpoint(path)
     arch = payload["arch"]
-    model = build_model(arch)
+    model = network_from(payload)
     by_type = {"mlp": mlp_layers, "cnn": cnn_layers, "pretrained": pretrained_layers}
     layers = by_type[arch["type"]](model, arch)  # type: ignore[operator]
     total = count_parameters(model)

@@ -134,6 +134,14 @@ def build_model(arch: dict[str, Any]) -> nn.Module:
     raise ValueError(f"unknown model type {arch['type']!r}")
 
 
+def network_from(payload: dict[str, Any]) -> nn.Module:
+    """A checkpoint's network with its trained weights (on the CPU, in train mode): the one
+    way from a checkpoint (models.checkpoint.load_checkpoint) to a module."""
+    model = build_model(payload["arch"])
+    model.load_state_dict(payload["state_dict"])
+    return model
+
+
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """Fold every batch norm into the conv before it (eval mode only): the same outputs up to
     rounding, one pass over the activations instead of two. Used by predict and evaluate."""

@@ -2,10 +2,11 @@
 
 The exported graph takes what `load_model(...).module` takes — normalised float pixels
 (B, 3, image_size, image_size) — and returns the same logits (B,). The preprocessing constants
-(sizes, mean, std), threshold and temperature travel in the file's metadata, so a server can
-reproduce p(cat) = sigmoid(logit / temperature) and the decision exactly. A checkpoint with the
-open-set check exports a second output, unfamiliar_score (B,), and the rule in the metadata
-(open_set): unfamiliar when the score is above its threshold, and then never cat.
+(sizes, mean, std) and the decision (scoring.decision: threshold, temperature, the open-set
+rule) travel in the file's metadata, so a server can reproduce p(cat) and predict's label
+exactly. A checkpoint with the open-set check exports a second output, unfamiliar_score (B,),
+computed in the graph (the user's tagged pictures included), and the rule in the metadata:
+unfamiliar when the score is above its threshold, and then never cat.
 """
 
 from __future__ import annotations
@@ -22,36 +23,40 @@ import torch
 from catnet.errors import CatnetError
 from catnet.predicting.prediction import CatnetModel, load_model
 from catnet.runtime.files import atomic_write
+from catnet.scoring.decision import RULE, Decision
 from catnet.scoring.openset import WithOpenSet
 
 
 def metadata(model: CatnetModel) -> dict[str, str]:
+    """The preprocessing and the decision (scoring.decision: the rule predict applies,
+    stated by the same code) as strings; "decision" holds the whole rule as JSON."""
     pre = model.payload["preprocessing"]
+    decision = model.decision()
     return {
         "catnet_version": str(model.payload["catnet_version"]),
         "model_hash": model.hash,
         "input": "float32 (batch, 3, image_size, image_size), RGB, (pixel/255 - mean) / std",
-        "output": "logits (batch,); p(cat) = sigmoid(logit / temperature); cat if p >= threshold",
+        "output": f"logits (batch,); {RULE}",
         "image_size": str(pre["image_size"]),
         "decode_size": str(pre["decode_size"]),
         "resize": str(pre.get("resize", "")),
         "mean": json.dumps(pre["mean"]),
         "std": json.dumps(pre["std"]),
-        "threshold": str(model.threshold),
-        "temperature": str(model.temperature),
         "classes": json.dumps(model.payload["classes"]),
-        **_open_set_metadata(model),
+        **decision.metadata(),
+        **_open_set_metadata(model, decision),
     }
 
 
-def _open_set_metadata(model: CatnetModel) -> dict[str, str]:
+def _open_set_metadata(model: CatnetModel, decision: Decision) -> dict[str, str]:
     if model.open_set is None:
         return {}
     rule = {
         "output": "unfamiliar_score",
-        "threshold": model.open_set.threshold,
+        "threshold": decision.unfamiliar_above,
         "k": model.open_set.k,
-        "rule": "unfamiliar if unfamiliar_score > threshold; an unfamiliar picture is never cat",
+        "rule": "unfamiliar if unfamiliar_score > threshold; an unfamiliar picture is never cat "
+        "(a picture the user tagged, or one with its content, scores as familiar)",
     }
     return {"open_set": json.dumps(rule)}
 

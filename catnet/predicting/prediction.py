@@ -23,11 +23,12 @@ from catnet.data.decoding import Decoded
 from catnet.data.pixels import to_square_rgb
 from catnet.errors import DecodeError
 from catnet.models.checkpoint import load_checkpoint
-from catnet.models.forward import logits_for
-from catnet.models.networks import build_model, fuse_for_inference
+from catnet.models.forward import logits_for, pixel_batches
+from catnet.models.networks import fuse_for_inference, network_from
 from catnet.predicting.outputs import Prediction
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import Compute, select_compute, setup_threads
+from catnet.scoring.decision import Answer, Decision, probabilities
 from catnet.scoring.openset import KEY as OPEN_SET_KEY
 from catnet.scoring.openset import OpenSetCheck, capture_features, mean_features
 
@@ -39,8 +40,7 @@ class CatnetModel:
         self.path = path
         self.payload = payload
         self.compute: Compute = select_compute(device, "auto")
-        self.module: nn.Module = build_model(payload["arch"])
-        self.module.load_state_dict(payload["state_dict"])
+        self.module: nn.Module = network_from(payload)
         self.module.to(self.compute.device, memory_format=torch.channels_last).eval()
         # The same network with batch norm folded into the convs: what predict and evaluate run.
         self.inference_module = fuse_for_inference(copy.deepcopy(self.module))
@@ -55,9 +55,18 @@ class CatnetModel:
         # None for checkpoints written before the open-set check existed: the check is off.
         self.open_set = OpenSetCheck.from_payload(payload.get(OPEN_SET_KEY), self.compute.device)
 
+    def decision(
+        self, threshold: float = -1.0, unsure: Any = None, open_set: bool = True
+    ) -> Decision:
+        """How this model answers (scoring.decision), under a command's settings: threshold
+        < 0 = the checkpoint's, an unsure band (low, high) or none, open_set False: no check."""
+        check = self.open_set.threshold if self.open_set is not None else None
+        own = Decision(self.threshold, self.temperature, None, check)
+        return own.with_settings(threshold, unsure, open_set)
+
     def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
-        return torch.sigmoid(self.logits_and_scores(batch_u8, tta, False)[0] / self.temperature)
+        return probabilities(self.logits_and_scores(batch_u8, tta, False)[0], self.temperature)
 
     def logits_and_scores(
         self, batch_u8: torch.Tensor, tta: bool | None = None, open_set: bool = True
@@ -75,26 +84,21 @@ class CatnetModel:
             return logits, None
         return logits, check.scores(mean_features(seen, len(batch_u8))).cpu()
 
-    def is_unfamiliar(self, score: float | None) -> bool | None:
-        """None where no score exists (check off, or a checkpoint without it)."""
-        if score is None or self.open_set is None:
-            return None
-        return bool(score > self.open_set.threshold)
-
-    def label_for(
+    def logits_and_scores_of(
         self,
-        p_cat: float,
-        threshold: float | None = None,
-        unsure: tuple[float, float] | None = None,
-        unfamiliar: bool | None = None,
-    ) -> str:
-        """An unfamiliar picture is never a cat: not_cat, or unsure when the user asked for an
-        unsure range (so that someone looks at it)."""
-        if unfamiliar:
-            return "unsure" if unsure else "not_cat"
-        if unsure and unsure[0] <= p_cat <= unsure[1]:
-            return "unsure"
-        return "cat" if p_cat >= (self.threshold if threshold is None else threshold) else "not_cat"
+        pixels: np.ndarray,
+        slots: np.ndarray,
+        batch_size: int,
+        tta: bool | None = None,
+        open_set: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """logits_and_scores for pixels[slots] (n,), batch by batch (pixels may be a cache)."""
+        logits, scores = [torch.zeros(0)], []
+        for batch in pixel_batches(pixels, slots, batch_size):
+            lg, sc = self.logits_and_scores(batch, tta, open_set)
+            logits.append(lg)
+            scores += [] if sc is None else [sc]
+        return torch.cat(logits), torch.cat(scores) if scores else None
 
     def predict(
         self,
@@ -120,15 +124,13 @@ class CatnetModel:
             except DecodeError as exc:
                 preds.append(Prediction(name, "error", None, exc.reason))
         if pixels:
-            logits, scores = self.logits_and_scores(
-                torch.from_numpy(np.stack(pixels)), tta, open_set
+            batch = torch.from_numpy(np.stack(pixels))
+            decided = self.decision(open_set=open_set).decide(
+                *self.logits_and_scores(batch, tta, open_set)
             )
-            probs = torch.sigmoid(logits / self.temperature).tolist()
-            for n, (j, p) in enumerate(zip(where, probs, strict=True)):
-                score = None if scores is None else float(scores[n])
-                unfamiliar = self.is_unfamiliar(score)
-                preds[j].p_cat, preds[j].label = p, self.label_for(p, unfamiliar=unfamiliar)
-                preds[j].unfamiliar, preds[j].unfamiliar_score = unfamiliar, score
+            for j, answer in zip(where, decided.answers(), strict=True):
+                preds[j] = Prediction(preds[j].path, answer.label, answer.p_cat, "",
+                                      answer.unfamiliar, answer.score)  # fmt: skip
         return preds
 
 
@@ -153,7 +155,7 @@ def predict(
     cfg = cfg or PredictConfig()
     model = checkpoint if isinstance(checkpoint, CatnetModel) else load_model(checkpoint)
     setup_threads()
-    threshold = model.threshold if cfg.threshold < 0 else cfg.threshold
+    decision = model.decision(cfg.threshold, unsure, cfg.open_set)
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
     reader = reader or DecodeAhead(inputs, model.decode_size, cfg, skip)
     reader.resize(model.decode_size)
@@ -166,70 +168,58 @@ def predict(
             chunk, results = reader.take()
             if not chunk:
                 break
-            probs = decoded_probabilities(model, results, cfg.batch_size, cfg.tta, cfg.open_set)
+            answers = decoded_answers(model, decision, results, cfg.batch_size, cfg.tta)
             reader.start_next()
-            for pred in to_predictions(model, chunk, results, probs, threshold, unsure):
+            for pred in to_predictions(chunk, results, answers):
                 counts[pred.label] += 1
                 if on_row:
                     on_row(pred)
-    return run_summary(model, cfg, counts, threshold)
+    return run_summary(model, decision, counts)
 
 
-def run_summary(
-    model: CatnetModel, cfg: PredictConfig, counts: dict[str, int], threshold: float
-) -> dict[str, Any]:
+def run_summary(model: CatnetModel, decision: Decision, counts: dict[str, int]) -> dict[str, Any]:
     """What a predict run returns, however it ran (here, or on Ray)."""
     return {
         "counts": counts,
         "errors": counts["error"],
         "model": model.hash,
-        "threshold": threshold,
-        "open_set": bool(cfg.open_set and model.open_set),
+        "threshold": decision.threshold,
+        "open_set": decision.checks,
     }
 
 
 def to_predictions(
-    model: CatnetModel,
-    paths: Iterable[str | Path],
-    results: Iterable[Decoded],
-    probs: Iterable[tuple[float | None, float | None]],
-    threshold: float,
-    unsure: tuple[float, float] | None = None,
+    paths: Iterable[str | Path], results: Iterable[Decoded], answers: Iterable[Answer | None]
 ) -> Iterator[Prediction]:
-    """One Prediction per decoded file: its label from p(cat), the threshold, the unsure range
-    and the open-set check, or an error row with the decoder's reason. Shared by predict and
-    catnet.distributed, so both write the same rows."""
-    for path, result, (p, score) in zip(paths, results, probs, strict=True):
-        if p is None:
+    """One Prediction per decoded file: its answer, or an error row with the decoder's reason
+    (no answer). Shared by predict and catnet.distributed, so both write the same rows."""
+    for path, result, answer in zip(paths, results, answers, strict=True):
+        if answer is None:
             yield Prediction(str(path), "error", None, result.reason)
         else:
-            unfamiliar = model.is_unfamiliar(score)
-            label = model.label_for(p, threshold, unsure, unfamiliar)
-            yield Prediction(str(path), label, p, "", unfamiliar, score)
+            yield Prediction(str(path), answer.label, answer.p_cat, "", answer.unfamiliar,
+                             answer.score)  # fmt: skip
 
 
-def decoded_probabilities(
+def decoded_answers(
     model: CatnetModel,
+    decision: Decision,
     results: list[Decoded],
     batch_size: int,
     tta: bool | None,
-    open_set: bool = True,
-) -> list[tuple[float | None, float | None]]:
-    """(p(cat), open-set score) for each decoded result; p is None where decoding failed, the
-    score is None where the check is off."""
+) -> list[Answer | None]:
+    """The decision's answer for each decoded result; None where decoding failed."""
     s = model.decode_size
     good = [i for i, r in enumerate(results) if r.pixels is not None]
-    probs: list[tuple[float | None, float | None]] = [(None, None)] * len(results)
+    answers: list[Answer | None] = [None] * len(results)
     if not good:
-        return probs
+        return answers
     # (n_good, s, s, 3) uint8: one copy out of the decoders' byte strings
     pixels = np.stack([np.frombuffer(results[i].pixels or b"", dtype=np.uint8) for i in good])
-    pixels = torch.from_numpy(pixels.reshape(len(good), s, s, 3))
-    values: list[tuple[float | None, float | None]] = []
-    for start in range(0, len(good), batch_size):
-        logits, scores = model.logits_and_scores(pixels[start : start + batch_size], tta, open_set)
-        p = torch.sigmoid(logits / model.temperature).tolist()
-        values += zip(p, scores.tolist() if scores is not None else [None] * len(p), strict=True)
-    for i, value in zip(good, values, strict=True):
-        probs[i] = value
-    return probs
+    pixels = pixels.reshape(len(good), s, s, 3)
+    logits, scores = model.logits_and_scores_of(
+        pixels, np.arange(len(good)), batch_size, tta, decision.checks
+    )
+    for i, answer in zip(good, decision.decide(logits, scores).answers(), strict=True):
+        answers[i] = answer
+    return answers

@@ -7,8 +7,14 @@ from typing import Any
 import torch
 
 
-def confusion(probs: torch.Tensor, labels: torch.Tensor, threshold: float) -> dict[str, int]:
-    pred = probs >= threshold
+def confusion(
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float,
+    answers: torch.Tensor | None = None,
+) -> dict[str, int]:
+    """Counts of the answers (n,) bool, True = cat (default: p(cat) >= threshold)."""
+    pred = answers.bool() if answers is not None else probs >= threshold
     truth = labels.bool()
     return {
         "tp": int((pred & truth).sum()),
@@ -37,11 +43,15 @@ def roc_auc(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def binary_metrics(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float = 0.5,
+    answers: torch.Tensor | None = None,
 ) -> dict[str, Any]:
-    """accuracy, precision, recall, f1, roc_auc and the confusion counts at `threshold`."""
+    """accuracy, precision, recall, f1 and the confusion counts of the answers (n,) bool
+    (scoring.decision's; default: p(cat) >= threshold), and roc_auc of p(cat)'s ranking."""
     probs, labels = probs.detach().float().cpu(), labels.detach().long().cpu()
-    c = confusion(probs, labels, threshold)
+    c = confusion(probs, labels, threshold, None if answers is None else answers.cpu())
     n = len(labels)
     precision = c["tp"] / (c["tp"] + c["fp"]) if c["tp"] + c["fp"] else 0.0
     recall = c["tp"] / (c["tp"] + c["fn"]) if c["tp"] + c["fn"] else 0.0
@@ -130,16 +140,16 @@ def pick_threshold(probs: torch.Tensor, labels: torch.Tensor, rule: str) -> dict
 
 
 def unsure_metrics(
-    probs: torch.Tensor, labels: torch.Tensor, low: float, high: float, threshold: float
+    cat: torch.Tensor, unsure: torch.Tensor, labels: torch.Tensor, band: tuple[float, float]
 ) -> dict:
-    """Accuracy on the pictures outside [low, high] (the sure ones) and the share inside."""
-    unsure = (probs >= low) & (probs <= high)
+    """Accuracy on the pictures answered cat or not_cat (the sure ones: `unsure` (n,) False)
+    and the share answered unsure; cat (n,) bool: the answer, True = cat."""
     sure = ~unsure
     n_sure = int(sure.sum())
-    correct = ((probs[sure] >= threshold).long() == labels[sure].long()).sum()
+    correct = (cat[sure].long() == labels[sure].long()).sum()
     return {
-        "unsure_range": [low, high],
-        "unsure_rate": float(unsure.float().mean()) if len(probs) else 0.0,
+        "unsure_range": list(band),
+        "unsure_rate": float(unsure.float().mean()) if len(cat) else 0.0,
         "sure_accuracy": float(correct) / n_sure if n_sure else 0.0,
         "n_sure": n_sure,
     }

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from catnet.config import TrainConfig
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 from catnet.models.forward import predict_logits
-from catnet.models.networks import build_model, count_parameters
+from catnet.models.networks import count_parameters, network_from
 from catnet.runtime.compute import Compute
 from catnet.scoring.calibration import fit_temperature
+from catnet.scoring.decision import probabilities
 from catnet.scoring.metrics import binary_metrics
 from catnet.scoring.openset import KEY as OPEN_SET_KEY
 from catnet.scoring.openset import OpenSetCheck, capture_features, fit_open_set, mean_features
@@ -65,14 +66,14 @@ def finalize_run(
     cfg, run_dir, data, compute, state = run.cfg, run.run_dir, run.data, run.compute, run.state
     best_path = run_dir / "best.pt"
     payload = load_checkpoint(best_path)
-    model = build_model(payload["arch"]).to(compute.device, memory_format=torch.channels_last)
-    model.load_state_dict(payload["state_dict"])
+    model = network_from(payload).to(compute.device, memory_format=torch.channels_last)
     labels = torch.from_numpy(data.val_labels)
     val, train_accuracy, check = _measure_splits(cfg, data, compute, model, split_logits, split_net)
+    check.remember_tagged(_features(model, data, data.tagged_slots, compute, cfg))
     temperature = fit_temperature(val["logits"], labels)
     if payload["arch"]["type"] == "pretrained" and len(labels) < MIN_CALIBRATION_PICTURES:
         temperature = 1.0
-    probs = torch.sigmoid(val["logits"] / temperature)
+    probs = probabilities(val["logits"], temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
     share = float(data.train_labels.mean())
     metrics.update(
@@ -148,6 +149,18 @@ def _measure_splits(
         seed=cfg.seed,
     )  # fmt: skip
     return val, train_accuracy, check
+
+
+def _features(
+    model: torch.nn.Module, data: PreparedData, slots: np.ndarray, compute: Compute,
+    cfg: TrainConfig,
+) -> torch.Tensor:  # fmt: skip
+    """(n, F) penultimate features of pixels[slots], as predict computes them (flip-averaged
+    with TTA): the pictures a person tagged, for the open-set check."""
+    with capture_features(model) as seen:
+        predict_logits(model, data.pixels, slots, data.eval_size, compute, cfg.batch_size * 2,
+                       cfg.tta, data.mean, data.std)  # fmt: skip
+    return mean_features(seen, len(slots))
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:

@@ -39,6 +39,9 @@ class PreparedData:
     std: tuple = STD
     train_paths: list[Path] = field(default_factory=list)  # the file behind each train slot
     val_paths: list[Path] = field(default_factory=list)
+    # (m,) rows of pixels a person tagged (catnet correct, catnet label's answers and
+    # confirmations): the open-set check counts them as familiar (scoring.openset)
+    tagged_slots: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
 
 def auto_image_size(samples: list[Sample], cap: int, seed: int = 0) -> int:
@@ -124,6 +127,7 @@ def prepare_data(
         std=tuple(std),
         train_paths=train_paths,
         val_paths=[samples[i].path for i in val_idx],
+        tagged_slots=table.slots[_tagged(samples, np.concatenate([train_idx, val_idx]), dataset)],
     )
 
 
@@ -142,6 +146,16 @@ def _scan(cfg: TrainConfig) -> tuple[Dataset, set[str]]:
         dataset.val = [s for s in dataset.val if s not in moved]
         dataset.train = dataset.train + moved
     return dataset, corrected
+
+
+def _tagged(samples: list[Sample], readable: np.ndarray, dataset: Dataset) -> np.ndarray:
+    """(m,) indices (among readable) of the samples a person tagged: every logged correction,
+    lesson or not, and every confirmation."""
+    by_hand = corrected_paths(dataset.root, lessons_only=False) | reviewed_paths(dataset.root)
+    if not by_hand:
+        return np.zeros(0, dtype=np.int64)
+    rows = [i for i in readable.tolist() if str(samples[i].path.resolve()) in by_hand]
+    return np.array(rows, dtype=np.int64)
 
 
 def _resolve_image_size(cfg: TrainConfig, dataset: Dataset) -> tuple[tuple, tuple]:

@@ -73,14 +73,16 @@ def pixels(run: Run, resume: dict[str, Any] | None) -> tuple[EpochFn, Finalize]:
 
 
 def _pixel_network(cfg: TrainConfig, data: PreparedData, compute: Compute) -> nn.Module:
-    from catnet.models.networks import architecture_from_config, build_model
+    from catnet.models.networks import architecture_from_config, build_model, network_from
 
-    model = build_model(architecture_from_config(cfg, data.image_size))
-    if cfg.init_from:  # fine-tuning: start from a trained network of the same architecture
+    arch = architecture_from_config(cfg, data.image_size)
+    if not cfg.init_from:
+        model = build_model(arch)
+    else:  # fine-tuning: start from a trained network of the same architecture
         payload = load_checkpoint(cfg.init_from)
-        if payload["arch"] != architecture_from_config(cfg, data.image_size):
+        if payload["arch"] != arch:
             raise CatnetError(f"{cfg.init_from} has another architecture than this config")
-        model.load_state_dict(payload["state_dict"])
+        model = network_from(payload)
     return model.to(compute.device, memory_format=torch.channels_last)
 
 
