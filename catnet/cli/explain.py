@@ -45,9 +45,9 @@ def explain(
             print(json.dumps(row.as_dict()), flush=True)  # ensure_ascii: any file name is valid
             return
         if row.error:
-            line = f"{'':>7}  {'error':<8} {row.input}  ({row.error})"
+            line = f"{'':>7}  {'error':<8} {row.path}  ({row.error})"
         else:
-            line = f"{row.p_cat:>7.4f}  {row.label:<8} {row.input} -> {row.output}"
+            line = f"{row.p_cat:>7.4f}  {row.label:<8} {row.path} -> {row.output}"
         stdout.print(printable(line), highlight=False, markup=False)
 
     summary = explain_files(model, paths, out, cfg, on_row)

@@ -167,24 +167,43 @@ def _target_dir(base: Path, label: str) -> Path:
 
 
 def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Correction]:
-    """Apply a file whose `label` column the user edited. A row is a correction when its label
-    (cat or not_cat) differs from the label it was written with: the folder's tag for
-    evaluate's mistakes.csv (it has folder_label), the model's answer for predict's output."""
+    """Apply a file of rows in which the user wrote the right answers: `truth` in evaluate's
+    mistakes.csv (written as the folder's tag), `label` in predict's rows (written as the
+    model's answer). A row is a correction where that column no longer says what it was written
+    with, so an unedited file changes nothing. Files written before the columns were renamed
+    read too: a mistakes.csv whose `label` was the tag (with `folder_label`), rows naming the
+    picture `input` (explain's index.csv)."""
     rows_file = Path(rows_file)
     if not rows_file.is_file():
         raise CatnetError(f"file not found: {rows_file}")
     done = []
     with rows_file.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         for row in csv.DictReader(fh):
-            label = (row.get("label") or "").strip()
-            if label not in LABELS or not row.get("path") or not row.get("p_cat"):
-                continue
-            threshold = float(row.get("threshold") or 0.5)
-            predicted = "cat" if float(row["p_cat"]) >= threshold else "not_cat"
-            original = row["folder_label"] if row.get("folder_label") else predicted
-            if label != original:
-                done += correct(data_dir, [row["path"]], label, model_label=predicted)
+            path = row.get("path") or row.get("input")
+            if not path or not row.get("p_cat"):
+                continue  # an error row: the model gave no answer
+            said = _model_answer(row)
+            right, written = _edited(row, said)
+            if right in LABELS and right != written:
+                done += correct(data_dir, [path], right, model_label=said)
     return done
+
+
+def _model_answer(row: dict[str, str]) -> str:
+    """The model's answer in a row, recovered from p_cat and threshold (the label may have been
+    edited since): an unfamiliar picture is never cat, as in predict and evaluate."""
+    if (row.get("unfamiliar") or "").strip() == "true":
+        return "not_cat"
+    return "cat" if float(row["p_cat"]) >= float(row.get("threshold") or 0.5) else "not_cat"
+
+
+def _edited(row: dict[str, str], said: str) -> tuple[str, str]:
+    """(the answer the row gives now, the one it was written with)."""
+    if (row.get("truth") or "").strip():  # mistakes.csv: each row's tag was not the answer
+        return row["truth"].strip(), "not_cat" if said == "cat" else "cat"
+    if row.get("folder_label"):  # mistakes.csv before `truth`: label was the tag
+        return (row.get("label") or "").strip(), row["folder_label"]
+    return (row.get("label") or "").strip(), said
 
 
 def corrected_paths(data_dir: str | Path) -> set[str]:

@@ -5,6 +5,7 @@ sheet. Rows go to a callback as soon as they exist; an unreadable file is an err
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import os
 import time
@@ -27,12 +28,10 @@ from catnet.predicting.prediction import CatnetModel
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
 
-COLUMNS = ("input", "output", "p_cat", "label", "explained", "method", "error")
-
 
 @dataclass
 class ExplainRow:
-    input: str
+    path: str  # the picture, named as in every row catnet writes
     output: str  # the PNG written, "" for an error row
     p_cat: float | None
     label: str  # cat, not_cat or error
@@ -43,6 +42,11 @@ class ExplainRow:
     def as_dict(self) -> dict[str, Any]:
         p = None if self.p_cat is None else round(self.p_cat, 6)
         return {**self.__dict__, "p_cat": p}
+
+
+COLUMNS = tuple(
+    f.name for f in dataclasses.fields(ExplainRow)
+)  # index.csv: a new field is a column
 
 
 def output_root(inputs: Iterable[str]) -> Path:
