@@ -23,6 +23,9 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "bf16", "fp32")
+# evaluate's and predict's --batch-size: one forward pass, the same job. explain's is half: its
+# backward pass keeps every picture's activations until the maps are made.
+INFERENCE_BATCH_SIZE = 64
 
 
 def setting(default: Any, help: str) -> Any:
@@ -173,7 +176,7 @@ class TrainConfig:
 @dataclass
 class EvaluateConfig:
     threshold: float = setting(-1.0, "Decision threshold (< 0 = the checkpoint's).")
-    batch_size: int = setting(128, "Pictures per forward pass.")
+    batch_size: int = setting(INFERENCE_BATCH_SIZE, "Pictures per forward pass.")
     tta: bool | None = setting(None, "Average each picture with its mirror [default: as trained].")
     cache: bool = setting(True, "Reuse (and keep) decoded pixels in the cache.")
     cache_dir: str = setting("", "Cache folder [default: $CATNET_CACHE or ~/.cache/catnet].")
@@ -184,15 +187,14 @@ class EvaluateConfig:
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
     # The open-set check: a picture unlike every training picture is never "cat" (README,
-    # "Unlike anything I saw"). Checkpoints from before it have no check to turn on. The CLI
-    # spells it `--open-set on|off` (an explicit option in cli/commands.py).
+    # "Unlike anything I saw"). Checkpoints from before it have no check to turn on.
     open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
 
 
 @dataclass
 class PredictConfig:
     threshold: float = setting(-1.0, "Decision threshold (< 0 = the checkpoint's).")
-    batch_size: int = setting(64, "Pictures per forward pass.")
+    batch_size: int = setting(INFERENCE_BATCH_SIZE, "Pictures per forward pass.")
     tta: bool | None = setting(None, "Average each picture with its mirror [default: as trained].")
     workers: int = setting(0, "Decoding processes (0 = one per core).")
     max_image_pixels: int = setting(
@@ -213,7 +215,7 @@ class ExplainConfig:
     target: str = setting(
         "predicted", "Which side each map shows: predicted (each answer's), cat or not_cat."
     )
-    batch_size: int = setting(32, "Pictures per forward + backward pass.")
+    batch_size: int = setting(INFERENCE_BATCH_SIZE // 2, "Pictures per forward + backward pass.")
     workers: int = setting(0, "Decoding processes (0 = one per core).")
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
@@ -240,12 +242,14 @@ class LabelConfig:
     )
     first_epochs: int = setting(30, "Epochs of the first model when Teach starts with no model.")
     # The pretrained default learns most from the few pictures tagged at the start (README,
-    # "Labelling order": 98 % after 20 labels, against ~60 % for the CNN).
-    first_model: str = setting("pretrained", "Network of that first model: pretrained, cnn or mlp.")
+    # "Labelling order": 98 % after 20 labels, against ~60 % for the CNN). `model` is the network
+    # here as in TrainConfig; the checkpoint to start from is the CLI's --checkpoint.
+    model: str = setting("pretrained", "Network of that first model: pretrained, cnn or mlp.")
     seed: int = setting(0, "Seed of the random order shown before there is a model.")
     max_upload_mb: float = setting(20.0, "Largest picture the Try page accepts, in MB.")
 
     def validate(self) -> None:
+        _choice("model", self.model, MODELS)
         _range("port", self.port, 0, 65535)
         _range("epochs", self.epochs, 0, 10_000)
         _range("first_epochs", self.first_epochs, 1, 10_000)

@@ -274,7 +274,7 @@ def test_predict_sort_into_refused(tmp_path: Path, trained: TrainedRun) -> None:
 @pytest.mark.parametrize(
     ("needle", "args", "words"),
     [
-        ("new.pt", ["--pick-threshold", "f1", "--save-to", "new.pt"], ["checkpoint", "new.pt"]),
+        ("new.pt", ["--pick-threshold", "f1", "--output", "new.pt"], ["checkpoint", "new.pt"]),
         ("mistakes.csv", ["--report", "report"], ["mistakes.csv"]),
         ("index.html", ["--report", "report"], ["index.html"]),
     ],
@@ -295,7 +295,7 @@ def test_export_refused_keeps_the_previous_export(tmp_path: Path, trained: Train
     out = tmp_path / "model.ts"
     out.write_bytes(b"the previous export")
     result = faulty_cli(tmp_path, "model.ts", errno.ENOSPC, "export", trained.best,
-                        "--format", "torchscript", "--out", out)  # fmt: skip
+                        "--format", "torchscript", "--output", out)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the export to", "model.ts", "no space left")
     assert out.read_bytes() == b"the previous export"

@@ -4,12 +4,19 @@ answer (`truth` the folder's tag); files written with the older names still read
 from __future__ import annotations
 
 import csv
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import write_class
+from typer.main import get_command
+from typer.testing import CliRunner
 
+from catnet.cli import app
+from catnet.config import INFERENCE_BATCH_SIZE, EvaluateConfig, ExplainConfig, PredictConfig
 from catnet.curation.corrections import correct_from_file
+from catnet.errors import CatnetError
 
 
 @pytest.fixture
@@ -71,3 +78,103 @@ def test_rows_naming_the_picture_input_still_read(data: Path, tmp_path: Path) ->
             "label": "not_cat", "explained": "cat", "method": "grad-cam", "error": ""}]  # fmt: skip
     (done,) = correct_from_file(data, rows_file(tmp_path / "index.csv", old))
     assert done.new_label == "not_cat" and done.dest == data / "not_cat" / "cats_0.png"
+
+
+# --- flags ------------------------------------------------------------------------------------
+
+
+def commands() -> dict[str, Any]:
+    """Every click command by its name as typed (`cache info` for a group's)."""
+    found = {}
+    for name, command in get_command(app).commands.items():  # type: ignore[attr-defined]
+        subs = getattr(command, "commands", None) or {"": command}
+        for sub, cmd in subs.items():
+            found[f"{name} {sub}".strip()] = cmd
+    return found
+
+
+def options(command: Any) -> dict[str, Any]:
+    return {o: p for p in command.params for o in (*p.opts, *p.secondary_opts)}
+
+
+def test_a_folder_is_out_and_a_file_is_output() -> None:
+    where = {"train": "--out", "finetune": "--out", "tune": "--out", "demo": "--out",
+             "explain": "--out", "label": "--out", "predict": "--output", "evaluate": "--output",
+             "export": "--output"}  # fmt: skip
+    for name, command in commands().items():
+        flags = options(command)
+        assert "--save-to" not in flags, name
+        if name in where:
+            assert where[name] in flags, name
+        if "--output" in flags:
+            assert flags["-o"] is flags["--output"], name  # -o is always --output
+        if "--out" in flags and "--output" in flags:
+            raise AssertionError(f"{name} has both --out and --output")
+
+
+def test_model_is_always_a_network_and_a_checkpoint_never_a_flag_named_model() -> None:
+    for name, command in commands().items():
+        flags = options(command)
+        assert "--first-model" not in flags, name
+        if "--model" in flags:  # train, tune, label (its first model): the network's kind
+            assert "cnn" in flags["--model"].help, name
+    assert "--checkpoint" in options(commands()["label"])
+
+
+def test_on_off_switches_are_flag_pairs() -> None:
+    for name in ("predict", "evaluate"):
+        flags = options(commands()[name])
+        assert flags["--open-set"] is flags["--no-open-set"], name
+    for name, command in commands().items():
+        for param in command.params:
+            assert "on or off" not in (getattr(param, "help", "") or ""), (name, param.name)
+
+
+def test_inference_jobs_share_one_batch_size() -> None:
+    assert EvaluateConfig().batch_size == PredictConfig().batch_size == INFERENCE_BATCH_SIZE
+    assert ExplainConfig().batch_size == INFERENCE_BATCH_SIZE // 2  # forward + backward
+
+
+def test_every_job_with_a_config_dataclass_takes_config() -> None:
+    for name in ("train", "evaluate", "predict", "explain", "label", "tune"):
+        flags = options(commands()[name])
+        assert flags["--config"] is flags["-c"], name
+
+
+def test_predict_and_evaluate_read_their_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags over the file over the defaults, as for train."""
+    import catnet.cli.predict_view
+    import catnet.evaluating.evaluation
+
+    seen: list[Any] = []
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        seen.append(next(a for a in args if isinstance(a, EvaluateConfig | PredictConfig)))
+        raise CatnetError("stop here")
+
+    monkeypatch.setattr(catnet.cli.predict_view, "run_prediction", stop)
+    monkeypatch.setattr(catnet.evaluating.evaluation, "evaluate", stop)
+    config = tmp_path / "c.toml"
+    config.write_text("threshold = 0.7\nworkers = 3\nopen_set = true\n")
+    for command in ("predict", "evaluate"):
+        args = [command, "m.pt", str(tmp_path), "-c", str(config), "--workers", "1"]
+        result = CliRunner().invoke(app, [*args, "--no-open-set"])
+        assert "stop here" in result.output, result.output
+    assert [(c.threshold, c.workers, c.open_set) for c in seen] == [(0.7, 1, False)] * 2
+
+
+def test_every_flag_in_the_readme_command_lines_exists() -> None:
+    known = commands()
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    checked = 0
+    for line in text.splitlines():
+        for match in re.finditer(r"\bcatnet ((?:cache )?[a-z]+)\b([^#`|]*)", line):
+            if match.group(1) not in known:
+                continue
+            flags = options(known[match.group(1)])
+            for flag in re.findall(r"(?<![\w-])--?[a-z][a-z-]*", match.group(2)):
+                assert flag in flags or flag == "--help", (match.group(1), flag, line)
+                checked += 1
+    assert checked > 50

@@ -91,15 +91,6 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _on_off(flag: str, text: str | None) -> bool | None:
-    """--open-set on|off -> True/False; None = not given (the config's value stands)."""
-    if text is None:
-        return None
-    if text.lower() not in ("on", "off"):
-        raise CatnetError(f"{flag} takes on or off, not {text!r}")
-    return text.lower() == "on"
-
-
 def _unsure_range(text: str | None) -> list[float] | None:
     if text is None:
         return None

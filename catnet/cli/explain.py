@@ -10,7 +10,7 @@ from typing import Any
 import typer
 
 from catnet.cli.app import app, console, friendly_errors, stdout
-from catnet.cli.options import config_options, overrides
+from catnet.cli.options import config_file, config_options, overrides
 from catnet.config import ExplainConfig
 from catnet.errors import EXIT_SOME_FAILED
 
@@ -25,6 +25,7 @@ def explain(
         Path("explain"), "--out", help="Folder for the PNGs, index.csv and contact_sheet.png."
     ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
+    config: Path | None = config_file(ExplainConfig),
     **settings: Any,
 ) -> None:
     """Show which pixels made the network say cat (or not cat): one heatmap PNG per picture.
@@ -37,7 +38,7 @@ def explain(
     from catnet.explaining.explain_files import ExplainRow, explain_files
     from catnet.predicting.prediction import load_model
 
-    cfg = load_config(ExplainConfig, None, overrides(ExplainConfig, settings))
+    cfg = load_config(ExplainConfig, config, overrides(ExplainConfig, settings))
     model = load_model(checkpoint)
 
     def on_row(row: ExplainRow) -> None:

@@ -96,7 +96,7 @@ def tune(
 def export(
     checkpoint: Path = typer.Argument(..., help="A catnet checkpoint."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-    out: Path = typer.Option(..., "--out", help="File to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
     check: list[str] = typer.Option(None, help="Pictures (files/folders) to check the export on."),
 ) -> None:
     """Export the network (ONNX or TorchScript) with preprocessing in its metadata."""
@@ -106,14 +106,16 @@ def export(
     from catnet.predicting.outputs import expand_inputs
 
     pictures = list(islice(expand_inputs(check), 64)) if check else None
-    result = run_export(checkpoint, format, out, pictures)
+    result = run_export(checkpoint, format, output, pictures)
     console.print(
         f"wrote {result['path']}; max |logit difference| vs PyTorch {result['max_abs_diff']:.2e} "
         f"on {result['checked_on']} pictures",
         highlight=False,
     )
     if result["max_abs_diff"] > 1e-3:
-        raise CatnetError("the export does not reproduce PyTorch's logits", exit_code=1)
+        raise CatnetError(
+            "the export does not reproduce PyTorch's logits", exit_code=EXIT_SOME_FAILED
+        )
 
 
 @app.command()

@@ -26,7 +26,7 @@ class Prediction:
     p_cat: float | None
     error: str = ""
     # The open-set check: True = unlike every training picture (so never "cat"); None = not
-    # checked (--open-set off, a checkpoint from before the check, or an unreadable file).
+    # checked (--no-open-set, a checkpoint from before the check, or an unreadable file).
     unfamiliar: bool | None = None
     unfamiliar_score: float | None = None  # distance to the k-th nearest training picture
 
