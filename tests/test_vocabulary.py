@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_class
+from conftest import TrainedRun, make_dataset, write_class
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from catnet.cli import app
 from catnet.config import INFERENCE_BATCH_SIZE, EvaluateConfig, ExplainConfig, PredictConfig
 from catnet.curation.corrections import correct_from_file
-from catnet.errors import CatnetError
+from catnet.errors import EXIT_SOME_FAILED, EXIT_USAGE, CatnetError
 
 
 @pytest.fixture
@@ -178,3 +178,54 @@ def test_every_flag_in_the_readme_command_lines_exists() -> None:
                 assert flag in flags or flag == "--help", (match.group(1), flag, line)
                 checked += 1
     assert checked > 50
+
+
+# --- exit codes: 0 done, 1 done but some inputs unreadable, 2 the user's mistake ---------------
+
+
+@pytest.mark.parametrize("command", sorted(commands()))
+def test_a_bad_flag_exits_2(command: str) -> None:
+    result = CliRunner().invoke(app, [*command.split(), "--no-such-flag"])
+    assert result.exit_code == EXIT_USAGE, result.output
+
+
+MISSING = {  # each command with a path that does not exist
+    "train": ["missing"], "evaluate": ["missing.pt", "."], "predict": ["missing.pt", "."],
+    "explain": ["missing.pt", "."], "finetune": ["missing.pt", "."], "tune": ["missing"],
+    "export": ["missing.pt", "-o", "m.onnx"], "info": ["missing.pt"], "check": ["missing"],
+    "correct": ["missing", "--label", "cat", "a.png"], "label": ["missing"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(MISSING))
+def test_a_missing_path_exits_2(command: str) -> None:
+    result = CliRunner().invoke(app, [command, *MISSING[command]])
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "error:" in result.output and "missing" in result.output, result.output
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "explain", "check"])
+def test_unreadable_inputs_exit_1(command: str, trained: TrainedRun) -> None:
+    """trained.data holds cats/broken.jpg: the job is done for the others, and says so."""
+    given = [str(trained.data)] if command == "check" else [str(trained.best), str(trained.data)]
+    result = CliRunner().invoke(app, [command, *given])
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["train", "finetune", "tune"])
+def test_training_on_unreadable_inputs_exits_1(
+    command: str, trained: TrainedRun, tmp_path: Path
+) -> None:
+    data = make_dataset(tmp_path / "data", n_per_class=6, size=24)
+    (data / "cats" / "broken.jpg").write_text("not a picture")
+    tiny = ["--model", "cnn", "--width", "8", "--depth", "2", "--image-size", "24",
+            "--precision", "fp32", "--workers", "1"]  # fmt: skip
+    args = {
+        "train": ["train", str(data), *tiny, "--epochs", "1", "--out", "run"],
+        "finetune": ["finetune", str(trained.best), str(data), "--epochs", "1", "--out", "run"],
+        "tune": ["tune", str(data), "--model", "mlp", "--time-budget", "1", "--out", "tune"],
+    }[command]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == EXIT_SOME_FAILED, result.output
+    assert "unreadable" in result.output or "skipped" in result.output

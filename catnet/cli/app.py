@@ -73,6 +73,13 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def finish(problems: int) -> None:
+    """Exit 1 (catnet.errors.EXIT_SOME_FAILED) when a job that ran to its end met problems:
+    unreadable inputs, or a check it makes that failed; else return (exit 0)."""
+    if problems:
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def _other_rank() -> bool:
     """A torchrun process other than rank 0 (catnet.runtime.distributed.torchrun_rank, read
     here without importing torch)."""

@@ -19,13 +19,14 @@ from catnet.cli.app import (
     app,
     cache_app,
     console,
+    finish,
     friendly_errors,
     json_safe,
     stdout,
 )
 from catnet.cli.options import config_file, config_options, help_of, overrides
 from catnet.config import EvaluateConfig, PredictConfig, TrainConfig
-from catnet.errors import EXIT_SOME_FAILED, CatnetError
+from catnet.errors import CatnetError
 
 # Not flags: init_from is set by `catnet finetune` from its CHECKPOINT argument.
 TRAIN_INTERNAL = {"init_from": "set by catnet finetune from its CHECKPOINT argument"}
@@ -53,7 +54,7 @@ def train(
         cfg = load_config(TrainConfig, config, values)
     from catnet.cli.render import run_training
 
-    run_training(cfg, console)
+    finish(run_training(cfg, console).skipped)
 
 
 @app.command()
@@ -115,6 +116,7 @@ def evaluate(
         print_evaluation(result, stdout)
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable files[/]")
+    finish(len(result.skipped))
 
 
 @app.command()
@@ -140,7 +142,7 @@ def predict(
     config: Path | None = config_file(PredictConfig),
     **settings: Any,
 ) -> None:
-    """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
+    """Tag new pictures as cat or not_cat."""
     from catnet.cli.predict_view import run_prediction
     from catnet.config import load_config
 
@@ -156,8 +158,7 @@ def predict(
         skip_done=skip_done, unsure=tuple(low_high) if low_high else None,
         sort_dest=sort_into, link=link,
     )  # fmt: skip
-    if summary["errors"]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    finish(summary["errors"])
 
 
 @app.command()

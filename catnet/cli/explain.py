@@ -9,10 +9,9 @@ from typing import Any
 
 import typer
 
-from catnet.cli.app import app, console, friendly_errors, stdout
+from catnet.cli.app import app, console, finish, friendly_errors, stdout
 from catnet.cli.options import config_file, config_options, overrides
 from catnet.config import ExplainConfig
-from catnet.errors import EXIT_SOME_FAILED
 
 
 @app.command()
@@ -29,7 +28,6 @@ def explain(
     **settings: Any,
 ) -> None:
     """Show which pixels made the network say cat (or not cat): one heatmap PNG per picture.
-    Exit code 1 if some could not be read.
 
     Every setting of catnet.config.ExplainConfig is a flag."""
     from catnet.config import load_config
@@ -62,5 +60,4 @@ def explain(
         highlight=False,
         markup=False,
     )
-    if summary["errors"]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    finish(summary["errors"])

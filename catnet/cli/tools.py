@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from catnet.cli.app import app, console, friendly_errors, stdout
+from catnet.cli.app import app, console, finish, friendly_errors, stdout
 from catnet.errors import EXIT_SOME_FAILED, CatnetError
 
 
@@ -66,6 +66,7 @@ def finetune(
         print_resume_hint(latest_run(out), console)
         raise
     print_train_summary(result, console)
+    finish(result.skipped)
 
 
 @app.command()
@@ -89,6 +90,9 @@ def tune(
         highlight=False,
     ))  # fmt: skip
     print_tune(summary, stdout)
+    if summary["skipped"]:
+        console.print(f"[yellow]skipped {summary['skipped']} unreadable files (see skipped.txt)[/]")
+    finish(summary["skipped"])
 
 
 @app.command()
@@ -191,5 +195,4 @@ def check(
         stdout.print_json(json.dumps(report), ensure_ascii=True)
     else:
         print_check(report, stdout)
-    if (report["unreadable"] and not fix) or report["leaks"]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    finish(len(report["leaks"]) + (0 if fix else len(report["unreadable"])))
