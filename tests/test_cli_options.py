@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import types
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,12 @@ def captured_train(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
     import catnet.cli.render
 
     configs: list[TrainConfig] = []
-    monkeypatch.setattr(catnet.cli.render, "run_training", lambda cfg, console: configs.append(cfg))
+
+    def run_training(cfg: TrainConfig, console: Any) -> Any:
+        configs.append(cfg)
+        return types.SimpleNamespace(skipped=0)  # a TrainResult as far as the command reads it
+
+    monkeypatch.setattr(catnet.cli.render, "run_training", run_training)
     return configs
 
 
