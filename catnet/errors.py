@@ -9,11 +9,10 @@ from collections.abc import Iterator
 
 # Exit codes: one rule for every command (README, "Exit codes").
 EXIT_OK = 0  # done, every input read
-# Done, but not all of it: some inputs could not be read (each is reported and skipped), a check
-# the job makes failed (check: unreadable files or leaks; export: differs from PyTorch; training
-# diverged), or the machine refused a write once the work had started.
+# Done, but some inputs could not be read (each reported, then skipped), a check the job makes
+# failed (check: leaks; export: differs from PyTorch; training diverged), or a write was refused.
 EXIT_SOME_FAILED = 1
-EXIT_USAGE = 2  # the user's mistake: a bad flag or value, a missing path, no pictures, no model
+EXIT_USAGE = 2  # the user's mistake: a bad flag or value, a missing path, no pictures
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143 and SIGHUP 129 (128 + signal)
 
 # The machine's failures when catnet writes, in the words the one-line message uses.

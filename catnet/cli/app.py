@@ -73,10 +73,11 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def finish(problems: int) -> None:
-    """Exit 1 (catnet.errors.EXIT_SOME_FAILED) when a job that ran to its end met problems:
-    unreadable inputs, or a check it makes that failed; else return (exit 0)."""
+def finish(problems: int, note: str = "") -> None:
+    """Exit 1 (EXIT_SOME_FAILED) if the job met problems (unreadable inputs, a failed check)."""
     if problems:
+        if note:
+            console.print(f"[yellow]{note}[/]", highlight=False)
         raise typer.Exit(EXIT_SOME_FAILED)
 
 

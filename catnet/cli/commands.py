@@ -114,9 +114,7 @@ def evaluate(
         stdout.print_json(json.dumps(json_safe(result.metrics)))
     else:
         print_evaluation(result, stdout)
-    if result.skipped:
-        console.print(f"[yellow]skipped {len(result.skipped)} unreadable files[/]")
-    finish(len(result.skipped))
+    finish(len(result.skipped), f"skipped {len(result.skipped)} unreadable files")
 
 
 @app.command()
@@ -147,8 +145,7 @@ def predict(
     from catnet.config import load_config
 
     cfg = load_config(PredictConfig, config, overrides(PredictConfig, settings))
-    # `--open-set off`, as the switch was once spelt, would make "off" an input picture.
-    if any(p in ("on", "off") and not Path(p).exists() for p in paths):
+    if any(p in ("on", "off") and not Path(p).exists() for p in paths):  # `--open-set off`
         raise CatnetError("--open-set takes no value: --open-set or --no-open-set")
     if skip_done and not output:
         raise CatnetError("--skip-done needs --output FILE to know what is done")

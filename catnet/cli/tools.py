@@ -90,9 +90,7 @@ def tune(
         highlight=False,
     ))  # fmt: skip
     print_tune(summary, stdout)
-    if summary["skipped"]:
-        console.print(f"[yellow]skipped {summary['skipped']} unreadable files (see skipped.txt)[/]")
-    finish(summary["skipped"])
+    finish(summary["skipped"], f"skipped {summary['skipped']} unreadable files (see skipped.txt)")
 
 
 @app.command()

@@ -167,12 +167,10 @@ def _target_dir(base: Path, label: str) -> Path:
 
 
 def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Correction]:
-    """Apply a file of rows in which the user wrote the right answers: `truth` in evaluate's
-    mistakes.csv (written as the folder's tag), `label` in predict's rows (written as the
-    model's answer). A row is a correction where that column no longer says what it was written
-    with, so an unedited file changes nothing. Files written before the columns were renamed
-    read too: a mistakes.csv whose `label` was the tag (with `folder_label`), rows naming the
-    picture `input` (explain's index.csv)."""
+    """Apply rows where the user wrote the right answer: in `truth` (mistakes.csv: written as the
+    folder's tag), else in `label` (written as the model's answer). A row whose answer changed is
+    a correction; an unedited file changes nothing. Older files read too: mistakes.csv with
+    `folder_label` (label was the tag), explain's rows with `input`."""
     rows_file = Path(rows_file)
     if not rows_file.is_file():
         raise CatnetError(f"file not found: {rows_file}")
@@ -182,28 +180,16 @@ def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Corre
             path = row.get("path") or row.get("input")
             if not path or not row.get("p_cat"):
                 continue  # an error row: the model gave no answer
-            said = _model_answer(row)
-            right, written = _edited(row, said)
+            # The model's answer (label may be edited); an unfamiliar picture is never cat.
+            cat = float(row["p_cat"]) >= float(row.get("threshold") or 0.5)
+            said = "cat" if cat and row.get("unfamiliar") != "true" else "not_cat"
+            if (row.get("truth") or "").strip():  # mistakes.csv: the tag was the other answer
+                right, written = row["truth"].strip(), "not_cat" if said == "cat" else "cat"
+            else:
+                right, written = (row.get("label") or "").strip(), row.get("folder_label") or said
             if right in LABELS and right != written:
                 done += correct(data_dir, [path], right, model_label=said)
     return done
-
-
-def _model_answer(row: dict[str, str]) -> str:
-    """The model's answer in a row, recovered from p_cat and threshold (the label may have been
-    edited since): an unfamiliar picture is never cat, as in predict and evaluate."""
-    if (row.get("unfamiliar") or "").strip() == "true":
-        return "not_cat"
-    return "cat" if float(row["p_cat"]) >= float(row.get("threshold") or 0.5) else "not_cat"
-
-
-def _edited(row: dict[str, str], said: str) -> tuple[str, str]:
-    """(the answer the row gives now, the one it was written with)."""
-    if (row.get("truth") or "").strip():  # mistakes.csv: each row's tag was not the answer
-        return row["truth"].strip(), "not_cat" if said == "cat" else "cat"
-    if row.get("folder_label"):  # mistakes.csv before `truth`: label was the tag
-        return (row.get("label") or "").strip(), row["folder_label"]
-    return (row.get("label") or "").strip(), said
 
 
 def corrected_paths(data_dir: str | Path) -> set[str]:

@@ -35,9 +35,8 @@ if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads i
 
 BINS = 15  # expected_calibration_error's default, so the diagram shows what the ECE measures
 THUMB = 128
-# predict --output's columns (label = the model's answer, as in every row catnet writes), then
-# truth = the folder's tag: edit truth where the folder is wrong and `catnet correct --from`
-# fixes it; an unedited file changes nothing.
+# predict --output's columns (label: the model's answer), then truth, the folder's tag: edit it
+# where the folder is wrong for `catnet correct --from`; an unedited file changes nothing.
 CSV_COLUMNS = (*RowWriter.COLUMNS, "truth")
 LABELS = ("not_cat", "cat")  # by label: 0, 1
 # The metrics shown, in order, with the words a reader needs rather than the JSON keys.

@@ -5,7 +5,6 @@ sheet. Rows go to a callback as soon as they exist; an unreadable file is an err
 from __future__ import annotations
 
 import csv
-import dataclasses
 import glob
 import os
 import time
@@ -23,7 +22,7 @@ from catnet.data.decoding import Decoded
 from catnet.errors import CatnetError
 from catnet.explaining import heatmaps
 from catnet.explaining.explain import Explainer, crop_box, on_picture
-from catnet.predicting.outputs import expand_inputs
+from catnet.predicting.outputs import inputs_outside
 from catnet.predicting.prediction import CatnetModel
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
@@ -44,9 +43,7 @@ class ExplainRow:
         return {**self.__dict__, "p_cat": p}
 
 
-COLUMNS = tuple(
-    f.name for f in dataclasses.fields(ExplainRow)
-)  # index.csv: a new field is a column
+COLUMNS = tuple(ExplainRow.__dataclass_fields__)  # index.csv: each field, in order, a column
 
 
 def output_root(inputs: Iterable[str]) -> Path:
@@ -79,12 +76,6 @@ def output_for(path: Path, root: Path, out: Path) -> Path:
     return out / (os.path.relpath(os.path.abspath(path), root) + ".png")
 
 
-def _outside(paths: Iterable[Path], folder: Path) -> Iterator[Path]:
-    """Inputs not under the output folder: a rerun must not explain its own earlier output."""
-    root = os.path.join(os.path.abspath(folder), "")
-    return (p for p in paths if not os.path.abspath(p).startswith(root))
-
-
 def explain_files(
     model: CatnetModel,
     inputs: list[str],
@@ -104,7 +95,7 @@ def explain_files(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CatnetError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    files = (str(p) for p in _outside(expand_inputs(inputs), out))
+    files = inputs_outside(inputs, out)  # a rerun must not explain its own earlier output
     decode_cfg = PredictConfig(
         batch_size=cfg.batch_size, workers=cfg.workers, max_image_pixels=cfg.max_image_pixels
     )

@@ -60,6 +60,12 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
             yield path  # reported as an error row: the run goes on
 
 
+def inputs_outside(inputs: Iterable[str], folder: Path) -> Iterator[str]:
+    """The expanded inputs not under folder, an output folder that may lie in an input one."""
+    root = os.path.join(os.path.abspath(folder), "")
+    return (str(p) for p in expand_inputs(inputs) if not os.path.abspath(p).startswith(root))
+
+
 class RowWriter:
     """Writes prediction rows to .csv or .jsonl as they come, one unbuffered write per row, so a
     killed run leaves a valid file that --skip-done can resume from. A write the disk refuses

@@ -121,7 +121,7 @@ def tune(
         row["verdict"] = verdict(row["train_acc"], row["val_acc"], best_val, row.pop("majority"))
     best = alive[0]
     _write(out, rows, best)
-    # Every trial reads the same data: the last one's unreadable files are every trial's.
+    # skipped: every trial reads the same data
     return {"rows": rows, "best": best.name, "best_config": str(out / "best.toml"),
             "skipped": result.skipped}  # fmt: skip
 
