@@ -307,7 +307,7 @@ def test_correct_with_a_refused_log_moves_nothing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=3, size=24)
     picture = data / "dogs" / "dogs_0.png"
     result = faulty_cli(tmp_path, "corrections.csv", errno.ENOSPC, "correct", data, picture,
-                        "--label", "cat")  # fmt: skip
+                        "--truth", "cat")  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the corrections log", "no space left")
     assert picture.exists()  # the move was undone: a correction is logged or not made

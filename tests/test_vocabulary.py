@@ -121,6 +121,11 @@ def test_model_is_always_a_network_and_a_checkpoint_never_a_flag_named_model() -
     assert "--checkpoint" in options(commands()["label"])
 
 
+def test_what_a_user_says_a_picture_is_truth_and_label_is_the_models() -> None:
+    flags = options(commands()["correct"])
+    assert "--truth" in flags and "--label" not in flags
+
+
 def test_on_off_switches_are_flag_pairs() -> None:
     for name in ("predict", "evaluate"):
         flags = options(commands()[name])
@@ -193,7 +198,7 @@ MISSING = {  # each command with a path that does not exist
     "train": ["missing"], "evaluate": ["missing.pt", "."], "predict": ["missing.pt", "."],
     "explain": ["missing.pt", "."], "finetune": ["missing.pt", "."], "tune": ["missing"],
     "export": ["missing.pt", "-o", "m.onnx"], "info": ["missing.pt"], "check": ["missing"],
-    "correct": ["missing", "--label", "cat", "a.png"], "label": ["missing"],
+    "correct": ["missing", "--truth", "cat", "a.png"], "label": ["missing"],
 }  # fmt: skip
 
 

@@ -17,10 +17,10 @@ from catnet.errors import EXIT_SOME_FAILED, CatnetError
 @friendly_errors
 def correct(
     data: Path = typer.Argument(..., help="The tagged folder to fix (DATA_DIR)."),
-    images: list[Path] = typer.Argument(None, help="Pictures whose true label is --label."),
-    label: str | None = typer.Option(None, help="cat or not_cat."),
+    images: list[Path] = typer.Argument(None, help="Pictures whose truth is --truth."),
+    truth: str | None = typer.Option(None, help="cat or not_cat: what the pictures are."),
     from_file: Path | None = typer.Option(
-        None, "--from", help="A predict/report CSV with edited labels."
+        None, "--from", help="predict's CSV with label edited, or mistakes.csv with truth edited."
     ),
 ) -> None:
     """Record corrections: put pictures in the right class folder and log them."""
@@ -29,10 +29,10 @@ def correct(
 
     if from_file:
         done = correct_from_file(data, from_file)
-    elif images and label:
-        done = run_correct(data, images, label)
+    elif images and truth:
+        done = run_correct(data, images, truth)
     else:
-        raise CatnetError("give --label cat|not_cat and pictures, or --from FILE.csv")
+        raise CatnetError("give --truth cat|not_cat and pictures, or --from FILE.csv")
     for c in done:
         console.print(f"{c.new_label:<8} {c.dest}  (was {c.old_label})", highlight=False)
     console.print(f"{len(done)} corrections logged in {data / '.catnet' / 'corrections.csv'}")

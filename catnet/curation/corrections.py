@@ -80,7 +80,7 @@ def correct(
     same split (a test picture stays a test picture); a new picture is copied into train/ (moved
     with move=True). Raises CatnetError when a picture is gone (another tab took it first)."""
     if label not in LABELS:
-        raise CatnetError(f"--label must be cat or not_cat, not {label!r}")
+        raise CatnetError(f"--truth must be cat or not_cat, not {label!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CatnetError(f"data folder not found: {data_dir}")
