@@ -23,6 +23,8 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "bf16", "fp32")
+# evaluate's and predict's --batch-size; explain's is half: its backward pass keeps activations.
+INFERENCE_BATCH_SIZE = 64
 
 
 def setting(default: Any, help: str) -> Any:
@@ -32,6 +34,16 @@ def setting(default: Any, help: str) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help})
     return field(default=default, metadata={"help": help})
+
+
+TRAIN_RANGES = {  # the numeric settings' allowed (lowest, highest)
+    "val_fraction": (0.0, 0.9), "dropout": (0.0, 0.95), "lr": (1e-7, 10.0),
+    "weight_decay": (0.0, 10.0), "warmup": (0.0, 0.5), "crop_scale": (0.05, 1.0),
+    "label_smoothing": (0.0, 0.5), "cutmix": (0.0, 1.0), "ema": (0.0, 0.99999),
+    "batch_size": (1, 8192), "epochs": (1, 100_000), "width": (1, 1024), "depth": (1, 6),
+    "train_stages": (0, 16), "time_budget": (0.0, 1e7), "dist_timeout": (1.0, 1e6),
+    "dist_setup_timeout": (1.0, 1e7),
+}  # fmt: skip
 
 
 @dataclass
@@ -138,32 +150,12 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("monitor", self.monitor, MONITORS)
         _choice("precision", self.precision, PRECISIONS)
-        _range("val_fraction", self.val_fraction, 0.0, 0.9)
-        _range("dropout", self.dropout, 0.0, 0.95)
-        _range("lr", self.lr, 1e-7, 10.0)
-        _range("weight_decay", self.weight_decay, 0.0, 10.0)
-        _range("warmup", self.warmup, 0.0, 0.5)
-        _range("crop_scale", self.crop_scale, 0.05, 1.0)
-        _range("label_smoothing", self.label_smoothing, 0.0, 0.5)
-        _range("cutmix", self.cutmix, 0.0, 1.0)
-        _range("ema", self.ema, 0.0, 0.99999)
-        _range("batch_size", self.batch_size, 1, 8192)
-        _range("epochs", self.epochs, 1, 100_000)
-        _range("width", self.width, 1, 1024)
-        _range("depth", self.depth, 1, 6)
-        _range("train_stages", self.train_stages, 0, 16)
-        _range("time_budget", self.time_budget, 0.0, 1e7)
-        _range("dist_timeout", self.dist_timeout, 1.0, 1e6)
-        _range("dist_setup_timeout", self.dist_setup_timeout, 1.0, 1e7)
-        if self.image_size and not 8 <= self.image_size <= 1024:
-            raise CatnetError(
-                f"image_size must be 0 (auto) or between 8 and 1024, not {self.image_size}"
-            )
-        if self.eval_image_size and not 8 <= self.eval_image_size <= 1024:
-            raise CatnetError(
-                "eval_image_size must be 0 (auto) or between 8 and 1024, "
-                f"not {self.eval_image_size}"
-            )
+        for name, (low, high) in TRAIN_RANGES.items():
+            _range(name, getattr(self, name), low, high)
+        for name in ("image_size", "eval_image_size"):
+            side = getattr(self, name)
+            if side and not 8 <= side <= 1024:
+                raise CatnetError(f"{name} must be 0 (auto) or between 8 and 1024, not {side}")
         if not self.hidden or any(type(h) is not int or h < 1 for h in self.hidden):
             raise CatnetError(
                 f"hidden must list positive layer widths, e.g. 512,128, not {self.hidden}"
@@ -173,7 +165,7 @@ class TrainConfig:
 @dataclass
 class EvaluateConfig:
     threshold: float = setting(-1.0, "Decision threshold (< 0 = the checkpoint's).")
-    batch_size: int = setting(128, "Pictures per forward pass.")
+    batch_size: int = setting(INFERENCE_BATCH_SIZE, "Pictures per forward pass.")
     tta: bool | None = setting(None, "Average each picture with its mirror [default: as trained].")
     cache: bool = setting(True, "Reuse (and keep) decoded pixels in the cache.")
     cache_dir: str = setting("", "Cache folder [default: $CATNET_CACHE or ~/.cache/catnet].")
@@ -184,15 +176,14 @@ class EvaluateConfig:
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
     # The open-set check: a picture unlike every training picture is never "cat" (README,
-    # "Unlike anything I saw"). Checkpoints from before it have no check to turn on. The CLI
-    # spells it `--open-set on|off` (an explicit option in cli/commands.py).
+    # "Unlike anything I saw"). Checkpoints from before it have no check to turn on.
     open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
 
 
 @dataclass
 class PredictConfig:
     threshold: float = setting(-1.0, "Decision threshold (< 0 = the checkpoint's).")
-    batch_size: int = setting(64, "Pictures per forward pass.")
+    batch_size: int = setting(INFERENCE_BATCH_SIZE, "Pictures per forward pass.")
     tta: bool | None = setting(None, "Average each picture with its mirror [default: as trained].")
     workers: int = setting(0, "Decoding processes (0 = one per core).")
     max_image_pixels: int = setting(
@@ -213,7 +204,7 @@ class ExplainConfig:
     target: str = setting(
         "predicted", "Which side each map shows: predicted (each answer's), cat or not_cat."
     )
-    batch_size: int = setting(32, "Pictures per forward + backward pass.")
+    batch_size: int = setting(INFERENCE_BATCH_SIZE // 2, "Pictures per forward + backward pass.")
     workers: int = setting(0, "Decoding processes (0 = one per core).")
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
@@ -241,11 +232,12 @@ class LabelConfig:
     first_epochs: int = setting(30, "Epochs of the first model when Teach starts with no model.")
     # The pretrained default learns most from the few pictures tagged at the start (README,
     # "Labelling order": 98 % after 20 labels, against ~60 % for the CNN).
-    first_model: str = setting("pretrained", "Network of that first model: pretrained, cnn or mlp.")
+    model: str = setting("pretrained", "Network of that first model: pretrained, cnn or mlp.")
     seed: int = setting(0, "Seed of the random order shown before there is a model.")
     max_upload_mb: float = setting(20.0, "Largest picture the Try page accepts, in MB.")
 
     def validate(self) -> None:
+        _choice("model", self.model, MODELS)
         _range("port", self.port, 0, 65535)
         _range("epochs", self.epochs, 0, 10_000)
         _range("first_epochs", self.first_epochs, 1, 10_000)

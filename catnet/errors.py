@@ -7,10 +7,12 @@ import errno
 import os
 from collections.abc import Iterator
 
-# Exit codes, documented in the README.
-EXIT_OK = 0
-EXIT_SOME_FAILED = 1  # the command ran, but some inputs could not be read
-EXIT_USAGE = 2  # bad arguments, bad paths, unusable data or model files
+# Exit codes: one rule for every command (README, "Exit codes").
+EXIT_OK = 0  # done, every input read
+# Done, but some inputs could not be read (each reported, then skipped), a check the job makes
+# failed (check: leaks; export: differs from PyTorch; training diverged), or a write was refused.
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2  # the user's mistake: a bad flag or value, a missing path, no pictures
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT); SIGTERM gives 143 and SIGHUP 129 (128 + signal)
 
 # The machine's failures when catnet writes, in the words the one-line message uses.

@@ -66,7 +66,7 @@ def run(cmd: list[str], env: dict | None = None) -> tuple[str, float]:
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.monotonic() - started
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 1):  # 1: done, some unreadable pictures skipped
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return proc.stdout, seconds
 

@@ -36,7 +36,7 @@ def run_train(data: Path, out: Path, procs: int, args: list[str]) -> float:
     cmd = [sys.executable, *(launcher if procs > 1 else []), "-m", "catnet", "train", str(data),
            "--out", str(out), *args]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
+    if done.returncode not in (0, 1):  # 1: done, some unreadable pictures skipped
         sys.exit(f"catnet train failed ({done.returncode}):\n{done.stderr[-3000:]}")
     with (out / "metrics.csv").open() as fh:
         seconds = [float(row["seconds"]) for row in csv.DictReader(fh)]

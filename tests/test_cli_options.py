@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import types
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,12 @@ def captured_train(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
     import catnet.cli.render
 
     configs: list[TrainConfig] = []
-    monkeypatch.setattr(catnet.cli.render, "run_training", lambda cfg, console: configs.append(cfg))
+
+    def run_training(cfg: TrainConfig, console: Any) -> Any:
+        configs.append(cfg)
+        return types.SimpleNamespace(skipped=0)  # a TrainResult as far as the command reads it
+
+    monkeypatch.setattr(catnet.cli.render, "run_training", run_training)
     return configs
 
 
@@ -158,7 +164,7 @@ def test_label_flags_override_its_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`catnet label` up to the session it would open: flags over the file over the defaults,
-    and its own --model, --unlabeled, --out and -c as the README gives them."""
+    and its own --checkpoint, --unlabeled, --out and -c as the README gives them."""
     import catnet.labelling.session
     from catnet.errors import CatnetError
 
@@ -170,14 +176,14 @@ def test_label_flags_override_its_config_file(
 
     monkeypatch.setattr(catnet.labelling.session, "open_session", opened)
     config = tmp_path / "label.toml"
-    config.write_text('port = 9000\nepochs = 7\nfirst_model = "mlp"\n')
-    args = ["label", str(tmp_path), "-c", str(config), "--epochs", "3", "--model", "m.pt",
+    config.write_text('port = 9000\nepochs = 7\nmodel = "mlp"\n')
+    args = ["label", str(tmp_path), "-c", str(config), "--epochs", "3", "--checkpoint", "m.pt",
             "--unlabeled", "u", "--out", "o", "--max-upload-mb", "2.5"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert "stop before serving" in result.output
     ((cfg, model),) = seen
     assert (cfg.epochs, cfg.unlabeled, cfg.out, cfg.max_upload_mb) == (3, "u", "o", 2.5)
-    assert (cfg.port, cfg.first_model) == (9000, "mlp")  # from the file
+    assert (cfg.port, cfg.model) == (9000, "mlp")  # from the file
     assert (cfg.host, cfg.first_epochs) == ("127.0.0.1", 30) and model == Path("m.pt")
 
 

@@ -164,7 +164,7 @@ def test_pick_threshold_f1_saves_a_checkpoint_that_predict_uses(
     plain = strict_json(invoke("evaluate", synth.best, synth.fresh, "--json").stdout)
     new = tmp_path / "f1.pt"
     result = invoke(
-        "evaluate", synth.best, synth.fresh, "--pick-threshold", "f1", "--save-to", new, "--json"
+        "evaluate", synth.best, synth.fresh, "--pick-threshold", "f1", "--output", new, "--json"
     )
     assert result.exit_code == 0, result.output
     picked = strict_json(result.stdout)["picked_threshold"]
@@ -192,7 +192,7 @@ def test_pick_threshold_f1_saves_a_checkpoint_that_predict_uses(
             assert row["label"] == ("cat" if row["p_cat"] >= row["threshold"] else "not_cat")
 
     overridden = invoke(
-        "predict", new, synth.fresh, "--json", "--threshold", "0.0", "--open-set", "off"
+        "predict", new, synth.fresh, "--json", "--threshold", "0.0", "--no-open-set"
     )
     assert overridden.exit_code == 0, overridden.output
     rows = json_rows(overridden.stdout)
@@ -202,7 +202,7 @@ def test_pick_threshold_f1_saves_a_checkpoint_that_predict_uses(
 @pytest.mark.parametrize("rule", ["precision=0.9", "recall=0.9"])
 def test_pick_threshold_by_precision_or_recall(synth: SynthRun, tmp_path: Path, rule: str) -> None:
     new = tmp_path / "picked.pt"
-    result = invoke("evaluate", synth.best, synth.fresh, "--pick-threshold", rule, "--save-to", new)
+    result = invoke("evaluate", synth.best, synth.fresh, "--pick-threshold", rule, "--output", new)
     assert result.exit_code == 0, result.output
     payload = torch.load(new, weights_only=True)
     assert payload["threshold_rule"]["rule"] == rule
@@ -216,7 +216,7 @@ def test_pick_threshold_impossible_or_unknown_rule(
     synth: SynthRun, tmp_path: Path, rule: str
 ) -> None:
     new = tmp_path / "never.pt"
-    result = invoke("evaluate", synth.best, synth.fresh, "--pick-threshold", rule, "--save-to", new)
+    result = invoke("evaluate", synth.best, synth.fresh, "--pick-threshold", rule, "--output", new)
     assert result.exit_code == 2, result.output
     assert one_error_line(result.output), result.output
     assert "Traceback" not in result.output
@@ -231,7 +231,7 @@ def test_pick_threshold_explains_a_bad_target(synth: SynthRun, tmp_path: Path, r
         synth.fresh,
         "--pick-threshold",
         rule,
-        "--save-to",
+        "--output",
         tmp_path / "x.pt",
     )
     assert result.exit_code == 2, result.output
@@ -240,10 +240,10 @@ def test_pick_threshold_explains_a_bad_target(synth: SynthRun, tmp_path: Path, r
     assert rule.split("=")[0] in message, message  # says which setting is wrong
 
 
-def test_pick_threshold_needs_save_to(synth: SynthRun) -> None:
+def test_pick_threshold_needs_output(synth: SynthRun) -> None:
     result = invoke("evaluate", synth.best, synth.fresh, "--pick-threshold", "f1")
     assert result.exit_code == 2
-    assert "--save-to" in result.output
+    assert "--output" in result.output
 
 
 # --- unsure -----------------------------------------------------------------------------------

@@ -274,7 +274,7 @@ def test_predict_sort_into_refused(tmp_path: Path, trained: TrainedRun) -> None:
 @pytest.mark.parametrize(
     ("needle", "args", "words"),
     [
-        ("new.pt", ["--pick-threshold", "f1", "--save-to", "new.pt"], ["checkpoint", "new.pt"]),
+        ("new.pt", ["--pick-threshold", "f1", "--output", "new.pt"], ["checkpoint", "new.pt"]),
         ("mistakes.csv", ["--report", "report"], ["mistakes.csv"]),
         ("index.html", ["--report", "report"], ["index.html"]),
     ],
@@ -295,7 +295,7 @@ def test_export_refused_keeps_the_previous_export(tmp_path: Path, trained: Train
     out = tmp_path / "model.ts"
     out.write_bytes(b"the previous export")
     result = faulty_cli(tmp_path, "model.ts", errno.ENOSPC, "export", trained.best,
-                        "--format", "torchscript", "--out", out)  # fmt: skip
+                        "--format", "torchscript", "--output", out)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the export to", "model.ts", "no space left")
     assert out.read_bytes() == b"the previous export"
@@ -307,7 +307,7 @@ def test_correct_with_a_refused_log_moves_nothing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=3, size=24)
     picture = data / "dogs" / "dogs_0.png"
     result = faulty_cli(tmp_path, "corrections.csv", errno.ENOSPC, "correct", data, picture,
-                        "--label", "cat")  # fmt: skip
+                        "--truth", "cat")  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the corrections log", "no space left")
     assert picture.exists()  # the move was undone: a correction is logged or not made
@@ -495,7 +495,7 @@ def test_two_trainings_and_a_predict_share_one_cache_and_one_folder(
     ]
     codes = [proc.wait(timeout=600) for proc in runs]
     outputs = [log.read_text(errors="replace") for log in logs]
-    assert codes == [0, 0, 1], outputs  # 1: predict met broken.jpg, as it should
+    assert codes == [1, 1, 1], outputs  # 1: each job met broken.jpg and finished, as it should
     assert all("Traceback" not in text for text in outputs)
     for run in ("run1", "run2"):
         load_checkpoint(tmp_path / run / "best.pt")

@@ -188,7 +188,7 @@ def test_an_unfamiliar_picture_wears_a_badge(
     noise = sorted(p for p in openset_run.strange.iterdir() if p.name.startswith("uniform_"))[0]
     shutil.copy(noise, data / "unlabeled" / noise.name)
     driver = browser
-    with running_label(data, "--model", str(openset_run.best)) as url:
+    with running_label(data, "--checkpoint", str(openset_run.best)) as url:
         driver.get(url)  # type: ignore[attr-defined]
         badge = lambda: driver.find_element(By.ID, "label-unfamiliar")  # type: ignore[attr-defined]  # noqa: E731
         shown = lambda: driver.find_element(By.ID, "label-name").text  # type: ignore[attr-defined]  # noqa: E731

@@ -154,7 +154,7 @@ def test_correct_moves_a_cat_out_of_dogs_and_logs_it(
     stray = data / "dogs" / "stray.png"
     draw_picture("cats", "stray", 24).save(stray)
     digest = sha256(stray)
-    proc = catnet_cli("correct", data, "--label", "cat", stray)
+    proc = catnet_cli("correct", data, "--truth", "cat", stray)
     assert proc.returncode == 0, proc.stderr
     moved = data / "cats" / "stray.png"
     assert moved.is_file() and sha256(moved) == digest
@@ -178,16 +178,16 @@ def test_correct_in_a_split_folder(
     outside = tmp_path / "inbox" / "new_cat.png"
     outside.parent.mkdir()
     draw_picture("cats", "new", 24).save(outside)
-    result = runner.invoke(app, ["correct", str(data), "--label", "cat", str(outside)])
+    result = runner.invoke(app, ["correct", str(data), "--truth", "cat", str(outside)])
     assert result.exit_code == 0, result.output
     assert (data / "train" / "cats" / "new_cat.png").read_bytes() == outside.read_bytes()
     assert outside.exists()  # a new picture is copied, not taken away
 
     test_dog = data / "test" / "dogs" / "dogs_6.png"  # split "test" holds pictures 6 and 7
     test_cat = data / "test" / "cats" / "cats_7.png"
-    result = runner.invoke(app, ["correct", str(data), "--label", "cat", str(test_dog)])
+    result = runner.invoke(app, ["correct", str(data), "--truth", "cat", str(test_dog)])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["correct", str(data), "--label", "not_cat", str(test_cat)])
+    result = runner.invoke(app, ["correct", str(data), "--truth", "not_cat", str(test_cat)])
     assert result.exit_code == 0, result.output
     assert (data / "test" / "cats" / "dogs_6.png").is_file() and not test_dog.exists()
     assert (data / "test" / "not_cat" / "cats_7.png").is_file() and not test_cat.exists()
@@ -203,12 +203,12 @@ def test_correct_in_a_split_folder(
 def test_correct_usage_errors(make_dataset: MakeDataset, tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=2)
     before = tree(data)
-    proc = catnet_cli("correct", data, "--label", "dog", data / "dogs" / "dogs_0.png")
+    proc = catnet_cli("correct", data, "--truth", "dog", data / "dogs" / "dogs_0.png")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "cat or not_cat" in proc.stderr
     runner = CliRunner()
     assert runner.invoke(app, ["correct", str(data)]).exit_code == 2  # nothing to correct
-    missing = runner.invoke(app, ["correct", str(data), "--label", "cat", "nope.png"])
+    missing = runner.invoke(app, ["correct", str(data), "--truth", "cat", "nope.png"])
     assert missing.exit_code == 2
     assert tree(data) == before and log_rows(data) == []
 

@@ -78,7 +78,7 @@ def test_pictures_tagged_with_no_model_yet_are_ordinary_data(tmp_path: Path) -> 
 
 def test_a_correction_by_hand_is_weighted_as_before(tmp_path: Path) -> None:
     data = labelled_dir(tmp_path)
-    (done,) = correct(data, [data / "dogs" / "dogs_1.png"], "cat")  # `catnet correct --label`
+    (done,) = correct(data, [data / "dogs" / "dogs_1.png"], "cat")  # `catnet correct --truth`
     (row,) = csv.DictReader(log_lines(data))
     assert row["model_label"] == ""  # unknown: a lesson
     assert weighted(data, tmp_path) == {"dogs_1.png": 4}

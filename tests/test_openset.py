@@ -122,11 +122,11 @@ def test_cli_csv_and_json_carry_the_flag_and_the_score(
     assert {type(r["unfamiliar"]) for r in lines} == {bool}
     assert any(Path(r["path"]).name == ODD_NAME and r["unfamiliar"] for r in lines)
     proc = catnet_cli("predict", openset_run.best, openset_run.strange, "--json",
-                      "--open-set", "off")  # fmt: skip
+                      "--no-open-set")  # fmt: skip
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert all(r["unfamiliar"] is None and r["unfamiliar_score"] is None for r in lines)
-    bad = catnet_cli("predict", openset_run.best, openset_run.strange, "--open-set", "maybe")
-    assert bad.returncode == 2 and "on or off" in bad.stderr and "Traceback" not in bad.stderr
+    bad = catnet_cli("predict", openset_run.best, openset_run.strange, "--open-set", "off")
+    assert bad.returncode == 2 and "--no-open-set" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

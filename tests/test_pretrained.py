@@ -155,7 +155,7 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
     model = load_model(run / "best.pt")
     pictures = sorted((data / "cats").iterdir())[:3]
     assert all(p.label in ("cat", "not_cat") for p in model.predict(pictures))
-    export = ["export", run / "best.pt", "--format", "torchscript", "--out", tmp_path / "m.ts"]
+    export = ["export", run / "best.pt", "--format", "torchscript", "--output", tmp_path / "m.ts"]
     for args in (["evaluate", run / "best.pt", data, "--json"], ["info", run / "best.pt"],
                  ["predict", run / "best.pt", data / "cats"], export):  # fmt: skip
         proc = catnet_cli(*args)

@@ -140,7 +140,7 @@ def test_cli_ray_options_match_predict_as_jsonl(
     """TTA, a threshold, an unsure range and the open-set check off: the same rows either way."""
     files = [pictures / "other" / name for name in (*ODD_NAMES, "empty.png")]
     files += sorted((pictures / "cats").glob("cats_1*.png"))
-    options = ["--tta", "--threshold", "0.3", "--unsure", "0.45,0.55", "--open-set", "off"]
+    options = ["--tta", "--threshold", "0.3", "--unsure", "0.45,0.55", "--no-open-set"]
     ref, ray = tmp_path / "ref.jsonl", tmp_path / "ray.jsonl"
     assert catnet_cli("predict", trained.best, *files, "-o", ref, *options).returncode == 1
     result = catnet_cli("predict", trained.best, *files, "-o", ray, *options, "--ray", ray_address)

@@ -115,12 +115,11 @@ def test_mistakes_csv_most_confident_first(report: Path) -> None:
     # confidence in the wrong answer: 0.97, 0.95 (1 - 0.05), 0.70, 0.65 (1 - 0.35), 0.60
     assert names == ["a&b<c>.png", "blurry.png", "fox.png", "hidden cat.png", "red car.png"]
     by_name = {Path(r["path"]).name: r for r in rows}
-    assert by_name["a&b<c>.png"]["label"] == "not_cat"  # the folder's tag until a person edits it
-    assert by_name["a&b<c>.png"]["predicted"] == "cat"
-    assert by_name["a&b<c>.png"]["folder_label"] == "not_cat"
-    assert by_name["blurry.png"]["label"] == "cat"
-    assert by_name["blurry.png"]["predicted"] == "not_cat"
-    assert by_name["blurry.png"]["folder_label"] == "cat"
+    # label is the model's answer, as in predict's rows; truth the folder's tag
+    assert by_name["a&b<c>.png"]["label"] == "cat"
+    assert by_name["a&b<c>.png"]["truth"] == "not_cat"
+    assert by_name["blurry.png"]["label"] == "not_cat"
+    assert by_name["blurry.png"]["truth"] == "cat"
     assert math.isclose(float(by_name["blurry.png"]["p_cat"]), 0.05, abs_tol=1e-6)
     assert all(r["error"] == "" and r["model"] == "abc123" for r in rows)
     assert rows[0]["path"] == str(report / "data" / "dogs" / "a&b<c>.png")
@@ -133,14 +132,15 @@ def test_csv_starts_with_predict_output_columns() -> None:
 
 
 def test_csv_feeds_catnet_correct(tmp_path: Path) -> None:
-    """Edit `label` to the truth, feed the file back: only the rows that need it move."""
+    """Edit `truth` where the folder is wrong, feed the file back: only those rows move."""
     from catnet.curation.corrections import correct_from_file
 
     write_report(make_result(tmp_path, PICTURES), tmp_path / "report")
+    assert correct_from_file(tmp_path / "data", tmp_path / "report" / "mistakes.csv") == []
     rows = read_csv(tmp_path / "report" / "mistakes.csv")
     for row in rows:  # the user agrees with the folders except for the blurry "cat"
         if Path(row["path"]).name == "blurry.png":
-            row["label"] = "not_cat"
+            row["truth"] = "not_cat"
     edited = tmp_path / "edited.csv"
     with edited.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_COLUMNS)

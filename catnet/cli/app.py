@@ -73,6 +73,14 @@ def friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def finish(problems: int, note: str = "") -> None:
+    """Exit 1 (EXIT_SOME_FAILED) if the job met problems (unreadable inputs, a failed check)."""
+    if problems:
+        if note:
+            console.print(f"[yellow]{note}[/]", highlight=False)
+        raise typer.Exit(EXIT_SOME_FAILED)
+
+
 def _other_rank() -> bool:
     """A torchrun process other than rank 0 (catnet.runtime.distributed.torchrun_rank, read
     here without importing torch)."""
@@ -89,15 +97,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, list):
         return [json_safe(v) for v in value]
     return value
-
-
-def _on_off(flag: str, text: str | None) -> bool | None:
-    """--open-set on|off -> True/False; None = not given (the config's value stands)."""
-    if text is None:
-        return None
-    if text.lower() not in ("on", "off"):
-        raise CatnetError(f"{flag} takes on or off, not {text!r}")
-    return text.lower() == "on"
 
 
 def _unsure_range(text: str | None) -> list[float] | None:

@@ -14,18 +14,18 @@ from catnet.data.folders import printable
 
 SHOWN = 20
 SECTIONS = [  # key, title, columns, row
-    ("unreadable", "Unreadable (training skips these)", ["file", "reason"],
+    ("unreadable", "Unreadable (training skips these)", ["path", "reason"],
      lambda e: [e["path"], e["reason"]]),
-    ("leaks", "Same picture in more than one split", ["splits", "kind", "files"],
+    ("leaks", "Same picture in more than one split", ["splits", "kind", "paths"],
      lambda e: [", ".join(e["splits"]), e["kind"], "\n".join(e["paths"])]),
-    ("duplicates", "Exact duplicates", ["copies", "files"], lambda g: [str(len(g)), "\n".join(g)]),
-    ("near_duplicates", "Near duplicates", ["pictures", "files"],
+    ("duplicates", "Exact duplicates", ["copies", "paths"], lambda g: [str(len(g)), "\n".join(g)]),
+    ("near_duplicates", "Near duplicates", ["pictures", "paths"],
      lambda g: [str(len(g)), "\n".join(g)]),
-    ("lying_extensions", "Extension disagrees with content", ["file", "extension", "format"],
+    ("lying_extensions", "Extension disagrees with content", ["path", "extension", "format"],
      lambda e: [e["path"], e["extension"], e["format"]]),
-    ("odd_modes", "Unusual colour modes (converted to RGB)", ["file", "mode"],
+    ("odd_modes", "Unusual colour modes (converted to RGB)", ["path", "mode"],
      lambda e: [e["path"], e["mode"]]),
-    ("tiny", f"Tiny pictures (side < {TINY_SIDE} px)", ["file", "size"],
+    ("tiny", f"Tiny pictures (side < {TINY_SIDE} px)", ["path", "size"],
      lambda e: [e["path"], f"{e['width']}x{e['height']}"]),
 ]  # fmt: skip
 

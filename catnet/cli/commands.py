@@ -15,18 +15,18 @@ from typing import Any
 import typer
 
 from catnet.cli.app import (
-    _on_off,
     _unsure_range,
     app,
     cache_app,
     console,
+    finish,
     friendly_errors,
     json_safe,
     stdout,
 )
-from catnet.cli.options import config_options, help_of, overrides
+from catnet.cli.options import config_file, config_options, help_of, overrides
 from catnet.config import EvaluateConfig, PredictConfig, TrainConfig
-from catnet.errors import EXIT_SOME_FAILED, CatnetError
+from catnet.errors import CatnetError
 
 # Not flags: init_from is set by `catnet finetune` from its CHECKPOINT argument.
 TRAIN_INTERNAL = {"init_from": "set by catnet finetune from its CHECKPOINT argument"}
@@ -37,9 +37,7 @@ TRAIN_INTERNAL = {"init_from": "set by catnet finetune from its CHECKPOINT argum
 @config_options(TrainConfig, exclude=TRAIN_INTERNAL)
 def train(
     data: str = typer.Argument("", help=help_of(TrainConfig, "data")),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="TOML file of settings (see configs/)."
-    ),
+    config: Path | None = config_file(TrainConfig),
     **settings: Any,
 ) -> None:
     """Train a network on a folder of tagged pictures.
@@ -56,7 +54,7 @@ def train(
         cfg = load_config(TrainConfig, config, values)
     from catnet.cli.render import run_training
 
-    run_training(cfg, console)
+    finish(run_training(cfg, console).skipped)
 
 
 @app.command()
@@ -72,13 +70,11 @@ def evaluate(
     pick_threshold: str | None = typer.Option(
         None, help="Choose the threshold on this data: f1, precision=P or recall=R."
     ),
-    save_to: Path | None = typer.Option(
-        None, help="With --pick-threshold: write the new checkpoint here."
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="With --pick-threshold: write the new checkpoint to FILE."
     ),
     report: Path | None = typer.Option(None, help="Write DIR/index.html and DIR/mistakes.csv."),
-    open_set: str | None = typer.Option(
-        None, "--open-set", help=f"on or off. {help_of(EvaluateConfig, 'open_set')}"
-    ),
+    config: Path | None = config_file(EvaluateConfig),
     **settings: Any,
 ) -> None:
     """Measure a checkpoint on tagged pictures: accuracy, precision, recall, F1, ROC-AUC."""
@@ -86,8 +82,8 @@ def evaluate(
     from catnet.config import load_config
     from catnet.evaluating.evaluation import evaluate as run_evaluate
 
-    if pick_threshold and not save_to:
-        raise CatnetError("--pick-threshold needs --save-to PATH for the new checkpoint")
+    if pick_threshold and not output:
+        raise CatnetError("--pick-threshold needs --output FILE for the new checkpoint")
     if pick_threshold:
         from catnet.scoring.metrics import parse_threshold_rule
 
@@ -95,19 +91,18 @@ def evaluate(
             parse_threshold_rule(pick_threshold)
         except ValueError as exc:
             raise CatnetError(str(exc)) from None
-    values = {**overrides(EvaluateConfig, settings), "unsure": _unsure_range(unsure),
-              "open_set": _on_off("--open-set", open_set)}  # fmt: skip
-    cfg = load_config(EvaluateConfig, None, values)
+    values = {**overrides(EvaluateConfig, settings), "unsure": _unsure_range(unsure)}
+    cfg = load_config(EvaluateConfig, config, values)
     say = functools.partial(console.print, highlight=False, markup=False)
     result = run_evaluate(checkpoint, data, cfg, on_message=say)
-    if pick_threshold and save_to:
+    if pick_threshold and output:
         from catnet.evaluating.evaluation import save_with_threshold
 
-        picked = save_with_threshold(checkpoint, result, pick_threshold, save_to)
+        picked = save_with_threshold(checkpoint, result, pick_threshold, output)
         result.metrics["picked_threshold"] = picked
         console.print(
             f"threshold {picked['threshold']:.4f} ({pick_threshold}): precision {picked['precision']:.3f}, "
-            f"recall {picked['recall']:.3f}; saved {save_to}",
+            f"recall {picked['recall']:.3f}; saved {output}",
             highlight=False,
         )
     if report:
@@ -119,8 +114,7 @@ def evaluate(
         stdout.print_json(json.dumps(json_safe(result.metrics)))
     else:
         print_evaluation(result, stdout)
-    if result.skipped:
-        console.print(f"[yellow]skipped {len(result.skipped)} unreadable files[/]")
+    finish(len(result.skipped), f"skipped {len(result.skipped)} unreadable files")
 
 
 @app.command()
@@ -143,17 +137,16 @@ def predict(
     link: bool = typer.Option(
         False, "--link", help="With --sort-into: hard-link instead of copying."
     ),
-    open_set: str | None = typer.Option(
-        None, "--open-set", help=f"on or off. {help_of(EvaluateConfig, 'open_set')}"
-    ),
+    config: Path | None = config_file(PredictConfig),
     **settings: Any,
 ) -> None:
-    """Tag new pictures as cat or not_cat. Exit code 1 if some could not be read."""
+    """Tag new pictures as cat or not_cat."""
     from catnet.cli.predict_view import run_prediction
     from catnet.config import load_config
 
-    values = {**overrides(PredictConfig, settings), "open_set": _on_off("--open-set", open_set)}
-    cfg = load_config(PredictConfig, None, values)
+    cfg = load_config(PredictConfig, config, overrides(PredictConfig, settings))
+    if any(p in ("on", "off") and not Path(p).exists() for p in paths):  # `--open-set off`
+        raise CatnetError("--open-set takes no value: --open-set or --no-open-set")
     if skip_done and not output:
         raise CatnetError("--skip-done needs --output FILE to know what is done")
     low_high = _unsure_range(unsure)
@@ -162,8 +155,7 @@ def predict(
         skip_done=skip_done, unsure=tuple(low_high) if low_high else None,
         sort_dest=sort_into, link=link,
     )  # fmt: skip
-    if summary["errors"]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    finish(summary["errors"])
 
 
 @app.command()

@@ -9,10 +9,9 @@ from typing import Any
 
 import typer
 
-from catnet.cli.app import app, console, friendly_errors, stdout
-from catnet.cli.options import config_options, overrides
+from catnet.cli.app import app, console, finish, friendly_errors, stdout
+from catnet.cli.options import config_file, config_options, overrides
 from catnet.config import ExplainConfig
-from catnet.errors import EXIT_SOME_FAILED
 
 
 @app.command()
@@ -25,10 +24,10 @@ def explain(
         Path("explain"), "--out", help="Folder for the PNGs, index.csv and contact_sheet.png."
     ),
     as_json: bool = typer.Option(False, "--json", help="JSON lines on stdout."),
+    config: Path | None = config_file(ExplainConfig),
     **settings: Any,
 ) -> None:
     """Show which pixels made the network say cat (or not cat): one heatmap PNG per picture.
-    Exit code 1 if some could not be read.
 
     Every setting of catnet.config.ExplainConfig is a flag."""
     from catnet.config import load_config
@@ -37,7 +36,7 @@ def explain(
     from catnet.explaining.explain_files import ExplainRow, explain_files
     from catnet.predicting.prediction import load_model
 
-    cfg = load_config(ExplainConfig, None, overrides(ExplainConfig, settings))
+    cfg = load_config(ExplainConfig, config, overrides(ExplainConfig, settings))
     model = load_model(checkpoint)
 
     def on_row(row: ExplainRow) -> None:
@@ -45,9 +44,9 @@ def explain(
             print(json.dumps(row.as_dict()), flush=True)  # ensure_ascii: any file name is valid
             return
         if row.error:
-            line = f"{'':>7}  {'error':<8} {row.input}  ({row.error})"
+            line = f"{'':>7}  {'error':<8} {row.path}  ({row.error})"
         else:
-            line = f"{row.p_cat:>7.4f}  {row.label:<8} {row.input} -> {row.output}"
+            line = f"{row.p_cat:>7.4f}  {row.label:<8} {row.path} -> {row.output}"
         stdout.print(printable(line), highlight=False, markup=False)
 
     summary = explain_files(model, paths, out, cfg, on_row)
@@ -61,5 +60,4 @@ def explain(
         highlight=False,
         markup=False,
     )
-    if summary["errors"]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    finish(summary["errors"])

@@ -9,7 +9,7 @@ from typing import Any
 import typer
 
 from catnet.cli.app import app, console, friendly_errors
-from catnet.cli.options import config_options, overrides
+from catnet.cli.options import config_file, config_options, overrides
 from catnet.config import LabelConfig
 
 
@@ -18,12 +18,10 @@ from catnet.config import LabelConfig
 @config_options(LabelConfig)
 def label(
     data: Path = typer.Argument(..., metavar="DIR", help="The tagged folder (DATA_DIR)."),
-    model: Path | None = typer.Option(
-        None, "--model", help="Checkpoint that ranks the pictures (default: none until Teach)."
+    checkpoint: Path | None = typer.Option(
+        None, help="Checkpoint that ranks the pictures (default: none until Teach)."
     ),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="TOML file of settings (LabelConfig keys)."
-    ),
+    config: Path | None = config_file(LabelConfig),
     **settings: Any,
 ) -> None:
     """Tag pictures in a local web page, least-sure first; review and teach the model.
@@ -36,7 +34,7 @@ def label(
     from catnet.labelling.session import open_session
 
     cfg = load_config(LabelConfig, config, overrides(LabelConfig, settings))
-    session = open_session(data, cfg, model)
+    session = open_session(data, cfg, checkpoint)
     sock = bind(cfg.host, cfg.port)
     token = new_token()
     bound_port = sock.getsockname()[1]

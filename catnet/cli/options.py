@@ -68,6 +68,13 @@ def config_options(
     return decorate
 
 
+def config_file(cls: type) -> Any:
+    """The --config/-c option of a command whose settings are cls's fields."""
+    return typer.Option(
+        None, "--config", "-c", help=f"TOML file of {cls.__name__} settings; flags override it."
+    )
+
+
 def overrides(cls: type, settings: dict[str, Any]) -> dict[str, Any]:
     """The given flags as config values: comma lists parsed, None ('not given') kept."""
     hints = typing.get_type_hints(cls)

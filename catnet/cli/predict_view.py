@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from rich.console import Console
 from catnet.config import PredictConfig
 from catnet.data.folders import printable
 from catnet.errors import CatnetError, WriteFailed
-from catnet.predicting.outputs import Prediction, RowWriter, done_paths, expand_inputs, sort_into
+from catnet.predicting.outputs import Prediction, RowWriter, done_paths, inputs_outside, sort_into
 from catnet.predicting.readahead import start_early
 
 
@@ -36,7 +35,7 @@ def run_prediction(
     link: bool = False,
 ) -> dict[str, Any]:
     skip = done_paths(output) if (output and skip_done) else set()
-    inputs: Iterable[str] = _outside(paths, sort_dest) if sort_dest else paths
+    inputs: Iterable[str] = inputs_outside(paths, sort_dest) if sort_dest else paths
     if cfg.ray:  # before anything else: a missing Ray or a bad address is a usage error
         from catnet.distributed.cluster import check_reachable, require_ray
 
@@ -92,15 +91,6 @@ def _resume_command() -> str:
     """This command line again, with --skip-done: it appends the rows still missing."""
     args = sys.argv[1:]
     return shlex.join(["catnet", *args, *([] if "--skip-done" in args else ["--skip-done"])])
-
-
-def _outside(paths: list[str], folder: Path) -> Iterator[str]:
-    """The input pictures not under folder: where --sort-into's folder lies inside an input
-    folder, the copies it holds (from this run or an earlier one) are not inputs."""
-    root = os.path.join(os.path.abspath(folder), "")
-    for path in expand_inputs(paths):
-        if not os.path.abspath(path).startswith(root):
-            yield str(path)
 
 
 def _row_handler(

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from catnet.cli.app import app, console, friendly_errors, stdout
+from catnet.cli.app import app, console, finish, friendly_errors, stdout
 from catnet.errors import EXIT_SOME_FAILED, CatnetError
 
 
@@ -17,10 +17,10 @@ from catnet.errors import EXIT_SOME_FAILED, CatnetError
 @friendly_errors
 def correct(
     data: Path = typer.Argument(..., help="The tagged folder to fix (DATA_DIR)."),
-    images: list[Path] = typer.Argument(None, help="Pictures whose true label is --label."),
-    label: str | None = typer.Option(None, help="cat or not_cat."),
+    images: list[Path] = typer.Argument(None, help="Pictures whose truth is --truth."),
+    truth: str | None = typer.Option(None, help="cat or not_cat: what the pictures are."),
     from_file: Path | None = typer.Option(
-        None, "--from", help="A predict/report CSV with edited labels."
+        None, "--from", help="predict's CSV with label edited, or mistakes.csv with truth edited."
     ),
 ) -> None:
     """Record corrections: put pictures in the right class folder and log them."""
@@ -29,10 +29,10 @@ def correct(
 
     if from_file:
         done = correct_from_file(data, from_file)
-    elif images and label:
-        done = run_correct(data, images, label)
+    elif images and truth:
+        done = run_correct(data, images, truth)
     else:
-        raise CatnetError("give --label cat|not_cat and pictures, or --from FILE.csv")
+        raise CatnetError("give --truth cat|not_cat and pictures, or --from FILE.csv")
     for c in done:
         console.print(f"{c.new_label:<8} {c.dest}  (was {c.old_label})", highlight=False)
     console.print(f"{len(done)} corrections logged in {data / '.catnet' / 'corrections.csv'}")
@@ -66,6 +66,7 @@ def finetune(
         print_resume_hint(latest_run(out), console)
         raise
     print_train_summary(result, console)
+    finish(result.skipped)
 
 
 @app.command()
@@ -89,6 +90,7 @@ def tune(
         highlight=False,
     ))  # fmt: skip
     print_tune(summary, stdout)
+    finish(summary["skipped"], f"skipped {summary['skipped']} unreadable files (see skipped.txt)")
 
 
 @app.command()
@@ -96,7 +98,7 @@ def tune(
 def export(
     checkpoint: Path = typer.Argument(..., help="A catnet checkpoint."),
     format: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
-    out: Path = typer.Option(..., "--out", help="File to write."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write."),
     check: list[str] = typer.Option(None, help="Pictures (files/folders) to check the export on."),
 ) -> None:
     """Export the network (ONNX or TorchScript) with preprocessing in its metadata."""
@@ -106,14 +108,16 @@ def export(
     from catnet.predicting.outputs import expand_inputs
 
     pictures = list(islice(expand_inputs(check), 64)) if check else None
-    result = run_export(checkpoint, format, out, pictures)
+    result = run_export(checkpoint, format, output, pictures)
     console.print(
         f"wrote {result['path']}; max |logit difference| vs PyTorch {result['max_abs_diff']:.2e} "
         f"on {result['checked_on']} pictures",
         highlight=False,
     )
     if result["max_abs_diff"] > 1e-3:
-        raise CatnetError("the export does not reproduce PyTorch's logits", exit_code=1)
+        raise CatnetError(
+            "the export does not reproduce PyTorch's logits", exit_code=EXIT_SOME_FAILED
+        )
 
 
 @app.command()
@@ -189,5 +193,4 @@ def check(
         stdout.print_json(json.dumps(report), ensure_ascii=True)
     else:
         print_check(report, stdout)
-    if (report["unreadable"] and not fix) or report["leaks"]:
-        raise typer.Exit(EXIT_SOME_FAILED)
+    finish(len(report["leaks"]) + (0 if fix else len(report["unreadable"])))

@@ -81,7 +81,7 @@ def correct(
     same split (a test picture stays a test picture); a new picture is copied into train/ (moved
     with move=True). Raises CatnetError when a picture is gone (another tab took it first)."""
     if label not in LABELS:
-        raise CatnetError(f"--label must be cat or not_cat, not {label!r}")
+        raise CatnetError(f"--truth must be cat or not_cat, not {label!r}")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CatnetError(f"data folder not found: {data_dir}")
@@ -168,23 +168,28 @@ def _target_dir(base: Path, label: str) -> Path:
 
 
 def correct_from_file(data_dir: str | Path, rows_file: str | Path) -> list[Correction]:
-    """Apply a file whose `label` column the user edited. A row is a correction when its label
-    (cat or not_cat) differs from the label it was written with: the folder's tag for
-    evaluate's mistakes.csv (it has folder_label), the model's answer for predict's output."""
+    """Apply rows where the user wrote the right answer: in `truth` (mistakes.csv: written as the
+    folder's tag), else in `label` (written as the model's answer). A row whose answer changed is
+    a correction; an unedited file changes nothing. Older files read too: mistakes.csv with
+    `folder_label` (label was the tag), explain's rows with `input`."""
     rows_file = Path(rows_file)
     if not rows_file.is_file():
         raise CatnetError(f"file not found: {rows_file}")
     done = []
     with rows_file.open(newline="", encoding="utf-8", errors="surrogateescape") as fh:
         for row in csv.DictReader(fh):
-            label = (row.get("label") or "").strip()
-            if label not in LABELS or not row.get("path") or not row.get("p_cat"):
-                continue
-            threshold = float(row.get("threshold") or 0.5)
-            predicted = "cat" if float(row["p_cat"]) >= threshold else "not_cat"
-            original = row["folder_label"] if row.get("folder_label") else predicted
-            if label != original:
-                done += correct(data_dir, [row["path"]], label, model_label=predicted)
+            path = row.get("path") or row.get("input")
+            if not path or not row.get("p_cat"):
+                continue  # an error row: the model gave no answer
+            # The model's answer (label may be edited); an unfamiliar picture is never cat.
+            cat = float(row["p_cat"]) >= float(row.get("threshold") or 0.5)
+            said = "cat" if cat and row.get("unfamiliar") != "true" else "not_cat"
+            if (row.get("truth") or "").strip():  # mistakes.csv: the tag was the other answer
+                right, written = row["truth"].strip(), "not_cat" if said == "cat" else "cat"
+            else:
+                right, written = (row.get("label") or "").strip(), row.get("folder_label") or said
+            if right in LABELS and right != written:
+                done += correct(data_dir, [path], right, model_label=said)
     return done
 
 

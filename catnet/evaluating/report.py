@@ -37,10 +37,9 @@ if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads i
 
 BINS = 15  # expected_calibration_error's default, so the diagram shows what the ECE measures
 THUMB = 128
-# predict --output's columns first, so the file can go straight to `catnet correct --from`.
-# label starts as the folder's tag: an unedited file changes nothing when fed to
-# `catnet correct --from`; edit label where the folder is wrong (predicted shows the model's view).
-CSV_COLUMNS = (*RowWriter.COLUMNS, "folder_label", "predicted")
+# predict --output's columns (label: the model's answer), then truth, the folder's tag: edit it
+# where the folder is wrong for `catnet correct --from`; an unedited file changes nothing.
+CSV_COLUMNS = (*RowWriter.COLUMNS, "truth")
 LABELS = ("not_cat", "cat")  # by label: 0, 1
 # The metrics shown, in order, with the words a reader needs rather than the JSON keys.
 METRIC_NAMES = {
@@ -88,11 +87,12 @@ def write_mistakes_csv(mistakes: list[Mistake], model: str, threshold: float, pa
     writer = csv.writer(text)
     writer.writerow(CSV_COLUMNS)
     for m in mistakes:
-        tag = LABELS[m.sample.label]
         flag = "" if m.unfamiliar is None else str(m.unfamiliar).lower()
         score = "" if m.score is None else round(m.score, 6)
-        row = (m.sample.path, tag, round(m.p_cat, 6), "", model, threshold, flag, score)
-        writer.writerow((*row, tag, LABELS[m.predicted]))
+        answer, p = LABELS[m.predicted], round(m.p_cat, 6)
+        writer.writerow(
+            (m.sample.path, answer, p, "", model, threshold, flag, score, LABELS[m.sample.label])
+        )
     atomic_write_text(path, text.getvalue(), errors="surrogateescape", what="the report")
     return path
 

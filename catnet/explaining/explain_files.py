@@ -22,21 +22,16 @@ from catnet.data.decoding import Decoded
 from catnet.errors import CatnetError
 from catnet.explaining import heatmaps
 from catnet.explaining.explain import Explainer, crop_box, on_picture
-from catnet.predicting.outputs import expand_inputs
+from catnet.predicting.outputs import inputs_outside
 from catnet.predicting.prediction import CatnetModel
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
 from catnet.scoring.decision import Decision
 
-COLUMNS = (
-    "input", "output", "p_cat", "label", "explained", "method", "error", "unfamiliar",
-    "unfamiliar_score",
-)  # fmt: skip
-
 
 @dataclass
 class ExplainRow:
-    input: str
+    path: str  # the picture, named as in every row catnet writes
     output: str  # the PNG written, "" for an error row
     p_cat: float | None
     label: str  # predict's answer: cat, not_cat, or error
@@ -51,6 +46,9 @@ class ExplainRow:
         p = None if self.p_cat is None else round(self.p_cat, 6)
         score = None if self.unfamiliar_score is None else round(self.unfamiliar_score, 6)
         return {**self.__dict__, "p_cat": p, "unfamiliar_score": score}
+
+
+COLUMNS = tuple(ExplainRow.__dataclass_fields__)  # index.csv: each field, in order, a column
 
 
 def output_root(inputs: Iterable[str]) -> Path:
@@ -83,12 +81,6 @@ def output_for(path: Path, root: Path, out: Path) -> Path:
     return out / (os.path.relpath(os.path.abspath(path), root) + ".png")
 
 
-def _outside(paths: Iterable[Path], folder: Path) -> Iterator[Path]:
-    """Inputs not under the output folder: a rerun must not explain its own earlier output."""
-    root = os.path.join(os.path.abspath(folder), "")
-    return (p for p in paths if not os.path.abspath(p).startswith(root))
-
-
 def explain_files(
     model: CatnetModel,
     inputs: list[str],
@@ -108,7 +100,7 @@ def explain_files(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CatnetError(f"cannot write to --out {out}: {exc.strerror or exc}") from None
-    files = (str(p) for p in _outside(expand_inputs(inputs), out))
+    files = inputs_outside(inputs, out)  # a rerun must not explain its own earlier output
     decode_cfg = PredictConfig(
         batch_size=cfg.batch_size, workers=cfg.workers, max_image_pixels=cfg.max_image_pixels
     )

@@ -205,7 +205,7 @@ class LabelSession:
         start = self.model.path if self.model is not None else None
         out_root = Path(self.config.out) if self.config.out else self.data_dir / ".catnet" / "runs"
         first = TrainConfig(
-            model=self.config.first_model, epochs=self.config.first_epochs, seed=self.config.seed
+            model=self.config.model, epochs=self.config.first_epochs, seed=self.config.seed
         )
         result = teach(
             self.data_dir,

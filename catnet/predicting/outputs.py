@@ -26,7 +26,7 @@ class Prediction:
     p_cat: float | None
     error: str = ""
     # The open-set check: True = unlike every training picture (so never "cat"); None = not
-    # checked (--open-set off, a checkpoint from before the check, or an unreadable file).
+    # checked (--no-open-set, a checkpoint from before the check, or an unreadable file).
     unfamiliar: bool | None = None
     unfamiliar_score: float | None = None  # distance to the k-th nearest training picture
 
@@ -58,6 +58,12 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[Path]:
             yield from (Path(m) for m in matches if not Path(m).is_dir())
         else:
             yield path  # reported as an error row: the run goes on
+
+
+def inputs_outside(inputs: Iterable[str], folder: Path) -> Iterator[str]:
+    """The expanded inputs not under folder, an output folder that may lie in an input one."""
+    root = os.path.join(os.path.abspath(folder), "")
+    return (str(p) for p in expand_inputs(inputs) if not os.path.abspath(p).startswith(root))
 
 
 class RowWriter:

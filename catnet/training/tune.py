@@ -121,7 +121,9 @@ def tune(
         row["verdict"] = verdict(row["train_acc"], row["val_acc"], best_val, row.pop("majority"))
     best = alive[0]
     _write(out, rows, best)
-    return {"rows": rows, "best": best.name, "best_config": str(out / "best.toml")}
+    # skipped: every trial reads the same data
+    return {"rows": rows, "best": best.name, "best_config": str(out / "best.toml"),
+            "skipped": result.skipped}  # fmt: skip
 
 
 def _row(trial: Trial, round_no: int, result: Any) -> dict[str, Any]:
