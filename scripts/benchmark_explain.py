@@ -38,15 +38,16 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from catnet.data.folders import IMAGE_SUFFIXES, iter_files  # noqa: E402
-from catnet.data.pixels import decode_square  # noqa: E402
-from catnet.errors import DecodeError  # noqa: E402
-from catnet.explaining.explain import Explainer  # noqa: E402
-from catnet.explaining.explain_checks import (  # noqa: E402
+from explain_checks import (  # noqa: E402
     Deletion,
     deletion_test,
     randomisation_correlation,
 )
+
+from catnet.data.folders import IMAGE_SUFFIXES, iter_files  # noqa: E402
+from catnet.data.pixels import decode_square  # noqa: E402
+from catnet.errors import DecodeError  # noqa: E402
+from catnet.explaining.explain import Explainer  # noqa: E402
 from catnet.predicting.prediction import load_model  # noqa: E402
 
 

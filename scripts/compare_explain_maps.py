@@ -29,10 +29,10 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import explain_checks as checks  # noqa: E402
 from benchmark_explain import decode, pick  # noqa: E402
 
 from catnet.data.augment import prepare_eval  # noqa: E402
-from catnet.explaining import explain_checks as checks  # noqa: E402
 from catnet.explaining.explain import Explainer  # noqa: E402
 from catnet.predicting.prediction import load_model  # noqa: E402
 

@@ -3,14 +3,19 @@ something (deletion, randomisation) on a small trained model."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from conftest import single_thread, tiny_config
 
-from catnet.explaining.conv_stages import conv_stages, feature_layer, fine_layer
-from catnet.explaining.explain import Explainer, grad_cam, on_picture, saliency
-from catnet.explaining.explain_checks import (
+# The deletion and randomisation checks are benchmark code (scripts/benchmark_explain.py), not
+# part of a command: they live beside the scripts that use them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+from explain_checks import (
     class_probability,
     deletion_drops,
     grey_out,
@@ -20,6 +25,9 @@ from catnet.explaining.explain_checks import (
     top_mask,
     upsample,
 )
+
+from catnet.explaining.conv_stages import conv_stages, feature_layer, fine_layer
+from catnet.explaining.explain import Explainer, grad_cam, on_picture, saliency
 from catnet.models.networks import CNN, MLP
 
 # ---------------------------------------------------------------- the maps themselves
