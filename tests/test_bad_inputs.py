@@ -544,7 +544,7 @@ def test_explain_names_every_file_in_valid_rows(
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     indexed = read_rows(out / "index.csv")
     for table in (rows, indexed):
-        by_input = {corpus.rel(r["input"]): r for r in table}
+        by_input = {corpus.rel(r["path"]): r for r in table}
         assert len(by_input) == len(table) and set(by_input) == corpus.readable | set(
             corpus.invalid
         )

@@ -135,14 +135,14 @@ def test_every_path_gives_the_same_answer(openset_run: OpenSetRun, tmp_path: Pat
     explained: list = []
     explain_files(model, [str(folder)], tmp_path / "explained", ExplainConfig(workers=1),
                   on_row=explained.append)  # fmt: skip
-    labels = {Path(r.input).name: r.label for r in explained}
+    labels = {Path(r.path).name: r.label for r in explained}
     assert labels == {n: label for n, (label, _, _) in expected.items()}  # before #23: not so
-    found = _answers_by_name([(r.input, r.label, r.p_cat, r.unfamiliar) for r in explained])
+    found = _answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in explained])
     _same(found, expected, tol, "explain")
     for row in explained:  # the map shows the evidence for that answer
         assert row.explained == row.label
     with (tmp_path / "explained" / "index.csv").open(newline="") as fh:
-        flags = {Path(r["input"]).name: r["unfamiliar"] for r in csv.DictReader(fh)}
+        flags = {Path(r["path"]).name: r["unfamiliar"] for r in csv.DictReader(fh)}
     assert all(flags[n] == "true" for n in unfamiliar_cats)
 
     result = evaluate(checkpoint, folder, EvaluateConfig(workers=1, positive="cats"))
@@ -157,7 +157,7 @@ def test_every_path_gives_the_same_answer(openset_run: OpenSetRun, tmp_path: Pat
     assert result.metrics["accuracy"] == pytest.approx(right / len(files))
     write_report(result, tmp_path / "report", top_n=0)
     with (tmp_path / "report" / "mistakes.csv").open(newline="") as fh:
-        mistakes = {Path(r["path"]).name: r["predicted"] for r in csv.DictReader(fh)}
+        mistakes = {Path(r["path"]).name: r["label"] for r in csv.DictReader(fh)}
     assert mistakes == {n: label for n, (label, _, _) in expected.items()
                         if (label == "cat") != truth[n]}  # fmt: skip
 

@@ -48,7 +48,7 @@ def test_onnx_matches_pytorch_on_real_pictures(trained, tmp_path: Path) -> None:
 
 def test_export_cli_rejects_unknown_format(trained, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "catnet", "export", str(trained.best), "--format", "pickle",
-           "--out", str(tmp_path / "x")]  # fmt: skip
+           "--output", str(tmp_path / "x")]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 2
     assert "onnx or torchscript" in result.stderr and "Traceback" not in result.stderr

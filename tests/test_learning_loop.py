@@ -379,6 +379,7 @@ def test_tune_cli_writes_table_plot_and_best_config(
 class FakeResult:
     metrics: dict[str, float]
     seconds: float
+    skipped: tuple = ()  # unreadable files: none here
 
 
 def test_tune_keeps_to_its_time_budget(
