@@ -125,6 +125,25 @@ def test_mistakes_csv_most_confident_first(report: Path) -> None:
     assert rows[0]["path"] == str(report / "data" / "dogs" / "a&b<c>.png")
 
 
+def test_mistakes_csv_carries_the_open_set_flag_and_score(tmp_path: Path) -> None:
+    """The flag and the score land in their own columns, as in predict's rows (they were
+    passed by position into the heatmap field: the flag was written as the score)."""
+    result = make_result(tmp_path, PICTURES)
+    n = len(result.samples)
+    result.scores = torch.linspace(0.1, 0.9, n)
+    result.unfamiliar = result.scores > 0.5
+    write_report(result, tmp_path / "report", top_n=0)
+    rows = read_csv(tmp_path / "report" / "mistakes.csv")
+    assert rows and all(r["unfamiliar"] in ("true", "false") for r in rows)
+    by_path = {Path(r["path"]): r for r in rows}
+    for sample, score, flag in zip(result.samples, result.scores.tolist(),
+                                   result.unfamiliar.tolist(), strict=True):  # fmt: skip
+        if sample.path in by_path:
+            assert float(by_path[sample.path]["unfamiliar_score"]) == pytest.approx(score, abs=1e-5)
+            assert by_path[sample.path]["unfamiliar"] == str(flag).lower()
+    assert all(m.heatmap == "" for m in find_mistakes(result))
+
+
 def test_csv_starts_with_predict_output_columns() -> None:
     from catnet.predicting.outputs import RowWriter
 

@@ -77,7 +77,8 @@ def find_mistakes(result: EvaluationResult) -> list[Mistake]:
         result.samples, probs.tolist(), predicted, flags, scores, strict=True
     ):
         if pred != sample.label:
-            out.append(Mistake(sample, p, pred, p if pred else 1.0 - p, flag, score))
+            confidence = p if pred else 1.0 - p
+            out.append(Mistake(sample, p, pred, confidence, unfamiliar=flag, score=score))
     return sorted(out, key=lambda m: (-m.confidence, str(m.sample.path)))
 
 
