@@ -47,7 +47,7 @@ from explain_checks import (  # noqa: E402
 from catnet.data.folders import IMAGE_SUFFIXES, iter_files  # noqa: E402
 from catnet.data.pixels import decode_square  # noqa: E402
 from catnet.errors import DecodeError  # noqa: E402
-from catnet.explaining.explain import Explainer  # noqa: E402
+from catnet.explaining.explain import Explainer, explain_images  # noqa: E402
 from catnet.predicting.prediction import load_model  # noqa: E402
 
 
@@ -160,11 +160,11 @@ def speed(model, files: list[Path]) -> dict:
     predict_rate = len(files) / (time.perf_counter() - started)
     with tempfile.TemporaryDirectory() as out:
         summary = explain_files(model, inputs, Path(out), ExplainConfig())
-    model.explain([files[0]])  # warm
+    explain_images(model, [files[0]])  # warm
     times = []
     for f in files[:5]:  # the median of 5 pictures: one timing on a shared machine is noise
         started = time.perf_counter()
-        model.explain([f])
+        explain_images(model, [f])
         times.append(time.perf_counter() - started)
     one = statistics.median(times)
     print(f"\nspeed: predict {predict_rate:.1f} images/s, explain {summary['images_per_s']:.1f} "

@@ -67,6 +67,12 @@ def test_explain_cli_mirrors_paths_and_goes_on_after_errors(trained, tmp_path: P
     with (out / "index.csv").open(newline="") as fh:
         index = list(csv.DictReader(fh))
     assert tuple(index[0]) == COLUMNS and len(index) == 3
+    # Each answered row carries the threshold it was made with, as predict's rows do, so that
+    # `correct --from index.csv` reads the model's answer back right (not at 0.5).
+    from catnet.models.checkpoint import load_checkpoint
+
+    own = float(load_checkpoint(trained.best)["threshold"])
+    assert all(float(r["threshold"]) == own for r in index if r["p_cat"])
     assert Image.open(out / "contact_sheet.png").width > 0
     assert "images/s" in proc.stderr and "Grad-CAM" in proc.stderr
 

@@ -24,7 +24,7 @@ from catnet.data.folders import Sample
 from catnet.data.pixels import decode_square
 from catnet.errors import writing
 from catnet.explaining.heatmaps import data_uri
-from catnet.predicting.outputs import RowWriter
+from catnet.predicting.outputs import RowWriter, csv_value
 from catnet.runtime.files import atomic_write_text
 from catnet.scoring.calibration import expected_calibration_error
 from catnet.scoring.decision import probabilities
@@ -35,8 +35,8 @@ if TYPE_CHECKING:  # evaluation pulls in the model code; the report only reads i
 
     from catnet.evaluating.evaluation import EvaluationResult
 
+THUMB = 128  # px, the side of the report's thumbnails (and of their heatmaps)
 BINS = 15  # expected_calibration_error's default, so the diagram shows what the ECE measures
-THUMB = 128
 # predict --output's columns (label: the model's answer), then truth, the folder's tag: edit it
 # where the folder is wrong for `catnet correct --from`; an unedited file changes nothing.
 CSV_COLUMNS = (*RowWriter.COLUMNS, "truth")
@@ -88,12 +88,10 @@ def write_mistakes_csv(mistakes: list[Mistake], model: str, threshold: float, pa
     writer = csv.writer(text)
     writer.writerow(CSV_COLUMNS)
     for m in mistakes:
-        flag = "" if m.unfamiliar is None else str(m.unfamiliar).lower()
-        score = "" if m.score is None else round(m.score, 6)
-        answer, p = LABELS[m.predicted], round(m.p_cat, 6)
-        writer.writerow(
-            (m.sample.path, answer, p, "", model, threshold, flag, score, LABELS[m.sample.label])
-        )
+        score = None if m.score is None else round(m.score, 6)
+        row = (m.sample.path, LABELS[m.predicted], round(m.p_cat, 6), "", model, threshold,
+               m.unfamiliar, score, LABELS[m.sample.label])  # fmt: skip
+        writer.writerow([csv_value(v) for v in row])
     atomic_write_text(path, text.getvalue(), errors="surrogateescape", what="the report")
     return path
 
@@ -253,9 +251,8 @@ def with_heatmaps(checkpoint: str | Path, mistakes: list[Mistake], top_n: int) -
         for kind in (1, 0)
         for i in [j for j, m in enumerate(mistakes) if m.predicted == kind][:top_n]
     ]
-    uris = heatmap_uris(
-        checkpoint, [(mistakes[i].sample.path, bool(mistakes[i].predicted)) for i in shown]
-    )
+    pictures = [(mistakes[i].sample.path, bool(mistakes[i].predicted)) for i in shown]
+    uris = heatmap_uris(checkpoint, pictures, THUMB)
     out = list(mistakes)
     for i, uri in zip(shown, uris, strict=True):
         out[i] = dataclasses.replace(out[i], heatmap=uri)

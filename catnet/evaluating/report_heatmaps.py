@@ -11,21 +11,19 @@ from PIL import Image
 
 from catnet.data.pixels import decode_square
 from catnet.errors import DecodeError
-from catnet.explaining.explain import Explainer, on_picture
+from catnet.explaining.explain import explainer_for, on_picture
 from catnet.explaining.heatmaps import data_uri, overlay
 from catnet.predicting.prediction import load_model
 
-THUMB = 128  # px, the report's thumbnail size
-
 
 def heatmap_uris(
-    checkpoint: str | Path, mistakes: list[tuple[Path, bool]], batch_size: int = 32
+    checkpoint: str | Path, mistakes: list[tuple[Path, bool]], side: int, batch_size: int = 32
 ) -> list[str]:
-    """One JPEG data: URI per (path, answered cat) mistake: its thumbnail with the map of the
-    evidence for the wrong answer it got (the negative logit's for a cat called not-cat); ""
-    where the file cannot be read any more."""
+    """One JPEG data: URI per (path, answered cat) mistake: its side x side px thumbnail with
+    the map of the evidence for the wrong answer it got (the negative logit's for a cat called
+    not-cat); "" where the file cannot be read any more."""
     model = load_model(checkpoint)
-    explainer = Explainer(model)
+    explainer = explainer_for(model)
     uris = [""] * len(mistakes)
     readable: list[int] = []
     squares: list[np.ndarray] = []
@@ -40,7 +38,7 @@ def heatmap_uris(
         batch = torch.from_numpy(np.stack(squares[start : start + batch_size]))
         sign = torch.tensor([1.0 if mistakes[i][1] else -1.0 for i in part])
         for i, cam, pixels in zip(part, explainer.maps(batch, sign), batch, strict=True):
-            thumb = Image.fromarray(pixels.numpy()).resize((THUMB, THUMB), Image.BILINEAR)
-            heat = on_picture(cam, THUMB, THUMB)
-            uris[i] = data_uri(overlay(thumb, heat, (0, 0, THUMB)), "JPEG")
+            thumb = Image.fromarray(pixels.numpy()).resize((side, side), Image.BILINEAR)
+            heat = on_picture(cam, side, side)
+            uris[i] = data_uri(overlay(thumb, heat, (0, 0, side)), "JPEG")
     return uris

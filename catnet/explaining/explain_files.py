@@ -21,8 +21,8 @@ from catnet.config import ExplainConfig, PredictConfig
 from catnet.data.decoding import Decoded
 from catnet.errors import CatnetError
 from catnet.explaining import heatmaps
-from catnet.explaining.explain import Explainer, crop_box, on_picture
-from catnet.predicting.outputs import inputs_outside
+from catnet.explaining.explain import Explainer, crop_box, explainer_for, on_picture
+from catnet.predicting.outputs import csv_value, inputs_outside
 from catnet.predicting.prediction import CatnetModel
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
@@ -41,6 +41,9 @@ class ExplainRow:
     # As in predict's rows: the open-set check's flag (None: not checked) and score.
     unfamiliar: bool | None = None
     unfamiliar_score: float | None = None
+    # The threshold the answer was made with, as in predict's rows: `correct --from` reads the
+    # model's answer back from p_cat and it, whatever the user wrote in label.
+    threshold: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         p = None if self.p_cat is None else round(self.p_cat, 6)
@@ -93,7 +96,7 @@ def explain_files(
     cfg = cfg or ExplainConfig()
     setup_threads()
     started = time.perf_counter()
-    explainer = Explainer(model)
+    explainer = explainer_for(model)
     decision = model.decision(cfg.threshold)
     root, out = output_root(inputs), Path(out).expanduser()
     try:
@@ -123,7 +126,7 @@ def explain_files(
                     explainer, chunk[part], results[part], root, out, cfg, decision
                 ):
                     counts[row.label] += 1
-                    writer.writerow({k: _cell(v) for k, v in row.as_dict().items()})
+                    writer.writerow({k: csv_value(v) for k, v in row.as_dict().items()})
                     if cell is not None and len(cells) < cfg.sheet_max:
                         cells.append(cell)
                     if on_row:
@@ -180,15 +183,9 @@ def _explain_batch(
         picture = heatmaps.captioned(overlaid, caption.lines())
         target = heatmaps.save_png(picture, output_for(path, root, out))
         row = ExplainRow(str(path), str(target), caption.p_cat, caption.label, caption.side,
-                         explainer.method, "", answer.unfamiliar, answer.score)  # fmt: skip
+                         explainer.method, "", answer.unfamiliar, answer.score,
+                         decision.threshold)  # fmt: skip
         yield row, heatmaps.cell(overlaid, caption) if cfg.sheet_max else None
-
-
-def _cell(value: Any) -> Any:
-    """A CSV cell as predict writes it: "" for none, true/false for a flag."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "" if value is None else value
 
 
 def _overlay(path: Path, cam: torch.Tensor) -> Image.Image:

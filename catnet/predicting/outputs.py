@@ -98,7 +98,7 @@ class RowWriter:
 
     def _csv_line(self, row: dict[str, Any]) -> str:
         buf = io.StringIO()
-        csv.writer(buf).writerow([_csv_value(row.get(k)) for k in self.columns])
+        csv.writer(buf).writerow([csv_value(row.get(k)) for k in self.columns])
         return buf.getvalue()
 
     def _put(self, text: str) -> None:
@@ -162,7 +162,7 @@ def _put(source: Path, target: Path, link: bool) -> None:
     copy_new(source, target)
 
 
-def _csv_value(value: Any) -> Any:
+def csv_value(value: Any) -> Any:
     """Empty for None; true/false for booleans, as in the JSON rows."""
     if value is None:
         return ""
