@@ -110,7 +110,9 @@ def evaluate(
     if decision.unsure:
         metrics.update(unsure_metrics(decided.cat, decided.unsure, labels, decision.unsure))
     if unfamiliar is not None:
-        metrics["open_set"] = open_set_metrics(probs, labels, unfamiliar, threshold)
+        # The same decision with the check off: what the check changed.
+        unchecked = decision.with_settings(threshold, open_set=False).decide_p(probs).cat
+        metrics["open_set"] = open_set_metrics(labels, unfamiliar, unchecked)
     metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
     return EvaluationResult(
         metrics, kept, probs, logits, skipped, decided.scores, unfamiliar, decided.cat
@@ -118,12 +120,12 @@ def evaluate(
 
 
 def open_set_metrics(
-    probs: torch.Tensor, labels: torch.Tensor, unfamiliar: torch.Tensor, threshold: float
+    labels: torch.Tensor, unfamiliar: torch.Tensor, tagged_cat: torch.Tensor
 ) -> dict[str, Any]:
     """What the check did here: how many pictures it flagged, how many cats it cost, and the
-    accuracy without it (the headline metrics are with it)."""
+    accuracy without it (the headline metrics are with it). tagged_cat (n,) bool: the
+    decision's answers with the check off."""
     cats = labels.bool()
-    tagged_cat = probs >= threshold
     return {
         "unfamiliar": int(unfamiliar.sum()),
         "unfamiliar_cats": int((unfamiliar & cats).sum()),

@@ -123,10 +123,6 @@ class Explained:
     sides: list[str]  # which side each map shows: cat or not_cat
 
     @property
-    def p_cat(self) -> list[float]:
-        return [a.p_cat for a in self.answers]
-
-    @property
     def labels(self) -> list[str]:
         return [a.label for a in self.answers]
 
