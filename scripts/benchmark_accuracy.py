@@ -129,14 +129,15 @@ def floor_accuracy(train_dir: Path, test_dir: Path) -> float:
     from catnet.data.folders import list_files
     from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_imagenet_backbone
     from catnet.runtime.compute import select_compute, setup_threads
-    from catnet.training.features import feature_store
+    from catnet.training.features import FrozenPass, feature_store
 
     setup_threads()
     net = PretrainedNet(DEFAULT_BACKBONE)
     load_imagenet_backbone(net, DEFAULT_BACKBONE)
     net.eval()
     compute = select_compute()
-    store = feature_store(net, DEFAULT_BACKBONE, 224, 0, compute, default_cache_root())
+    frozen = FrozenPass(net, 0, 224, (0.5,) * 3, (0.5,) * 3, compute)
+    store = feature_store(net, DEFAULT_BACKBONE, 224, 0, frozen.name, default_cache_root())
 
     def features(root: Path) -> tuple[np.ndarray, np.ndarray]:
         from catnet.training.features import cached_features
@@ -146,9 +147,8 @@ def floor_accuracy(train_dir: Path, test_dir: Path) -> float:
         table = load_pixels(files, 224, cache_root=default_cache_root())
         ok = np.flatnonzero(table.ok)
         plain, _ = cached_features(
-            lambda x: net.frozen_part(x, 0), [files[i] for i in ok], table.array,
-            table.slots[ok], 224, (0.5,) * 3, (0.5,) * 3, compute, store,
-        )  # fmt: skip
+            frozen, [files[i] for i in ok], table.array, table.slots[ok], store
+        )
         return plain.numpy(), labels[ok]
 
     with torch.no_grad():

@@ -73,7 +73,7 @@ def finalize_run(
     temperature = fit_temperature(val["logits"], labels)
     if payload["arch"]["type"] == "pretrained" and len(labels) < MIN_CALIBRATION_PICTURES:
         temperature = 1.0
-    probs = probabilities(val["logits"], temperature)
+    probs = torch.from_numpy(probabilities(val["logits"], temperature))
     metrics = binary_metrics(probs, labels, payload["threshold"])
     share = float(data.train_labels.mean())
     metrics.update(
