@@ -20,7 +20,7 @@ from catnet.models.pretrained import (
     check_backbone_name,
     imagenet_classifier,
     imagenet_state,
-    remap_lite0_keys,
+    remap_lite_keys,
 )
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -52,7 +52,7 @@ def test_remap_follows_the_stage_layout() -> None:
         "_blocks.0._bn1.bias", "_blocks.0._project_conv.weight", "_blocks.0._bn2.weight",
         "_blocks.1._expand_conv.weight", "_blocks.2._bn2.bias", "_blocks.3._bn0.weight",
         "_blocks.15._project_conv.weight", "_conv_head.weight", "_bn1.bias", "_fc.weight")}  # fmt: skip
-    assert sorted(remap_lite0_keys(fake)) == sorted([
+    assert sorted(remap_lite_keys(fake, (1, 2, 2, 3, 3, 4, 1))) == sorted([
         "conv_stem.weight", "bn1.running_mean", "blocks.0.0.conv_dw.weight", "blocks.0.0.bn1.bias",
         "blocks.0.0.conv_pw.weight", "blocks.0.0.bn2.weight", "blocks.1.0.conv_pw.weight",
         "blocks.1.1.bn3.bias", "blocks.2.0.bn1.weight", "blocks.6.0.conv_pwl.weight",
@@ -65,6 +65,19 @@ def test_packaged_weights_fit_timm_exactly() -> None:
     expected = timm.create_model(DEFAULT_BACKBONE, pretrained=False).state_dict()
     assert set(state) == set(expected)
     assert all(state[k].shape == expected[k].shape for k in expected)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_the_bigger_packaged_backbones_load_and_see_a_cat(name: str) -> None:
+    """Lite1 and Lite2 ship offline like Lite0 (their own PyPI packages) and have more blocks
+    per stage: the remap must follow their layout, and chelsea must land in the cat classes."""
+    timm = pytest.importorskip("timm")
+    state = imagenet_state(name)
+    expected = timm.create_model(name, pretrained=False).state_dict()
+    assert set(state) == set(expected)
+    with torch.no_grad():
+        top1 = int(imagenet_classifier(name)(chelsea())[0].argmax())
+    assert top1 in CAT_CLASSES
 
 
 def test_chelsea_lands_in_the_cat_classes_with_the_recorded_logits() -> None:
