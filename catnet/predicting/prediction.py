@@ -122,7 +122,7 @@ def predict(
     model = (
         checkpoint
         if isinstance(checkpoint, AnsweringModel)
-        else answering_model(checkpoint, cfg.device, cfg.engine, cfg.tta)
+        else answering_model(checkpoint, "auto", cfg.engine, cfg.tta)
     )
     decision = model.decision(cfg.threshold, unsure, cfg.open_set)
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
