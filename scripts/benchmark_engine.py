@@ -162,6 +162,10 @@ def main() -> None:
         help="the PyTorch side's backbone: today's default, so that the ratios compare the "
         "new default on the engine with what users had",
     )  # fmt: skip
+    parser.add_argument(
+        "--backbone", default="", help="the engine side's backbone ('' = catnet's default); "
+        "the same as --baseline-backbone gives the engine's own speed-up",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows: dict = {"splits": []}
@@ -176,7 +180,8 @@ def main() -> None:
             shutil.rmtree(cold, ignore_errors=True)
             shutil.rmtree(run_dir, ignore_errors=True)
             env = {**os.environ, "CATNET_CACHE": str(cold), "CATNET_ENGINE_CACHE": str(cold / "e")}
-            extra = ["--backbone", args.baseline_backbone] if engine == "torch" else []
+            backbone = args.baseline_backbone if engine == "torch" else args.backbone
+            extra = ["--backbone", backbone] if backbone else []
             seconds, _, _ = timed(["train", str(train_dir), "--out", str(run_dir), "--seed",
                                    str(seed), "--engine", engine, *extra], env)  # fmt: skip
             split[f"train_seconds_{engine}"] = seconds
