@@ -118,9 +118,7 @@ def run_epochs(run: Run, epoch: recipes.EpochFn) -> str:
             # Rank 0 decides, so that every rank leaves the loop at the same epoch.
             if from_leader(ranks, [int(state.stopper.should_stop)])[0]:
                 return f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
-            # Threads again, from the cores idle now: a run that started on an idle machine
-            # kept both threads when others came, and a CNN step then took 6.0 s with 2
-            # threads against 1.8 s with 1 (2 cores, load 7-12): 29 epochs in 10 minutes.
+            # Threads for the cores idle now (2 cores, load 7-12: a CNN step 6.0 s on 2, 1.8 s on 1)
             setup_threads(share=local_world_size())
             plan_epochs(run)
             if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < run.max_epochs:
