@@ -101,10 +101,14 @@ def one_run(
     # As a user gets it (flip TTA follows the checkpoint: on for the CNN recipe), and without TTA.
     metrics = json.loads(run(evaluate)[0])
     plain = json.loads(run([*evaluate, "--no-tta"])[0])
+    epochs_run = len((run_dir / "metrics.csv").read_text().splitlines()) - 1
     return {
         "model": model,
         "seed": seed,
         "accuracy": metrics["accuracy"],
+        # The same answers with the open-set check off: what the check costs (or gains).
+        "accuracy_without_check": metrics.get("open_set", {}).get("accuracy_without_check"),
+        "epochs_run": epochs_run,
         "accuracy_no_tta": plain["accuracy"],
         "roc_auc": metrics["roc_auc"],
         "n_test": metrics["n"],

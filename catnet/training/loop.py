@@ -118,6 +118,8 @@ def run_epochs(run: Run, epoch: recipes.EpochFn) -> str:
             # Rank 0 decides, so that every rank leaves the loop at the same epoch.
             if from_leader(ranks, [int(state.stopper.should_stop)])[0]:
                 return f"early stopping: no {cfg.monitor} improvement in {cfg.patience} epochs"
+            # Threads for the cores idle now (2 cores, load 7-12: a CNN step 6.0 s on 2, 1.8 s on 1)
+            setup_threads(share=local_world_size())
             plan_epochs(run)
             if cfg.time_budget > 0 and state.epoch >= state.planned_epochs < run.max_epochs:
                 stop_reason = f"time budget of {cfg.time_budget:g} s reached"

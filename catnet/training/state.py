@@ -24,6 +24,8 @@ from catnet.training.results import TrainCallbacks
 from catnet.training.schedule import EarlyStopping
 from catnet.training.sharding import Shard
 
+COUNTERS = ("epoch", "step", "total_steps", "planned_epochs", "epoch_seconds", "history")
+
 
 @dataclass
 class TrainState:
@@ -37,12 +39,7 @@ class TrainState:
 
     def to_dict(self, optimizer: torch.optim.Optimizer, gen: torch.Generator) -> dict[str, Any]:
         return {
-            "epoch": self.epoch,
-            "step": self.step,
-            "total_steps": self.total_steps,
-            "planned_epochs": self.planned_epochs,
-            "epoch_seconds": self.epoch_seconds,
-            "history": self.history,
+            **{key: getattr(self, key) for key in COUNTERS},
             "stopper": self.stopper.state(),
             "optimizer": optimizer.state_dict(),
             "generator": gen.get_state(),
@@ -61,7 +58,7 @@ class TrainState:
         optimizer.load_state_dict(resume["optimizer"])
         gen.set_state(resume["generator"])
         torch.set_rng_state(resume["torch_rng"])
-        for key in ("epoch", "step", "total_steps", "planned_epochs", "epoch_seconds", "history"):
+        for key in COUNTERS:
             setattr(self, key, resume[key])
         self.stopper = EarlyStopping(**resume["stopper"])
 

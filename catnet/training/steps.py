@@ -89,18 +89,15 @@ def minibatch_epoch(run: Run, inputs: Inputs, on_batch: OnBatch) -> dict[str, fl
 
 
 def pixel_epoch(run: Run, on_batch: OnBatch) -> dict[str, float]:
-    """The from-scratch networks' epoch: decoded pixels, randomly cropped, flipped, rotated and
-    colour-jittered (with `augment`), some batches mixed by CutMix."""
+    """The from-scratch networks' epoch: decoded pixels, augmented, some mixed by CutMix."""
     cfg, data, device = run.cfg, run.data, run.compute.device
     settings = AugmentSettings(cfg.crop_scale, cfg.rotation, cfg.color_jitter)
 
     def inputs(idx: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = torch.from_numpy(np.ascontiguousarray(data.pixels[data.train_slots[idx]]))
         pixels = pixels.to(device)  # (B, S, S, 3) uint8
-        if cfg.augment:
-            x = augment(pixels, data.image_size, settings, gen)
-        else:
-            x = prepare_eval(pixels, data.image_size)
+        x = (augment(pixels, data.image_size, settings, gen) if cfg.augment
+             else prepare_eval(pixels, data.image_size))  # fmt: skip
         targets = torch.from_numpy(data.train_labels[idx]).to(device).float()
         if cfg.cutmix and float(torch.rand(1, generator=gen)) < cfg.cutmix:
             x, targets = cutmix(x, targets, gen)
