@@ -177,7 +177,9 @@ class EvaluateConfig:
     )
     # The open-set check: a picture unlike every training picture is never "cat" (README,
     # "Unlike anything I saw"). Checkpoints from before it have no check to turn on.
-    open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
+    open_set: bool | None = setting(
+        None, "Pictures unlike every training picture are never cat [default: as trained]."
+    )
 
 
 @dataclass
@@ -189,7 +191,9 @@ class PredictConfig:
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
-    open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
+    open_set: bool | None = setting(
+        None, "Pictures unlike every training picture are never cat [default: as trained]."
+    )
     # Ray Data (README, "Beyond one machine"); needs the extra: pip install "catnet[ray]".
     ray: str = setting(
         "", "Run on Ray: HOST:PORT, ray://HOST:PORT, auto or local ('' = this process)."
@@ -324,7 +328,8 @@ def to_toml(values: dict[str, Any]) -> str:
     """Write a flat dict of str/int/float/bool/list values as TOML (tomllib only reads)."""
     lines = []
     for key, value in values.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        if value is not None:  # TOML has no null; an optional setting left out is its default
+            lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -143,8 +143,18 @@ def describe(path: str | Path) -> dict[str, Any]:
         "threshold": payload["threshold"],
         "temperature": payload.get("temperature", 1.0),
         "metrics": payload.get("metrics", {}),
+        "open_set": _open_set(payload.get("open_set")),
         "catnet_version": payload.get("catnet_version"),
     }
+
+
+def _open_set(entry: Any) -> dict[str, Any] | None:
+    """Whether the open-set check is on by default, and why (what it did on validation: see
+    scoring.openset.Verdict); None: the checkpoint has no check."""
+    if not isinstance(entry, dict):
+        return None
+    return {"on": bool(entry.get("on", True)), "threshold": float(entry["threshold"]),
+            "validation": entry.get("validation")}  # fmt: skip
 
 
 def first_layer_weights(path: str | Path) -> Any:

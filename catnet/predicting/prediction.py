@@ -56,13 +56,15 @@ class CatnetModel:
         self.open_set = OpenSetCheck.from_payload(payload.get(OPEN_SET_KEY), self.compute.device)
 
     def decision(
-        self, threshold: float = -1.0, unsure: Any = None, open_set: bool = True
+        self, threshold: float = -1.0, unsure: Any = None, open_set: bool | None = None
     ) -> Decision:
         """How this model answers (scoring.decision), under a command's settings: threshold
-        < 0 = the checkpoint's, an unsure band (low, high) or none, open_set False: no check."""
-        check = self.open_set.threshold if self.open_set is not None else None
-        own = Decision(self.threshold, self.temperature, None, check)
-        return own.with_settings(threshold, unsure, open_set)
+        < 0 = the checkpoint's, an unsure band (low, high) or none, open_set False: no check,
+        None: the checkpoint's (on where it paid on validation: scoring.openset.Verdict)."""
+        check = self.open_set
+        own = Decision(self.threshold, self.temperature, None, check.threshold if check else None)
+        return own.with_settings(threshold, unsure, check is not None and (
+            check.on if open_set is None else open_set))  # fmt: skip
 
     def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
@@ -82,7 +84,7 @@ class CatnetModel:
             )  # fmt: skip
         if check is None or seen is None:
             return logits, None
-        return logits, check.scores(mean_features(seen, len(batch_u8))).cpu()
+        return logits, check.scores(mean_features(seen, len(batch_u8)), logits).cpu()
 
     def logits_and_scores_of(
         self,
@@ -104,10 +106,11 @@ class CatnetModel:
         self,
         images: Iterable[Image.Image | str | Path],
         tta: bool | None = None,
-        open_set: bool = True,
+        open_set: bool | None = None,
     ) -> list[Prediction]:
         """Predict PIL images or paths held in memory (for Python users; the CLI streams).
-        open_set=False turns the check off (every row's unfamiliar is then None)."""
+        open_set=False turns the check off (every row's unfamiliar is then None), None: as
+        the checkpoint says."""
         preds: list[Prediction] = []
         pixels, where = [], []
         for i, image in enumerate(images):
@@ -125,9 +128,8 @@ class CatnetModel:
                 preds.append(Prediction(name, "error", None, exc.reason))
         if pixels:
             batch = torch.from_numpy(np.stack(pixels))
-            decided = self.decision(open_set=open_set).decide(
-                *self.logits_and_scores(batch, tta, open_set)
-            )
+            decision = self.decision(open_set=open_set)
+            decided = decision.decide(*self.logits_and_scores(batch, tta, decision.checks))
             for j, answer in zip(where, decided.answers(), strict=True):
                 preds[j] = Prediction(preds[j].path, answer.label, answer.p_cat, "",
                                       answer.unfamiliar, answer.score)  # fmt: skip
