@@ -65,8 +65,8 @@ SKIMAGE_PICTURES = (
     "microaneurysms",
 )  # fmt: skip  (every skimage.data picture but chelsea/cat and the non-photographic arrays)
 # The variant training fits now (scoring.openset.OpenSetFit's defaults).
-ADOPTED = "class, val+loo, q0.995"
-TODAY = "today (all, val, q.99, k10)"
+ADOPTED = "val+loo, q0.995"
+TODAY = "today (val, q.99, k10)"
 MATPLOTLIB_PICTURES = ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png", "logo2.png")
 
 
@@ -186,6 +186,9 @@ class Pictures:
     features: torch.Tensor  # (n, F)
     cats: torch.Tensor  # (n,) bool: truly a cat
 
+    def subset(self, rows: torch.Tensor) -> Pictures:
+        return Pictures(self.logits[rows], self.features[rows], self.cats[rows])
+
     @classmethod
     def of(cls, model: Any, files: list[Path]) -> Pictures:
         logits, features = logits_and_features(model, files)
@@ -196,6 +199,9 @@ class Pictures:
 @dataclass(frozen=True)
 class Variant:
     fit: Any = None  # scoring.openset.OpenSetFit; None: the check off
+    # Class-aware: a bank and a threshold per class; a picture is scored against the training
+    # pictures of the class the head gives it (the training cats for a picture called cat).
+    per_class: bool = False
     # The head's confidence combined with the distance: a picture with p(cat) at or above
     # this is never unfamiliar, however far it lies (None: the distance alone decides).
     sure: float | None = None
@@ -204,63 +210,76 @@ class Variant:
 def variants() -> dict[str, Variant]:
     from catnet.scoring.openset import OpenSetFit
 
-    v = {"off": Variant(), TODAY: Variant(OpenSetFit(per_class=False, leave_one_out=False))}
-    for q in (0.99, 0.995, 0.998):
-        v[f"all, val+loo, q{q}"] = Variant(OpenSetFit(per_class=False, quantile=q))
-    for q in (0.99, 0.995):  # validation alone: what training does for features it learned
-        v[f"class, val, q{q}"] = Variant(OpenSetFit(quantile=q, leave_one_out=False))
+    v = {"off": Variant(), TODAY: Variant(OpenSetFit(quantile=0.99, leave_one_out=False))}
     for q in (0.99, 0.995, 0.998, 0.999):
-        v[f"class, val+loo, q{q}"] = Variant(OpenSetFit(quantile=q))
+        v[f"val+loo, q{q}"] = Variant(OpenSetFit(quantile=q))
     for k in (1, 3, 5, 20, 50):
-        v[f"class, val+loo, q.995, k{k}"] = Variant(OpenSetFit(quantile=0.995, k=k))
+        v[f"val+loo, q.995, k{k}"] = Variant(OpenSetFit(k=k))
     for size in (250, 500, 1000):
-        v[f"class, val+loo, q.995, bank {size}"] = Variant(
-            OpenSetFit(quantile=0.995, bank_size=size)
-        )
+        v[f"val+loo, q.995, bank {size}"] = Variant(OpenSetFit(bank_size=size))
+    for q in (0.99, 0.995):
+        v[f"class, val, q{q}"] = Variant(OpenSetFit(quantile=q, leave_one_out=False), True)
+        v[f"class, val+loo, q{q}"] = Variant(OpenSetFit(quantile=q), True)
     for sure in (0.99, 0.999):
-        v[f"class, val+loo, q.995, p>={sure} sure"] = Variant(OpenSetFit(quantile=0.995), sure)
+        v[f"val+loo, q.995, p>={sure} sure"] = Variant(OpenSetFit(), sure=sure)
     return v
+
+
+def fitted(variant: Variant, bank: Pictures, val: Pictures, seed: int) -> tuple[Any, float]:
+    """The variant fitted: a function from Pictures to (n,) scores in units of the threshold
+    (above 1: unfamiliar), and the quantile its threshold sits at."""
+    from catnet.scoring.openset import fit_open_set
+
+    how = dataclasses.replace(variant.fit, seed=seed)
+    if not variant.per_class:
+        check = fit_open_set(bank.features, val.features, how)
+        return lambda p: check.scores(p.features).cpu() / check.threshold, check.quantile
+    cat, other = (fit_open_set(bank.features[bank.cats == c], val.features[val.cats == c], how)
+                  for c in (True, False))  # fmt: skip
+
+    def scores(p: Pictures) -> torch.Tensor:
+        as_cat, as_other = cat.scores(p.features).cpu(), other.scores(p.features).cpu()
+        return torch.where(p.logits >= 0, as_cat / cat.threshold, as_other / other.threshold)
+
+    return scores, min(cat.quantile, other.quantile)
 
 
 def measure_variants(model: Any, train: Path, sets: dict[str, Pictures], seed: int) -> dict:
     """{variant: {measure: value}} on the same pictures, each variant fitted on train's
     features: a seeded 80/20 cut into the bank's side and validation."""
     from catnet.scoring.decision import Decision
-    from catnet.scoring.openset import Verdict, fit_open_set
+    from catnet.scoring.openset import Verdict
 
     t = Pictures.of(model, files_in(train))
     order = torch.from_numpy(np.random.default_rng(seed).permutation(len(t.cats)))
     n_val = round(0.2 * len(order))
     val, fit = order[:n_val], order[n_val:]
     off = Decision(model.threshold, model.temperature)
-    sets = {**sets, "validation": Pictures(t.logits[val], t.features[val], t.cats[val])}
+    sets = {**sets, "validation": t.subset(val)}
     val_right = float((off.decide(t.logits[val]).cat == t.cats[val]).float().mean())
     out = {}
     for name, variant in variants().items():
-        check = None
+        scorer = quantile = None
         if variant.fit is not None:
-            how = dataclasses.replace(variant.fit, seed=seed)
-            check = fit_open_set(t.features[fit], t.cats[fit], t.features[val], t.cats[val], how)
+            scorer, quantile = fitted(variant, t.subset(fit), t.subset(val), seed)
         r = {}
         for set_name, pics in sets.items():
             unchecked = off.decide(pics.logits)
-            decided = unchecked
-            if check is not None:
-                scores = check.scores(pics.features, pics.logits).cpu()
+            decided, margin, pays = unchecked, float("nan"), float("nan")
+            if scorer is not None:
+                scores = scorer(pics)  # (n,) in units of the threshold
                 if variant.sure is not None:  # sure of a cat: scored as familiar
                     scores = torch.where(unchecked.p_cat >= variant.sure, 0.0, scores)
-                on = dataclasses.replace(off, unfamiliar_above=check.threshold)
-                decided = on.decide(pics.logits, scores)
+                decided = dataclasses.replace(off, unfamiliar_above=1.0).decide(pics.logits, scores)
+                # how far beyond the threshold the closest object the head calls cat lies
+                if unchecked.cat.any():
+                    margin = float(scores[unchecked.cat].min())
+                # whether training would leave this check on (finalize's Verdict)
+                pays = float(
+                    Verdict.of(decided.unfamiliar, unchecked.cat, pics.cats, quantile).pays
+                )
             cat = decided.cat
-            # how far beyond the threshold the closest object the head calls cat lies
-            margin = float("nan")
-            if check is not None and unchecked.cat.any():
-                margin = float(scores[unchecked.cat].min()) / check.threshold
             unfamiliar = decided.unfamiliar if decided.unfamiliar is not None else cat & False
-            pays = float("nan")
-            if check is not None:  # whether training would leave this check on (finalize)
-                verdict = Verdict.of(unfamiliar, unchecked.cat, pics.cats, check.quantile)
-                pays = float(verdict.pays)
             r[set_name] = {
                 "cat": float(cat.float().mean()),
                 "kept": float(cat.sum() / unchecked.cat.sum().clamp_min(1)),
@@ -279,7 +298,7 @@ def measure_variants(model: Any, train: Path, sets: dict[str, Pictures], seed: i
             "JPEG q10 cats still cat (%)": r["jpeg10"]["cat"],
             "other-source cats still cat (%)": sum(o["cat"] for o in other) / len(other),
             "of those the head calls cat, kept (%)": sum(o["kept"] for o in other) / len(other),
-            # what training sees of the check (finalize's pays_on_validation)
+            # what training sees of the check (finalize: Verdict)
             "validation unfamiliar (per 1,000)": 1000 * r["validation"]["unfamiliar"],
             "validation accuracy cost (points)": val_right - r["validation"]["right"],
             "on by default: pays on validation (% of splits)": r["validation"]["pays"],

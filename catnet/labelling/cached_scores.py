@@ -86,7 +86,7 @@ class HeadOnlyScorer:
             feats = (feats + mirror.to(device)) / 2
             logits = (logits + head(mirror.to(device)).squeeze(1).float()) / 2
         check = m.open_set if open_set else None
-        scores = check.scores(feats.float(), logits).cpu() if check is not None else None
+        scores = check.scores(feats.float()).cpu() if check is not None else None
         return logits.cpu(), scores
 
 

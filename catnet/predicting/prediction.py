@@ -84,7 +84,7 @@ class CatnetModel:
             )  # fmt: skip
         if check is None or seen is None:
             return logits, None
-        return logits, check.scores(mean_features(seen, len(batch_u8)), logits).cpu()
+        return logits, check.scores(mean_features(seen, len(batch_u8))).cpu()
 
     def logits_and_scores_of(
         self,

@@ -3,18 +3,13 @@
 A cat/not-cat network trained on cats and dogs has only learned what separates cats from dogs;
 shown a car, its logit says "more cat than dog" or "more dog than cat" and nothing else. This
 module asks a different question, in the network's own penultimate feature space (the input of
-its last linear layer): how far is this picture from the training pictures of the class the
-head gives it? The score is the distance to the k-th nearest training cat for a picture the
-head calls cat (to the k-th nearest training non-cat otherwise), after L2-normalising every
-feature vector (Sun et al., ICML 2022, "Out-of-distribution detection with deep nearest
-neighbors", per class). A picture whose score is beyond the threshold fitted when training
-ended is "unfamiliar": never labelled cat. The threshold is the 99.5th percentile of held-out
-scores: the validation pictures' and, where the features come from a frozen backbone, every
-bank picture's against the rest of the bank (leave-one-out), so it rests on ~2,000 held-out
-scores instead of ~300. Measured on 3 dev splits (scripts/benchmark_openset.py: class-aware or
-not, percentile, k, bank size, the head's confidence): it turns away 3.3 of 1,000 held-out
-photos (the 99th percentile of validation alone: 14.2) and keeps 99.0 % of the other-source
-cats the head calls cat (97.5 %), with every assorted object still turned away.
+its last linear layer): how far is this picture from the training pictures? The score is the
+distance to the k-th nearest training picture after L2-normalising every feature vector
+(Sun et al., ICML 2022, "Out-of-distribution detection with deep nearest neighbors"). A picture
+whose score is beyond the threshold fitted when training ended is "unfamiliar": never cat.
+The threshold is the 99.5th percentile of held-out scores: the validation pictures' and, where
+a frozen backbone gives the features, each bank picture's against the rest of the bank, ~2,000
+instead of ~300 (scripts/benchmark_openset.py compares the variants).
 
 A correction outranks the check. A picture the user tagged (`catnet correct`, the labelling
 page's answers and confirmations) is familiar from then on, and so is any picture with the same
@@ -31,9 +26,7 @@ however the user tagged it (issue #23).
 What a checkpoint stores under "open_set" (plain tensors and numbers, weights_only-safe):
   bank (N, F) float16, L2-normalised training features, N <= BANK_SIZE;
   k, threshold (a distance in [0, 2]), quantile (of held-out scores it was fitted at);
-  bank_cats (N,) bool, which bank rows are training cats (absent before issue #25: the
-  scores are then distances to the whole bank); validation (Verdict's numbers: whether the
-  check is on by default; absent: on);
+  validation (Verdict's numbers) and on (whether the check is on by default; absent: on);
   tagged (M, F) float16, L2-normalised features of the pictures the user tagged, and
   tagged_radius (a distance); absent in checkpoints from before them (no tagged pictures).
 Checkpoints without it predict with the check off.
@@ -69,23 +62,13 @@ def knn_scores(
     k: int,
     tagged: torch.Tensor | None = None,
     radius: float = 0.0,
-    logits: torch.Tensor | None = None,
-    bank_cats: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(B, F) penultimate features -> (B,) open-set scores: the distance to the k-th nearest
-    row of bank (N, F); with bank_cats (N,) bool and the pictures' logits (B,), only among the
-    rows of the class the head gives each picture (logit >= 0: the training cats); for a
-    picture within `radius` of a row of tagged (M, F) (a picture the user tagged), the distance
-    to that row instead. Every row of bank and tagged is of unit length. Plain tensor maths, so
-    that an exported graph computes the same score."""
+    row of bank (N, F); for a picture within `radius` of a row of tagged (M, F) (a picture the
+    user tagged), the distance to that row instead. Every row of bank and tagged is of unit
+    length. Plain tensor maths, so that an exported graph computes the same score."""
     f = nn.functional.normalize(features.float(), dim=1)
-    cos = f @ bank.T  # (B, N)
-    if bank_cats is not None:
-        if logits is None:
-            raise ValueError("a class-aware open-set check needs the pictures' logits")
-        same = (logits.reshape(-1, 1) >= 0) == bank_cats.reshape(1, -1)  # (B, N)
-        cos = torch.where(same, cos, torch.full_like(cos, -1.0))  # other class: the farthest
-    kth = cos.topk(min(k, bank.shape[0]), dim=1).values[:, -1]  # (B,) cosine
+    kth = (f @ bank.T).topk(min(k, bank.shape[0]), dim=1).values[:, -1]  # (B,) cosine
     # |a - b| for unit vectors a, b is sqrt(2 - 2 cos): the distance Sun et al. threshold.
     scores = (2 - 2 * kth).clamp_min(0).sqrt()
     if tagged is None or tagged.shape[0] == 0:
@@ -146,9 +129,6 @@ class OpenSetCheck:
     # (M, F) float32 unit rows: the pictures the user tagged, familiar whatever the bank says
     tagged: torch.Tensor | None = None
     tagged_radius: float = 0.0  # a distance; closer to a tagged picture than this: that picture
-    # (N,) bool, True where the bank's row is a training cat: scores are then class-aware
-    # (knn_scores); None in checkpoints from before it (distances to the whole bank).
-    bank_cats: torch.Tensor | None = None
     # What the check did on validation (Verdict); on by default only where it paid there.
     verdict: Verdict | None = None
 
@@ -157,15 +137,11 @@ class OpenSetCheck:
         """Whether the check is on when nobody says (checkpoints from before verdicts: on)."""
         return self.verdict is None or self.verdict.pays
 
-    def scores(self, features: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, F) penultimate features and (B,) raw logits -> (B,) scores (knn_scores)."""
-        device = self.bank.device
-        tagged = None if self.tagged is None else self.tagged.to(device)
-        cats = None if self.bank_cats is None else self.bank_cats.to(device)
-        return knn_scores(
-            features.to(device), self.bank, self.k, tagged, self.tagged_radius,
-            None if logits is None else logits.to(device), cats,
-        )  # fmt: skip
+    def scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, F) penultimate features -> (B,) scores (knn_scores)."""
+        tagged = None if self.tagged is None else self.tagged.to(self.bank.device)
+        return knn_scores(features.to(self.bank.device), self.bank, self.k, tagged,
+                          self.tagged_radius)  # fmt: skip
 
     def remember_tagged(self, features: torch.Tensor) -> None:
         """Count the pictures behind features (M, F) as familiar: the user tagged them.
@@ -187,8 +163,6 @@ class OpenSetCheck:
             "tagged": tagged.detach().cpu().half(),
             "tagged_radius": self.tagged_radius,
         }
-        if self.bank_cats is not None:
-            payload["bank_cats"] = self.bank_cats.detach().cpu().bool()
         if self.verdict is not None:  # "on" for readers without catnet's scoring (catnet info)
             payload.update(validation=dataclasses.asdict(self.verdict), on=self.verdict.pays)
         return payload
@@ -199,12 +173,11 @@ class OpenSetCheck:
         if not isinstance(entry, dict) or entry.get("method") != "knn":
             return None
         bank = entry["bank"].to(device=device, dtype=torch.float32)
-        tagged, cats = entry.get("tagged"), entry.get("bank_cats")
+        tagged = entry.get("tagged")
         return cls(
             bank, int(entry["k"]), float(entry["threshold"]), float(entry["quantile"]),
             None if tagged is None else tagged.to(device=device, dtype=torch.float32),
             float(entry.get("tagged_radius", 0.0)),
-            None if cats is None else cats.to(device=device, dtype=torch.bool),
             Verdict(**entry["validation"]) if "validation" in entry else None,
         )  # fmt: skip
 
@@ -252,39 +225,29 @@ class OpenSetFit:
     k: int = DEFAULT_K
     quantile: float = DEFAULT_QUANTILE
     bank_size: int = BANK_SIZE
-    per_class: bool = True  # distances to the training pictures of the head's class only
     # The threshold's sample: the validation pictures, plus (True) every bank picture scored
-    # against the rest of the bank (leave-one-out), several times as many held-out scores.
+    # against the rest of the bank (leave-one-out): held-out scores too where the features did
+    # not learn the training pictures (a frozen backbone), several times as many.
     leave_one_out: bool = True
     seed: int = 0
 
 
 def fit_open_set(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    val_features: torch.Tensor,
-    val_labels: torch.Tensor,
-    how: OpenSetFit = OpenSetFit(),
+    train_features: torch.Tensor, val_features: torch.Tensor, how: OpenSetFit = OpenSetFit()
 ) -> OpenSetCheck:
-    """Bank = up to how.bank_size training features (n, F) with their labels (n,) 1 = cat;
-    threshold = the how.quantile of held-out scores: the validation pictures' (pictures the
-    bank has not seen, like those predict will get), with how.leave_one_out or fewer than 20
-    of them also each bank picture's against the rest. A held-out picture is scored as its
-    true class (the head's call is the same for all but its few mistakes)."""
+    """Bank = up to how.bank_size training features (n, F); threshold = the how.quantile of
+    held-out scores: the validation pictures' (pictures the bank has not seen, like those
+    predict will get) and, with how.leave_one_out or fewer than 20 of them, each bank
+    picture's against the rest of the bank."""
     rng = np.random.default_rng(how.seed)
-    pick = torch.from_numpy(rng.permutation(len(train_features))[: how.bank_size])
+    pick = rng.permutation(len(train_features))[: how.bank_size]
     bank = nn.functional.normalize(train_features[pick].float(), dim=1)
-    cats = train_labels[pick].bool() if how.per_class else None
-    # The k-th neighbour must exist in either class even with a picture's own row left out.
-    fewest = len(bank) if cats is None else min(int(cats.sum()), int((~cats).sum()))
-    k = max(1, min(how.k, fewest - 1))
     # Round through fp16 now, so the threshold is fitted on exactly the bank that is stored.
-    check = OpenSetCheck(bank.half().float(), k, 0.0, how.quantile, bank_cats=cats)
-    as_logits = lambda labels: labels.float() * 2 - 1  # noqa: E731  (the true class as a call)
-    scores = [check.scores(val_features, as_logits(val_labels))] if len(val_features) else []
+    check = OpenSetCheck(bank.half().float(), how.k, 0.0, how.quantile)
+    scores = [check.scores(val_features)] if len(val_features) else []
     if how.leave_one_out or len(val_features) < 20:
-        loo = OpenSetCheck(check.bank, k + 1, 0.0, bank_cats=cats)  # each its own nearest
-        scores.append(loo.scores(train_features[pick], as_logits(train_labels[pick])))
+        loo = OpenSetCheck(check.bank, how.k + 1, 0.0)  # each picture is its own nearest
+        scores.append(loo.scores(train_features[pick]))
     held_out = torch.cat(scores).double()
     check.threshold = float(torch.quantile(held_out, how.quantile))
     # The quantile the threshold really sits at: of n scores, the largest is always above it,
@@ -304,8 +267,6 @@ class WithOpenSet(nn.Module):
         self.register_buffer("bank", check.bank.detach().float().cpu().clone())  # (N, F)
         tagged = check.tagged if check.tagged is not None else check.bank[:0]
         self.register_buffer("tagged", tagged.detach().float().cpu().clone())  # (M, F)
-        cats = check.bank_cats
-        self.register_buffer("bank_cats", None if cats is None else cats.detach().cpu().clone())
         self.k, self.radius = check.k, check.tagged_radius
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,6 +277,4 @@ class WithOpenSet(nn.Module):
             logits = self.module(x)
         finally:
             handle.remove()
-        scores = knn_scores(seen[0], self.bank, self.k, self.tagged, self.radius, logits,
-                            self.bank_cats)  # fmt: skip
-        return logits, scores
+        return logits, knn_scores(seen[0], self.bank, self.k, self.tagged, self.radius)

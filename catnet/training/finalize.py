@@ -42,18 +42,13 @@ MIN_CALIBRATION_PICTURES = 100
 TRAIN_SAMPLE = 2000  # training pictures measured at the end, and kept for the open-set check
 
 
-def train_sample(data: PreparedData) -> np.ndarray:
-    """Which training pictures (indices, at most TRAIN_SAMPLE) are measured at the end."""
-    return np.random.default_rng(0).permutation(len(data.train_slots))[:TRAIN_SAMPLE]
-
-
 def clean_train_accuracy(
     model: torch.nn.Module, data: PreparedData, compute: Compute, cfg: TrainConfig
 ) -> float:
     """Accuracy on (up to TRAIN_SAMPLE of) the training pictures without augmentation: the
     honest side of the train/val gap (train_acc in metrics.csv is measured on augmented
     pictures)."""
-    pick = train_sample(data)
+    pick = np.random.default_rng(0).permutation(len(data.train_slots))[:TRAIN_SAMPLE]
     logits = predict_logits(
         model,
         data.pixels,
@@ -94,7 +89,7 @@ def finalize_run(
     probs = probabilities(val["logits"], temperature)
     metrics = binary_metrics(probs, labels, payload["threshold"])
     decided = Decision(payload["threshold"], temperature, None, check.threshold).decide(
-        val["logits"], check.scores(val["features"], val["logits"])
+        val["logits"], check.scores(val["features"])
     )
     called_cat = decided.p_cat >= payload["threshold"]
     check.verdict = Verdict.of(decided.unfamiliar, called_cat, labels.bool(), check.quantile)
@@ -178,18 +173,17 @@ def _measure_splits(
     with capture_features(source) as train_seen:
         if split_logits is None:
             train_accuracy = clean_train_accuracy(model, data, compute, cfg)
-            train_labels = torch.from_numpy(data.train_labels[train_sample(data)])
+            n_train = min(len(data.train_slots), TRAIN_SAMPLE)
         else:
             train_labels = torch.from_numpy(data.train_labels)
             train_logits = split_logits("train")
             train_accuracy = float(((train_logits > 0).long() == train_labels).float().mean())
+            n_train = len(data.train_slots)
     val["features"] = mean_features(val_seen, len(data.val_slots))
     # Leave-one-out distances of training pictures stand for new pictures' only where the
     # features did not learn those pictures: a frozen backbone under a head.
-    check = fit_open_set(
-        mean_features(train_seen, len(train_labels)), train_labels, val["features"], labels,
-        OpenSetFit(leave_one_out=frozen, seed=cfg.seed),
-    )  # fmt: skip
+    check = fit_open_set(mean_features(train_seen, n_train), val["features"],
+                         OpenSetFit(leave_one_out=frozen, seed=cfg.seed))  # fmt: skip
     return val, train_accuracy, check
 
 
