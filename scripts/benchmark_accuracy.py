@@ -116,7 +116,7 @@ def one_run(
 
 
 def floor_accuracy(train_dir: Path, test_dir: Path) -> float:
-    """The floor: frozen EfficientNet-Lite0 pooled features at 224 px (whole picture, centre
+    """The floor: the default backbone's frozen pooled features at its native size (whole picture, centre
     square), a logistic regression fitted on every training photo, scored on the test photos.
     The features come from catnet's feature cache when a training run already computed them
     (the same numbers: the same frozen network on the same pixels)."""
@@ -127,28 +127,34 @@ def floor_accuracy(train_dir: Path, test_dir: Path) -> float:
 
     from catnet.data.cache import default_cache_root, load_pixels
     from catnet.data.folders import list_files
-    from catnet.models.pretrained import DEFAULT_BACKBONE, PretrainedNet, load_imagenet_backbone
+    from catnet.models.pretrained import (
+        DEFAULT_BACKBONE,
+        PretrainedNet,
+        input_defaults,
+        load_imagenet_backbone,
+    )
     from catnet.runtime.compute import select_compute, setup_threads
-    from catnet.training.features import feature_store
+    from catnet.training.features import FrozenPass, feature_store
 
     setup_threads()
     net = PretrainedNet(DEFAULT_BACKBONE)
     load_imagenet_backbone(net, DEFAULT_BACKBONE)
     net.eval()
     compute = select_compute()
-    store = feature_store(net, DEFAULT_BACKBONE, 224, 0, compute, default_cache_root())
+    side, mean, std = input_defaults(DEFAULT_BACKBONE)
+    frozen = FrozenPass(net, 0, side, mean, std, compute)
+    store = feature_store(net, DEFAULT_BACKBONE, side, 0, frozen.name, default_cache_root())
 
     def features(root: Path) -> tuple[np.ndarray, np.ndarray]:
         from catnet.training.features import cached_features
 
         files = [f for c in sorted(root.iterdir()) for f in list_files(c)]
         labels = np.array([int(f.parent.name in ("cat", "cats")) for f in files])
-        table = load_pixels(files, 224, cache_root=default_cache_root())
+        table = load_pixels(files, side, cache_root=default_cache_root())
         ok = np.flatnonzero(table.ok)
         plain, _ = cached_features(
-            lambda x: net.frozen_part(x, 0), [files[i] for i in ok], table.array,
-            table.slots[ok], 224, (0.5,) * 3, (0.5,) * 3, compute, store,
-        )  # fmt: skip
+            frozen, [files[i] for i in ok], table.array, table.slots[ok], store
+        )
         return plain.numpy(), labels[ok]
 
     with torch.no_grad():

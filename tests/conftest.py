@@ -3,6 +3,7 @@ trained once per session and reused by the evaluate / predict / checkpoint / API
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import os
@@ -10,6 +11,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,12 +138,19 @@ def tiny_config_fixture() -> Callable[..., TrainConfig]:
     return tiny_config
 
 
+_ENGINE_CACHE = Path(tempfile.mkdtemp(prefix="catnet-engine-"))
+atexit.register(shutil.rmtree, _ENGINE_CACHE, True)
+
+
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Every test (and every subprocess it starts) gets its own cache folder and working
     directory, so nothing is written to ~/.cache/catnet or ./runs."""
     cache = tmp_path / ".catnet_cache"
     monkeypatch.setenv("CATNET_CACHE", str(cache))
+    # The inference engine's graphs depend only on their key (a checkpoint's bytes): one
+    # folder for the session, so each model is converted once, not once per test.
+    monkeypatch.setenv("CATNET_ENGINE_CACHE", str(_ENGINE_CACHE))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".xdg_cache"))
     monkeypatch.chdir(tmp_path)
     yield

@@ -92,6 +92,7 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"models"},
     {"scoring"},
+    {"engine"},
     {"curation"},
     {"training"},
     {"predicting"},

@@ -199,7 +199,9 @@ def test_explain_flags_reach_its_config(monkeypatch: pytest.MonkeyPatch) -> None
         seen.append((model, paths, out, cfg))
         raise CatnetError("stop before explaining")
 
-    monkeypatch.setattr(catnet.predicting.prediction, "load_model", lambda path: f"model {path}")
+    monkeypatch.setattr(
+        catnet.predicting.prediction, "load_model", lambda path, **_: f"model {path}"
+    )
     monkeypatch.setattr(catnet.explaining.explain_files, "explain_files", explain_files)
     args = ["explain", "m.pt", "a.jpg", "b/", "--out", "maps", "--target", "cat",
             "--sheet-max", "0", "--workers", "1"]  # fmt: skip

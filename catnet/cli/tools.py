@@ -47,7 +47,7 @@ def finetune(
     epochs: int = typer.Option(
         0, help="Epochs of fine-tuning [0: 20 for a head-only pretrained model, 5 otherwise]."
     ),
-    out: str = typer.Option("", help="Run folder [default: runs/<timestamp>]."),
+    out: str = typer.Option("", help="Run folder \\[default: runs/<timestamp>]."),
 ) -> None:
     """Continue training on corrected data, corrected pictures weighted up; writes a new run."""
     from catnet.cli.render import (
@@ -73,7 +73,7 @@ def finetune(
 @friendly_errors
 def tune(
     data: Path = typer.Argument(..., help="DATA_DIR, as for train."),
-    model: str = typer.Option("cnn", help="mlp or cnn: which family of sizes to search."),
+    model: str = typer.Option("cnn", help="Family to search: cnn, mlp or pretrained."),
     time_budget: float = typer.Option(300.0, help="Seconds for the whole search."),
     out: Path = typer.Option(Path("runs/tune"), help="Folder for tune.csv, tune.png, best.toml."),
     config: Path | None = typer.Option(None, "--config", "-c", help="Base settings (TOML)."),

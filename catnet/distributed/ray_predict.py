@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
-    from catnet.predicting.prediction import CatnetModel
+    from catnet.predicting.network_model import CatnetModel
 
 # Paths per Ray dataset in predict_on_ray: the driver holds one part's path strings at a time
 # (~100 bytes each), so its memory stays bounded for any number of files; each part costs one
@@ -88,12 +88,22 @@ class Predictor:
         cfg: PredictConfig,
         unsure: tuple[float, float] | None,
         device: str,
+        engine_key: str = "",
     ) -> None:
-        from catnet.predicting.prediction import CatnetModel
+        from catnet.predicting.network_model import CatnetModel
 
         ray = require_ray()
         # [ObjectRef]: the payload is in Ray's object store once, fetched by each worker.
         self.model = CatnetModel(ray.get(payload[0]), Path(name), device)
+        if engine_key and cfg.engine != "torch" and device == "cpu":
+            from catnet.engine.runtime import EngineUnavailable
+            from catnet.predicting.network_model import attach_engine
+
+            try:  # each machine builds its graphs once, in its own cache
+                attach_engine(self.model, cfg.tta, engine_key)
+            except EngineUnavailable:  # the driver said so already if it could not either
+                if cfg.engine == "openvino":
+                    raise
         self.cfg = cfg
         self.decision = self.model.decision(cfg.threshold, unsure, cfg.open_set)
 
@@ -133,7 +143,7 @@ def predict_dataset(
     dataset's `context.execution_options.preserve_order` is set (predict_on_ray sets it)."""
     ray = require_ray()
     cfg = cfg or PredictConfig()
-    model = _as_model(checkpoint)
+    model = _as_model(checkpoint, cfg.engine)
     columns = dataset.columns(fetch_if_missing=False)
     if columns is not None and "path" not in columns:
         raise CatnetError(f"the dataset needs a 'path' column; it has {', '.join(columns)}")
@@ -160,6 +170,9 @@ def predict_dataset(
             "cfg": cfg,
             "unsure": unsure,
             "device": "cuda" if num_gpus else "cpu",
+            # the engine cache's key for this checkpoint (its bytes' digest): workers build
+            # their graphs from the payload under the driver's key
+            "engine_key": model.engine.store.dir.name if model.engine is not None else "",
         },
         compute=_actor_pool(ray, concurrency or (1, _workers(num_gpus))),
         num_cpus=None if num_gpus else 1,
@@ -179,7 +192,7 @@ def predict_on_ray(
     folders, globs), the same rows in the same order, handed to on_row; the same summary."""
     from catnet.predicting.prediction import run_summary
 
-    model = _as_model(checkpoint)
+    model = _as_model(checkpoint, cfg.engine)
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
     paths = (str(p) for p in expand_inputs(inputs) if not skip or str(p) not in skip)
     with connected(cfg.ray) as ray:
@@ -212,14 +225,15 @@ def _text(path: str) -> str:
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def _as_model(checkpoint: str | Path | CatnetModel) -> CatnetModel:
+def _as_model(checkpoint: str | Path | CatnetModel, engine: str) -> CatnetModel:
     """The checkpoint loaded (and checked) once on the driver: a bad file is one clear error
     here, not one per worker; its payload is what the workers get."""
-    from catnet.predicting.prediction import CatnetModel, load_model
+    from catnet.predicting.network_model import CatnetModel
+    from catnet.predicting.prediction import load_model
 
     if isinstance(checkpoint, CatnetModel):
         return checkpoint
-    return load_model(checkpoint, "cpu")
+    return load_model(checkpoint, "cpu", engine)
 
 
 def _workers(num_gpus: float) -> int:

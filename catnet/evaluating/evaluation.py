@@ -14,7 +14,8 @@ from catnet.config import EvaluateConfig
 from catnet.data.cache import default_cache_root, load_pixels
 from catnet.data.folders import Dataset, Sample, scan_dataset
 from catnet.errors import CatnetError
-from catnet.predicting.prediction import CatnetModel, load_model
+from catnet.predicting.network_model import CatnetModel
+from catnet.predicting.prediction import load_model
 from catnet.runtime.compute import setup_threads
 from catnet.scoring.calibration import expected_calibration_error
 from catnet.scoring.decision import probabilities
@@ -74,7 +75,7 @@ def evaluate(
 ) -> EvaluationResult:
     cfg = cfg or EvaluateConfig(workers=0)
     setup_threads()
-    model = load_model(checkpoint)
+    model = load_model(checkpoint, engine=cfg.engine, on_message=on_message)
     dataset = _scan(data_dir, model, cfg.positive)
     samples, split = pick_samples(dataset)
     if not samples:
@@ -99,23 +100,33 @@ def evaluate(
         table.array, table.slots[keep], cfg.batch_size, cfg.tta, decision.checks
     )
     decided = decision.decide(logits, scores)
-    probs, unfamiliar, threshold = decided.p_cat, decided.unfamiliar, decision.threshold
+    tensor = torch.from_numpy
+    probs, threshold, cat = tensor(decided.p_cat), decision.threshold, tensor(decided.cat)
+    unfamiliar = None if decided.unfamiliar is None else tensor(decided.unfamiliar)
+    logits = tensor(logits)
     labels = torch.tensor([s.label for s in kept])
-    metrics = binary_metrics(probs, labels, threshold, decided.cat)
+    metrics = binary_metrics(probs, labels, threshold, cat)
     has_cats = bool(labels.any())
     metrics["pr_auc"] = pr_curve(probs, labels)["average_precision"] if has_cats else None
     metrics["ece"] = expected_calibration_error(probs, labels)
-    metrics["ece_uncalibrated"] = expected_calibration_error(probabilities(logits), labels)
+    metrics["ece_uncalibrated"] = expected_calibration_error(tensor(probabilities(logits)), labels)
     metrics["temperature"] = model.temperature
     if decision.unsure:
-        metrics.update(unsure_metrics(decided.cat, decided.unsure, labels, decision.unsure))
+        metrics.update(unsure_metrics(cat, tensor(decided.unsure), labels, decision.unsure))
     if unfamiliar is not None:
         # The same decision with the check off: what the check changed.
-        unchecked = decision.with_settings(threshold, open_set=False).decide_p(probs).cat
+        unchecked = tensor(decision.with_settings(threshold, open_set=False).decide_p(probs).cat)
         metrics["open_set"] = open_set_metrics(labels, unfamiliar, unchecked)
     metrics.update(skipped=len(skipped), split=split, data=str(dataset.root), model=model.hash)
     return EvaluationResult(
-        metrics, kept, probs, logits, skipped, decided.scores, unfamiliar, decided.cat
+        metrics,
+        kept,
+        probs,
+        logits,
+        skipped,
+        None if decided.scores is None else tensor(decided.scores),
+        unfamiliar,
+        cat,
     )
 
 

@@ -170,7 +170,7 @@ def _bins(probs: torch.Tensor, labels: torch.Tensor) -> tuple[list[float], list[
 
 def _reliability_png(result: EvaluationResult, labels: torch.Tensor) -> str:
     after = result.probs.detach().float().cpu()
-    before = probabilities(result.logits.detach().cpu())
+    before = torch.from_numpy(probabilities(result.logits))
     ece_after = expected_calibration_error(after, labels, BINS)
     ece_before = expected_calibration_error(before, labels, BINS)
     fig, (ax, ax_n) = _figure(4.8, 2, [3, 1])

@@ -41,7 +41,7 @@ from catnet.errors import CatnetError, DecodeError
 from catnet.explaining.conv_stages import FINE_STRIDE, conv_stages
 
 if TYPE_CHECKING:
-    from catnet.predicting.prediction import CatnetModel
+    from catnet.predicting.network_model import CatnetModel
     from catnet.scoring.decision import Answer, Decision
 
 # How a map is made, by how many conv layers it uses: none (the MLP), the last stage, or the

@@ -22,8 +22,8 @@ from catnet.data.decoding import Decoded
 from catnet.errors import CatnetError
 from catnet.explaining import heatmaps
 from catnet.explaining.explain import Explainer, crop_box, explainer_for, on_picture
+from catnet.predicting.network_model import CatnetModel
 from catnet.predicting.outputs import csv_value, inputs_outside
-from catnet.predicting.prediction import CatnetModel
 from catnet.predicting.readahead import DecodeAhead
 from catnet.runtime.compute import setup_threads
 from catnet.scoring.decision import Decision

@@ -25,13 +25,14 @@ import torch
 
 from catnet.data.cache import load_pixels
 from catnet.models.pretrained import PretrainedNet, trains_head_only
-from catnet.training.features import FeatureStore, feature_store, frozen_features
+from catnet.training.features import FeatureStore, FrozenPass, feature_store, frozen_features
 
 
 @dataclass
 class HeadOnlyScorer:
     model: Any  # a CatnetModel whose network is a PretrainedNet with train_stages 0
     store: FeatureStore
+    frozen: FrozenPass  # the backbone's pass, on the engine when the model has one
 
     @property
     def net(self) -> PretrainedNet:
@@ -54,10 +55,7 @@ class HeadOnlyScorer:
                 workers=workers, on_progress=on_progress,
             )  # fmt: skip
             good = np.flatnonzero(table.ok)
-            plain, mirror = frozen_features(
-                lambda x: self.net.frozen_part(x, 0), table.array, table.slots[good],
-                m.image_size, m.mean, m.std, m.compute, True,
-            )  # fmt: skip
+            plain, mirror = frozen_features(self.frozen, table.array, table.slots[good])
             for j, g in enumerate(good.tolist()):
                 i = todo[g]
                 self.store.put(paths[i], plain[j], mirror[j])  # type: ignore[index]
@@ -98,6 +96,9 @@ def head_only_scorer(model: Any, cache_root: Path) -> HeadOnlyScorer | None:
         return None
     if not trains_head_only(payload):
         return None
-    store = feature_store(model.module, payload["arch"]["backbone"], model.image_size, 0, model.compute,
-                          cache_root)  # fmt: skip
-    return HeadOnlyScorer(model, store)
+    engine = "torch" if getattr(model, "engine", None) is None else "auto"
+    frozen = FrozenPass(model.module, 0, model.image_size, model.mean, model.std, model.compute,
+                        engine, cache_root)  # fmt: skip
+    store = feature_store(model.module, payload["arch"]["backbone"], model.image_size, 0,
+                          frozen.name, cache_root)  # fmt: skip
+    return HeadOnlyScorer(model, store, frozen)

@@ -215,7 +215,7 @@ class LabelSession:
             first,
             TeachCallbacks(self.job),
         )
-        self.use_model(load_model(result.checkpoint))
+        self.use_model(load_model(result.checkpoint, engine=self.config.engine))
         self.last_teach = {
             "run_dir": str(result.run_dir),
             "model": str(result.checkpoint),
@@ -257,5 +257,5 @@ def open_session(data_dir: Path, config: LabelConfig, model_path: Path | None) -
     if model_path is not None:
         from catnet.predicting.prediction import load_model
 
-        session.use_model(load_model(model_path))
+        session.use_model(load_model(model_path, engine=config.engine))
     return session

@@ -81,7 +81,8 @@ def accuracy_on(checkpoint: Path | Any, samples: list[Sample]) -> float:
     decision (threshold, open-set check: predict's labels); unreadable pictures count as
     wrong."""
     from catnet.labelling.queue import answers_for, score_and_check
-    from catnet.predicting.prediction import CatnetModel, load_model
+    from catnet.predicting.network_model import CatnetModel
+    from catnet.predicting.prediction import load_model
 
     if not samples:
         return float("nan")

@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from catnet.errors import CatnetError
-from catnet.predicting.prediction import CatnetModel, load_model
+from catnet.predicting.network_model import CatnetModel
+from catnet.predicting.prediction import load_model
 from catnet.runtime.files import atomic_write
 from catnet.scoring.decision import RULE, Decision
 from catnet.scoring.openset import WithOpenSet

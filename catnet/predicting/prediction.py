@@ -7,143 +7,107 @@ bounded for any number of files.
 
 from __future__ import annotations
 
-import contextlib
-import copy
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import nn
 
 from catnet.config import PredictConfig
 from catnet.data.decoding import Decoded
-from catnet.data.pixels import to_square_rgb
-from catnet.errors import DecodeError
-from catnet.models.checkpoint import load_checkpoint
-from catnet.models.forward import logits_for, pixel_batches
-from catnet.models.networks import fuse_for_inference, network_from
+from catnet.engine.runtime import EngineUnavailable, check_engine_name
+from catnet.engine.store import EngineStore
+from catnet.errors import CatnetError
+from catnet.predicting.answering import AnsweringModel, EngineModel, ModelCard, answer_graph
 from catnet.predicting.outputs import Prediction
 from catnet.predicting.readahead import DecodeAhead
-from catnet.runtime.compute import Compute, select_compute, setup_threads
-from catnet.scoring.decision import Answer, Decision, probabilities
-from catnet.scoring.openset import KEY as OPEN_SET_KEY
-from catnet.scoring.openset import OpenSetCheck, capture_features, mean_features
+from catnet.scoring.decision import Answer, Decision
+
+if TYPE_CHECKING:
+    from catnet.predicting.network_model import CatnetModel
 
 
-class CatnetModel:
-    """A trained network plus everything needed to feed it pictures the way it was trained."""
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    engine: str = "auto",
+    on_message: Callable[[str], None] | None = None,
+) -> CatnetModel:
+    """Load a checkpoint safely (no code can run) and return a ready-to-use model. engine:
+    "auto" runs the no-gradient forward passes on OpenVINO where it can (saying why not once,
+    through on_message, where it cannot), "openvino" insists, "torch" never uses it."""
+    from catnet.models.checkpoint import load_checkpoint
+    from catnet.predicting.network_model import CatnetModel, attach_engine
+    from catnet.runtime.compute import setup_threads
 
-    def __init__(self, payload: dict[str, Any], path: Path, device: str = "auto") -> None:
-        self.path = path
-        self.payload = payload
-        self.compute: Compute = select_compute(device, "auto")
-        self.module: nn.Module = network_from(payload)
-        self.module.to(self.compute.device, memory_format=torch.channels_last).eval()
-        # The same network with batch norm folded into the convs: what predict and evaluate run.
-        self.inference_module = fuse_for_inference(copy.deepcopy(self.module))
-        pre = payload["preprocessing"]
-        self.image_size: int = int(pre["image_size"])
-        self.decode_size: int = int(pre["decode_size"])
-        self.mean, self.std = tuple(pre["mean"]), tuple(pre["std"])
-        self.threshold: float = float(payload["threshold"])
-        self.temperature: float = float(payload.get("temperature", 1.0))
-        self.tta: bool = bool(payload.get("tta", False))  # flip-averaging, as validated
-        self.hash = payload["weights_sha256"][:12]  # short model id carried by every output row
-        # None for checkpoints written before the open-set check existed: the check is off.
-        self.open_set = OpenSetCheck.from_payload(payload.get(OPEN_SET_KEY), self.compute.device)
-
-    def decision(
-        self, threshold: float = -1.0, unsure: Any = None, open_set: bool | None = None
-    ) -> Decision:
-        """How this model answers (scoring.decision), under a command's settings: threshold
-        < 0 = the checkpoint's, an unsure band (low, high) or none, open_set False: no check,
-        None: the checkpoint's (on where it paid on validation: scoring.openset.Verdict)."""
-        check = self.open_set
-        own = Decision(self.threshold, self.temperature, None, check.threshold if check else None)
-        return own.with_settings(threshold, unsure, check is not None and (
-            check.on if open_set is None else open_set))  # fmt: skip
-
-    def probabilities(self, batch_u8: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-        """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
-        return probabilities(self.logits_and_scores(batch_u8, tta, False)[0], self.temperature)
-
-    def logits_and_scores(
-        self, batch_u8: torch.Tensor, tta: bool | None = None, open_set: bool = True
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(B, S, S, 3) uint8 -> raw logits (B,) and open-set scores (B,), the distance to the
-        k-th nearest training picture, from the same forward pass (None: check off/absent)."""
-        tta = self.tta if tta is None else tta
-        check = self.open_set if open_set else None
-        with capture_features(self.inference_module) if check else contextlib.nullcontext() as seen:
-            logits = logits_for(
-                self.inference_module, batch_u8, self.image_size, self.compute, tta,
-                self.mean, self.std,
-            )  # fmt: skip
-        if check is None or seen is None:
-            return logits, None
-        return logits, check.scores(mean_features(seen, len(batch_u8))).cpu()
-
-    def logits_and_scores_of(
-        self,
-        pixels: np.ndarray,
-        slots: np.ndarray,
-        batch_size: int,
-        tta: bool | None = None,
-        open_set: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """logits_and_scores for pixels[slots] (n,), batch by batch (pixels may be a cache)."""
-        logits, scores = [torch.zeros(0)], []
-        for batch in pixel_batches(pixels, slots, batch_size):
-            lg, sc = self.logits_and_scores(batch, tta, open_set)
-            logits.append(lg)
-            scores += [] if sc is None else [sc]
-        return torch.cat(logits), torch.cat(scores) if scores else None
-
-    def predict(
-        self,
-        images: Iterable[Image.Image | str | Path],
-        tta: bool | None = None,
-        open_set: bool | None = None,
-    ) -> list[Prediction]:
-        """Predict PIL images or paths held in memory (for Python users; the CLI streams).
-        open_set=False turns the check off (every row's unfamiliar is then None), None: as
-        the checkpoint says."""
-        preds: list[Prediction] = []
-        pixels, where = [], []
-        for i, image in enumerate(images):
-            name = str(image) if not isinstance(image, Image.Image) else f"<image {i}>"
-            try:
-                if isinstance(image, Image.Image):
-                    pixels.append(to_square_rgb(image, self.decode_size, 10**9))
-                else:
-                    from catnet.data.pixels import decode_square
-
-                    pixels.append(decode_square(image, self.decode_size))
-                where.append(len(preds))
-                preds.append(Prediction(name, "", None))
-            except DecodeError as exc:
-                preds.append(Prediction(name, "error", None, exc.reason))
-        if pixels:
-            batch = torch.from_numpy(np.stack(pixels))
-            decision = self.decision(open_set=open_set)
-            decided = decision.decide(*self.logits_and_scores(batch, tta, decision.checks))
-            for j, answer in zip(where, decided.answers(), strict=True):
-                preds[j] = Prediction(preds[j].path, answer.label, answer.p_cat, "",
-                                      answer.unfamiliar, answer.score)  # fmt: skip
-        return preds
-
-
-def load_model(path: str | Path, device: str = "auto") -> CatnetModel:
-    """Load a checkpoint safely (no code can run) and return a ready-to-use model."""
+    check_engine_name(engine)
     path = Path(path)
-    return CatnetModel(load_checkpoint(path), path, device)
+    setup_threads()
+    model = CatnetModel(load_checkpoint(path), path, device)
+    if engine != "torch" and (engine == "openvino" or model.compute.device.type == "cpu"):
+        try:
+            attach_engine(model, on_message=on_message)
+        except EngineUnavailable as exc:
+            _fallback(engine, exc, on_message)
+    return model
+
+
+def answering_model(
+    path: str | Path,
+    device: str = "auto",
+    engine: str = "auto",
+    tta: bool | None = None,
+    on_message: Callable[[str], None] | None = None,
+) -> AnsweringModel:
+    """The fastest model that answers for a checkpoint: with the engine's graphs already
+    cached, an EngineModel straight from the cache (no torch, no checkpoint load: a
+    one-picture predict in well under a second); else load_model."""
+    check_engine_name(engine)
+    path = Path(path)
+    if engine != "torch" and device in ("auto", "cpu") and path.is_file():
+        try:
+            model = cached_engine_model(path, tta)
+            if model is not None:
+                return model
+        except EngineUnavailable as exc:
+            _fallback(engine, exc, on_message)
+            return load_model(path, device, "torch", on_message)
+    return load_model(path, device, engine, on_message)
+
+
+def cached_engine_model(path: Path, tta: bool | None) -> EngineModel | None:
+    """An EngineModel from the engine cache, None when the cache lacks a graph this run
+    needs (load_model builds it)."""
+    store = EngineStore.of_checkpoint(path)
+    card = store.card()
+    if card is None:
+        return None
+    try:
+        model = EngineModel(ModelCard.from_json(card), path, store)
+    except (TypeError, KeyError, ValueError):  # a card from another catnet version: rebuild
+        return None
+    wanted = [answer_graph(model.tta if tta is None else tta)]
+    wanted += ["score"] if model.card.unfamiliar_above is not None else []
+    return model if all(store.has(name) for name in wanted) else None
+
+
+_SAID: set[str] = set()
+
+
+def _fallback(engine: str, exc: EngineUnavailable, on_message: Callable[[str], None] | None
+              ) -> None:  # fmt: skip
+    """engine "openvino": a CatnetError; "auto": say why once per process, then PyTorch."""
+    if engine == "openvino":
+        raise CatnetError(f"cannot use the OpenVINO engine: {exc}",
+                          hint="use --engine torch (or auto, which falls back by itself)")  # fmt: skip
+    if str(exc) not in _SAID:
+        _SAID.add(str(exc))
+        (on_message or warnings.warn)(f"running PyTorch instead of the inference engine: {exc}")
 
 
 def predict(
-    checkpoint: str | Path | CatnetModel,
+    checkpoint: str | Path | AnsweringModel,
     inputs: Iterable[str],
     cfg: PredictConfig | None = None,
     on_row: Callable[[Prediction], None] | None = None,
@@ -155,8 +119,11 @@ def predict(
     `reader`: decoding already started (readahead.start_early), else it starts here.
     Returns a summary: counts per label, number of errors, model hash."""
     cfg = cfg or PredictConfig()
-    model = checkpoint if isinstance(checkpoint, CatnetModel) else load_model(checkpoint)
-    setup_threads()
+    model = (
+        checkpoint
+        if isinstance(checkpoint, AnsweringModel)
+        else answering_model(checkpoint, "auto", cfg.engine, cfg.tta)
+    )
     decision = model.decision(cfg.threshold, unsure, cfg.open_set)
     counts: dict[str, int] = {"cat": 0, "not_cat": 0, "unsure": 0, "error": 0}
     reader = reader or DecodeAhead(inputs, model.decode_size, cfg, skip)
@@ -179,12 +146,15 @@ def predict(
     return run_summary(model, decision, counts)
 
 
-def run_summary(model: CatnetModel, decision: Decision, counts: dict[str, int]) -> dict[str, Any]:
+def run_summary(
+    model: AnsweringModel, decision: Decision, counts: dict[str, int]
+) -> dict[str, Any]:
     """What a predict run returns, however it ran (here, or on Ray)."""
     return {
         "counts": counts,
         "errors": counts["error"],
         "model": model.hash,
+        "engine": model.engine_name,
         "threshold": decision.threshold,
         "open_set": decision.checks,
     }
@@ -204,7 +174,7 @@ def to_predictions(
 
 
 def decoded_answers(
-    model: CatnetModel,
+    model: AnsweringModel,
     decision: Decision,
     results: list[Decoded],
     batch_size: int,

@@ -16,6 +16,7 @@ from catnet.data.decoding import Decoded, Decoder
 from catnet.predicting.outputs import expand_inputs
 from catnet.runtime import cpuload
 
+WINDOW_BYTES = 96 * 2**20
 INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 
 
@@ -54,9 +55,12 @@ class DecodeAhead:
         while_importing: bool = False,
     ) -> None:
         self.paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
-        # 2,048 files (at 72 px, 32 MB of pixels): enough for the first window to keep the
-        # decoders busy while torch imports, small enough to bound memory.
-        self.window = max(cfg.batch_size * 32, 256)
+        # Up to 2,048 files and WINDOW_BYTES of pixels (two windows live at once, and their
+        # batch is copied once more for the network): at 72 px 2,048 files (32 MB), at 224 px
+        # 668 (96 MB). Enough to keep the decoders busy while the model loads, and memory
+        # bounded whatever the number of files.
+        per_file = size * size * 3
+        self.window = max(256, min(cfg.batch_size * 32, WINDOW_BYTES // per_file))
         self.decoder = Decoder(size, cfg.max_image_pixels, cfg.workers).__enter__()
         self.chunk = list(itertools.islice(self.paths, self.window))
         # while_importing: until the model is ready, one worker fewer decodes the first files,

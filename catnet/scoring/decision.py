@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 RULE = (
     "p_cat = sigmoid(logit / temperature); unfamiliar if unfamiliar_score > unfamiliar_above; "
@@ -28,9 +28,19 @@ RULE = (
 )
 
 
-def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """(n,) raw logits -> (n,) p(cat) = sigmoid(logit / T); T = 1 is the uncalibrated one."""
-    return torch.sigmoid(logits.float() / temperature)
+def as_array(values: Any) -> np.ndarray:
+    """A (n,) tensor (CPU or not, with or without grad) or array as a float32 NumPy array.
+    NumPy, not torch: predict on the inference engine answers without importing torch."""
+    if hasattr(values, "detach"):
+        values = values.detach().float().cpu()
+    return np.asarray(values, dtype=np.float32)
+
+
+def probabilities(logits: Any, temperature: float = 1.0) -> np.ndarray:
+    """(n,) raw logits -> (n,) float32 p(cat) = sigmoid(logit / T); T = 1 is uncalibrated."""
+    z = as_array(logits) / np.float32(temperature)
+    # sigmoid(z) = exp(-log(1 + exp(-z))): no overflow warning for large |z|
+    return np.exp(-np.logaddexp(np.float32(0), -z)).astype(np.float32)
 
 
 def resolve_threshold(asked: float, own: float) -> float:
@@ -51,13 +61,13 @@ class Answer:
 
 @dataclass(frozen=True)
 class Decided:
-    """A batch's answers, as tensors (n,) and labels."""
+    """A batch's answers, as arrays (n,) and labels."""
 
-    p_cat: torch.Tensor  # (n,) float32 calibrated p(cat)
-    unfamiliar: torch.Tensor | None  # (n,) bool, None: not checked
-    scores: torch.Tensor | None  # (n,) open-set scores, None: not checked
-    cat: torch.Tensor  # (n,) bool: the answer before the unsure band (familiar, p >= threshold)
-    unsure: torch.Tensor  # (n,) bool: in the unsure band (all False without one)
+    p_cat: np.ndarray  # (n,) float32 calibrated p(cat)
+    unfamiliar: np.ndarray | None  # (n,) bool, None: not checked
+    scores: np.ndarray | None  # (n,) float32 open-set scores, None: not checked
+    cat: np.ndarray  # (n,) bool: the answer before the unsure band (familiar, p >= threshold)
+    unsure: np.ndarray  # (n,) bool: in the unsure band (all False without one)
 
     @property
     def labels(self) -> list[str]:
@@ -105,21 +115,23 @@ class Decision:
         """Whether the open-set check is part of this decision."""
         return self.unfamiliar_above is not None
 
-    def decide(self, logits: torch.Tensor, scores: torch.Tensor | None = None) -> Decided:
-        """logits (n,) raw and open-set scores (n,) (None: not computed) -> the answers."""
-        return self.decide_p(probabilities(logits.detach().cpu(), self.temperature), scores)
+    def decide(self, logits: Any, scores: Any = None) -> Decided:
+        """logits (n,) raw and open-set scores (n,) (None: not computed), as arrays or
+        tensors -> the answers."""
+        return self.decide_p(probabilities(logits, self.temperature), scores)
 
-    def decide_p(self, p: torch.Tensor, scores: torch.Tensor | None = None) -> Decided:
+    def decide_p(self, p: Any, scores: Any = None) -> Decided:
         """The same from p(cat) (n,) already calibrated (sigmoid(logit / temperature))."""
+        p = as_array(p)
         unfamiliar = None
         if scores is not None and self.unfamiliar_above is not None:
-            scores = scores.detach().cpu().float()
+            scores = as_array(scores)
             unfamiliar = scores > self.unfamiliar_above
         else:
             scores = None
-        odd = unfamiliar if unfamiliar is not None else torch.zeros_like(p, dtype=torch.bool)
+        odd = unfamiliar if unfamiliar is not None else np.zeros(p.shape, dtype=bool)
         cat = ~odd & (p >= self.threshold)
-        unsure = torch.zeros_like(cat)
+        unsure = np.zeros_like(cat)
         if self.unsure:
             low, high = self.unsure
             unsure = odd | ((p >= low) & (p <= high))

@@ -97,11 +97,12 @@ class Verdict:
         return self.cats_turned_away - self.wrong_turned_away <= self.by_chance
 
     @classmethod
-    def of(
-        cls, unfamiliar: torch.Tensor, called_cat: torch.Tensor, cats: torch.Tensor, quantile: float
-    ) -> Verdict:
+    def of(cls, unfamiliar: Any, called_cat: Any, cats: Any, quantile: float) -> Verdict:
         """unfamiliar, called_cat (the head's answer without the check), cats (the truth): (n,)
-        bool over the validation pictures."""
+        bools (arrays or tensors) over the validation pictures."""
+        unfamiliar, called_cat, cats = (
+            np.asarray(a, dtype=bool) for a in (unfamiliar, called_cat, cats)
+        )
         right, wrong = called_cat & cats, called_cat & ~cats
         return cls(
             int((unfamiliar & right).sum()), int((unfamiliar & wrong).sum()),

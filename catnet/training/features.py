@@ -24,7 +24,9 @@ import torch
 
 from catnet.data.augment import prepare_eval
 from catnet.data.cache import default_cache_root, file_key
-from catnet.errors import WriteFailed, writing
+from catnet.engine.runtime import Compiled, EngineUnavailable, precision
+from catnet.engine.store import EngineStore
+from catnet.errors import CatnetError, WriteFailed, writing
 from catnet.models.checkpoint import weights_checksum
 from catnet.models.pretrained import DEFAULT_BACKBONE
 from catnet.runtime.compute import Compute, batches_of
@@ -40,34 +42,91 @@ if TYPE_CHECKING:
 FEATURES_VERSION = 2
 
 
-@torch.no_grad()
+class FrozenPass:
+    """uint8 pictures (B, S, S, 3) -> the frozen part's outputs (B, ...) for them and for their
+    mirror images, fp32 on the CPU: on the inference engine where it runs (engine "auto" says
+    once why not where it does not, and uses PyTorch), else PyTorch. `name` says which, for
+    the feature store's tag: features from the two differ in the last bf16 bits."""
+
+    def __init__(self, net: PretrainedNet, stages: int, image_size: int, mean: tuple,
+                 std: tuple, compute: Compute, engine: str = "auto", root: Path | None = None,
+                 on_message: Callable[[str], None] | None = None) -> None:  # fmt: skip
+        self.net, self.stages, self.root = net, stages, root
+        self.frozen = lambda x: net.frozen_part(x, stages)
+        self.image_size, self.mean, self.std, self.compute = image_size, mean, std, compute
+        self.name = compute.name.replace("/", "-")
+        self.graphs: dict[int, Compiled] = {}  # by the side of the pictures it takes
+        self.engine = engine
+        if engine == "torch" or (engine == "auto" and compute.device.type != "cpu"):
+            self.engine = "torch"
+            return
+        try:
+            self.name = f"openvino-{precision()}"
+        except EngineUnavailable as exc:
+            self._fallback(exc, on_message)
+
+    def _fallback(self, exc: EngineUnavailable, on_message: Callable[[str], None] | None) -> None:
+        if self.engine == "openvino":
+            raise CatnetError(f"cannot use the OpenVINO engine: {exc}") from None
+        self.engine, self.name = "torch", self.compute.name.replace("/", "-")
+        if on_message:
+            on_message(f"running PyTorch instead of the inference engine: {exc}")
+
+    @torch.no_grad()
+    def __call__(self, batch_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        side = int(batch_u8.shape[1])
+        if self.engine != "torch" and side not in self.graphs:
+            try:
+                self.graphs[side] = _feature_graph(self, side)
+            except EngineUnavailable as exc:  # a graph that does not compile: say so, go on
+                self._fallback(exc, None)
+        if self.engine != "torch":
+            plain, mirror = self.graphs[side](batch_u8.numpy())
+            return torch.from_numpy(plain), torch.from_numpy(mirror)
+        x = prepare_eval(batch_u8.to(self.compute.device), self.image_size, self.mean, self.std)
+        with self.compute.autocast():
+            return self.frozen(x).float().cpu(), self.frozen(x.flip(3)).float().cpu()
+
+
+def _feature_graph(frozen: FrozenPass, side: int) -> Compiled:
+    """The frozen part as an engine graph for side-px pictures, cached under everything it
+    depends on (frozen weights, sizes, cut, normalisation)."""
+    from catnet.engine.build import FeatureGraph, save_graph
+
+    f = frozen
+    frozen_state = {k: v for k, v in f.net.state_dict().items() if not k.startswith("head.")}
+    key = "-".join([
+        "features", weights_checksum(frozen_state)[:16], f"in{side}", f"s{f.image_size}",
+        f"cut{f.stages}",
+        hashlib.sha1(repr((f.mean, f.std)).encode(), usedforsecurity=False).hexdigest()[:8],
+    ])  # fmt: skip
+    store = EngineStore(key, f.root)
+    if not store.has("features"):
+        example = torch.zeros(2, side, side, 3, dtype=torch.uint8)
+        graph = FeatureGraph(f.net, f.stages, f.image_size, f.mean, f.std)
+        store.write_graph("features", lambda xml: save_graph(graph, example, xml))
+    return Compiled(store.graph("features"), store.blobs)
+
+
 def frozen_features(
-    frozen: Callable[[torch.Tensor], torch.Tensor],
+    frozen: FrozenPass,
     pixels: np.ndarray,
     slots: np.ndarray,
-    image_size: int,
-    mean: tuple,
-    std: tuple,
-    compute: Compute,
-    mirror: bool,
     batch_size: int = 64,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """frozen(x) for pixels[slots] (uint8 (n, S, S, 3)) -> fp32 (n, ...) on the CPU, and the
-    same for the mirror images when `mirror`."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """frozen() for pixels[slots] (uint8 (n, S, S, 3)) -> fp32 (n, ...) on the CPU for the
+    pictures and for their mirror images."""
     plain, flipped = [], []
     for part in batches_of(len(slots), batch_size):
-        batch = torch.from_numpy(np.ascontiguousarray(pixels[slots[part]])).to(compute.device)
-        x = prepare_eval(batch, image_size, mean, std)
-        with compute.autocast():
-            plain.append(frozen(x).float().cpu())
-            if mirror:
-                flipped.append(frozen(x.flip(3)).float().cpu())
+        p, m = frozen(torch.from_numpy(np.ascontiguousarray(pixels[slots[part]])))
+        plain.append(p)
+        flipped.append(m)
         if on_progress:
             on_progress(part.stop, len(slots))
     if not plain:
-        return torch.zeros(0), (torch.zeros(0) if mirror else None)
-    return torch.cat(plain), (torch.cat(flipped) if mirror else None)
+        return torch.zeros(0), torch.zeros(0)
+    return torch.cat(plain), torch.cat(flipped)
 
 
 class FeatureStore:
@@ -117,14 +176,10 @@ class FeatureStore:
 
 
 def cached_features(
-    frozen: Callable[[torch.Tensor], torch.Tensor],
+    frozen: FrozenPass,
     paths: list[Path],
     pixels: np.ndarray,
     slots: np.ndarray,
-    image_size: int,
-    mean: tuple,
-    std: tuple,
-    compute: Compute,
     store: FeatureStore | None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,10 +187,7 @@ def cached_features(
     reading what the store has and computing (then storing) the rest."""
     found = [store.get(p) for p in paths] if store else [None] * len(paths)
     todo = np.array([i for i, f in enumerate(found) if f is None], dtype=np.int64)
-    plain_new, mirror_new = frozen_features(
-        frozen, pixels, slots[todo], image_size, mean, std, compute, True,
-        on_progress=on_progress,
-    )  # fmt: skip
+    plain_new, mirror_new = frozen_features(frozen, pixels, slots[todo], on_progress=on_progress)
     for j, i in enumerate(todo.tolist()):
         found[i] = (plain_new[j], mirror_new[j])  # type: ignore[index]
         if store:
@@ -147,15 +199,16 @@ def cached_features(
     return plain, mirror
 
 
-def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, compute: Compute,
+def feature_store(net: PretrainedNet, backbone: str, size: int, stages: int, computed_by: str,
                   root: Path, on_message: Callable[[str], None] | None = None,
                   ) -> FeatureStore:  # fmt: skip
     """The on-disk store for this frozen part: the tag names everything features depend on
-    besides the picture (backbone, frozen weights, size, cut, precision)."""
+    besides the picture (backbone, frozen weights, size, cut, what computed them:
+    FrozenPass.name)."""
     frozen_state = {k: v for k, v in net.state_dict().items() if not k.startswith("head.")}
     tag = "-".join([
         backbone, weights_checksum(frozen_state)[:16], f"s{size}", f"cut{stages}",
-        compute.name.replace("/", "-"),
+        computed_by,
     ])  # fmt: skip
     return FeatureStore(root, tag, on_message)
 
@@ -167,18 +220,17 @@ class Features:
                  compute: Compute, cb: TrainCallbacks) -> None:  # fmt: skip
         root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_root()
         name = cfg.backbone or DEFAULT_BACKBONE
+        frozen = FrozenPass(net, stages, data.eval_size, data.mean, data.std, compute,
+                            cfg.engine, root if cfg.cache_dir else None, cb.on_message)  # fmt: skip
         store = (
-            feature_store(net, name, data.eval_size, stages, compute, root, cb.on_message)
+            feature_store(net, name, data.eval_size, stages, frozen.name, root, cb.on_message)
             if cfg.cache
             else None
         )
         cb.on_message(f"computing the frozen backbone's features at {data.eval_size} px")
 
         def run(paths: list[Path], slots: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-            return cached_features(
-                lambda x: net.frozen_part(x, stages), paths, data.pixels, slots,
-                data.eval_size, data.mean, data.std, compute, store, cb.on_decode,
-            )  # fmt: skip
+            return cached_features(frozen, paths, data.pixels, slots, store, cb.on_decode)
 
         self.train, self.train_mirror = run(data.train_paths, data.train_slots)
         self.val, self.val_mirror = run(data.val_paths, data.val_slots)

@@ -86,7 +86,7 @@ def finalize_run(
     temperature = calibrate(val["logits"], labels, data, out_of_fold)
     if payload["arch"]["type"] == "pretrained" and out_of_fold is None:
         temperature = temperature if len(labels) >= MIN_CALIBRATION_PICTURES else 1.0
-    probs = probabilities(val["logits"], temperature)
+    probs = torch.from_numpy(probabilities(val["logits"], temperature))
     metrics = binary_metrics(probs, labels, payload["threshold"])
     decided = Decision(payload["threshold"], temperature, None, check.threshold).decide(
         val["logits"], check.scores(val["features"])
