@@ -22,6 +22,8 @@ import statistics
 import sys
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_accuracy import run, split_folder
 from benchmark_openset import Pictures, files_in
@@ -34,7 +36,7 @@ def measure(best: Path, test: Path) -> dict[str, float]:
 
     model = load_model(best)
     pics = Pictures.of(model, files_in(test))
-    today, now = (probabilities(pics.logits, t) for t in (1.0, model.temperature))
+    today, now = (torch.from_numpy(probabilities(pics.logits, t)) for t in (1.0, model.temperature))
     return {
         "T": model.temperature,
         "ECE today": expected_calibration_error(today, pics.cats),

@@ -173,7 +173,7 @@ def logits_and_features(model: Any, files: list[Path]) -> tuple[torch.Tensor, to
         batch = torch.from_numpy(np.stack([decode_square(f, model.decode_size)
                                            for f in files[start : start + 64]]))  # fmt: skip
         with capture_features(model.inference_module) as batch_seen:
-            logits.append(model.logits_and_scores(batch, None, False)[0])
+            logits.append(torch.as_tensor(model.logits_and_scores(batch, None, False)[0]))
         seen.append(mean_features(batch_seen, len(batch)))
     return torch.cat(logits), torch.cat(seen)
 
@@ -244,6 +244,14 @@ def fitted(variant: Variant, bank: Pictures, val: Pictures, seed: int) -> tuple[
     return scores, min(cat.quantile, other.quantile)
 
 
+def decided_tensors(decision: Any, logits: torch.Tensor, scores: Any = None) -> Any:
+    """decision.decide with its answers as tensors (the decision works in numpy)."""
+    d = decision.decide(logits, scores)
+    as_tensor = lambda a: None if a is None else torch.as_tensor(a)  # noqa: E731
+    return dataclasses.replace(d, **{f: as_tensor(getattr(d, f)) for f in
+                                     ("p_cat", "unfamiliar", "scores", "cat", "unsure")})  # fmt: skip
+
+
 def measure_variants(model: Any, train: Path, sets: dict[str, Pictures], seed: int) -> dict:
     """{variant: {measure: value}} on the same pictures, each variant fitted on train's
     features: a seeded 80/20 cut into the bank's side and validation."""
@@ -256,7 +264,7 @@ def measure_variants(model: Any, train: Path, sets: dict[str, Pictures], seed: i
     val, fit = order[:n_val], order[n_val:]
     off = Decision(model.threshold, model.temperature)
     sets = {**sets, "validation": t.subset(val)}
-    val_right = float((off.decide(t.logits[val]).cat == t.cats[val]).float().mean())
+    val_right = float((decided_tensors(off, t.logits[val]).cat == t.cats[val]).float().mean())
     out = {}
     for name, variant in variants().items():
         scorer = quantile = None
@@ -264,13 +272,14 @@ def measure_variants(model: Any, train: Path, sets: dict[str, Pictures], seed: i
             scorer, quantile = fitted(variant, t.subset(fit), t.subset(val), seed)
         r = {}
         for set_name, pics in sets.items():
-            unchecked = off.decide(pics.logits)
+            unchecked = decided_tensors(off, pics.logits)
             decided, margin, pays = unchecked, float("nan"), float("nan")
             if scorer is not None:
                 scores = scorer(pics)  # (n,) in units of the threshold
                 if variant.sure is not None:  # sure of a cat: scored as familiar
                     scores = torch.where(unchecked.p_cat >= variant.sure, 0.0, scores)
-                decided = dataclasses.replace(off, unfamiliar_above=1.0).decide(pics.logits, scores)
+                on = dataclasses.replace(off, unfamiliar_above=1.0)
+                decided = decided_tensors(on, pics.logits, scores)
                 # how far beyond the threshold the closest object the head calls cat lies
                 if unchecked.cat.any():
                     margin = float(scores[unchecked.cat].min())

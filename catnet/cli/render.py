@@ -228,16 +228,12 @@ def print_info(d: dict[str, Any], console: Console) -> None:
 
 def open_set_line(o: dict[str, Any] | None) -> str:
     """catnet info's line on the open-set check: on or off by default, and why."""
-    if o is None:
-        return "open-set check: none (the checkpoint is from before it)"
+    if o is None or o["validation"] is None:
+        return "open-set check: " + ("none (checkpoint from before it)" if o is None else "on")
     v = o["validation"]
-    if v is None:
-        return "open-set check: on (fitted before catnet judged it on validation)"
-    seen = (
-        f"on validation it turned away {v['cats_turned_away']} cat(s) the network had right and "
-        f"{v['wrong_turned_away']} non-cat(s) it had called cat; a check that works as designed "
-        f"turns away up to {v['by_chance']} by chance"
-    )
+    seen = (f"on validation it turned away {v['cats_turned_away']} cat(s) the network had right "
+            f"and {v['wrong_turned_away']} non-cat(s) it called cat; a check that works as "
+            f"designed turns away up to {v['by_chance']} by chance")  # fmt: skip
     if o["on"]:
         return f"open-set check: on ({seen})"
     return f"open-set check: off by default, it did not pay ({seen}); --open-set turns it on"

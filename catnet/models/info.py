@@ -149,12 +149,11 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 def _open_set(entry: Any) -> dict[str, Any] | None:
-    """Whether the open-set check is on by default, and why (what it did on validation: see
-    scoring.openset.Verdict); None: the checkpoint has no check."""
+    """The open-set check: on by default or not, and what it did on validation (scoring.openset
+    .Verdict; None: fitted before verdicts); None: the checkpoint has none."""
     if not isinstance(entry, dict):
         return None
-    return {"on": bool(entry.get("on", True)), "threshold": float(entry["threshold"]),
-            "validation": entry.get("validation")}  # fmt: skip
+    return {"on": bool(entry.get("on", True)), "validation": entry.get("validation")}
 
 
 def first_layer_weights(path: str | Path) -> Any:

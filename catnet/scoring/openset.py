@@ -79,14 +79,12 @@ def knn_scores(
 
 @dataclass(frozen=True)
 class Verdict:
-    """Whether the check pays on validation. It can only turn the head's cat answers away:
-    a right one (a cat) is its price, a wrong one (a non-cat the head called cat) its gain.
-    A check that works as designed turns each held-out picture away with probability
-    1 - quantile (where its threshold was fitted), so on n validation cats it turns some away
-    by chance. It pays when its net price there (cats turned away minus non-cats turned away)
-    is no more than such a check's would be in 19 validation sets out of 20. A check whose
-    distances on the training pictures say little about new ones (features that only know the
-    training set, as a from-scratch MLP's last hidden layer) turns away more: off by default."""
+    """Whether the check pays on validation, where it can only turn the head's cat answers
+    away: a cat is its price, a non-cat the head called cat its gain. Working as designed, it
+    turns each held-out picture away with probability 1 - quantile; it pays when its net price
+    there (cats minus non-cats turned away) is within what such a check turns away by chance
+    19 times in 20. Distances that say little about new pictures (features that learned the
+    training set, as a from-scratch MLP's) turn away more: the check is then off by default."""
 
     cats_turned_away: int  # validation cats the head called cat, unfamiliar to the check
     wrong_turned_away: int  # validation non-cats the head called cat, unfamiliar to the check
