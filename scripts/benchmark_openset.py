@@ -159,6 +159,7 @@ def logits_and_features(model: Any, files: list[Path]) -> tuple[torch.Tensor, to
     from catnet.data.cache import default_cache_root
     from catnet.data.pixels import decode_square
     from catnet.labelling.cached_scores import head_only_scorer
+    from catnet.models.forward import logits_for
     from catnet.scoring.openset import capture_features, mean_features
 
     scorer = head_only_scorer(model, default_cache_root())
@@ -172,8 +173,9 @@ def logits_and_features(model: Any, files: list[Path]) -> tuple[torch.Tensor, to
     for start in range(0, len(files), 64):
         batch = torch.from_numpy(np.stack([decode_square(f, model.decode_size)
                                            for f in files[start : start + 64]]))  # fmt: skip
-        with capture_features(model.inference_module) as batch_seen:
-            logits.append(torch.as_tensor(model.logits_and_scores(batch, None, False)[0]))
+        with capture_features(model.inference_module) as batch_seen:  # PyTorch's pass, hooked
+            logits.append(logits_for(model.inference_module, batch, model.image_size,
+                                     model.compute, model.tta, model.mean, model.std).float())  # fmt: skip
         seen.append(mean_features(batch_seen, len(batch)))
     return torch.cat(logits), torch.cat(seen)
 
@@ -335,11 +337,7 @@ def forward_ratio(model: object, test: Path, rounds: int) -> tuple[float, float]
     ratio = statistics.median(times[True]) / statistics.median(times[False])
     # The check's own arithmetic (k-NN over the stored training features), timed alone: what
     # it adds, without the noise of a shared machine's network timings.
-    from catnet.scoring.openset import capture_features, mean_features
-
-    with capture_features(model.inference_module) as seen:
-        model.logits_and_scores(batch, False, False)
-    features = mean_features(seen, len(batch)).to(model.open_set.bank.device)
+    features = logits_and_features(model, files)[1].to(model.open_set.bank.device)
     check = []
     for _ in range(10):
         started = time.perf_counter()

@@ -56,7 +56,7 @@ def test_openset_benchmark_prints_before_and_after(tmp_path: Path) -> None:
         r"val\+loo, q0\.995",
         r"class, val\+loo, q0\.995",
     ):
-        assert re.search(variant + r"\s+\|\s+\d+\.\d\d ± \d+\.\d\d", out.stdout), out.stdout
+        assert re.search(variant + r"\s+\|\s+\d+\.\d\d ±\s+\d+\.\d\d", out.stdout), out.stdout
 
 
 def test_calibration_benchmark_prints_ece_before_and_after(tmp_path: Path) -> None:

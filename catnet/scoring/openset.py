@@ -84,7 +84,9 @@ class Verdict:
     turns each held-out picture away with probability 1 - quantile; it pays when its net price
     there (cats minus non-cats turned away) is within what such a check turns away by chance
     19 times in 20. Distances that say little about new pictures (features that learned the
-    training set, as a from-scratch MLP's) turn away more: the check is then off by default."""
+    training set, as a from-scratch MLP's) turn away more: the check is then off by default.
+    (With fewer than 1 / (1 - quantile) held-out scores, the farthest validation picture is
+    always beyond the threshold: a cat there already counts against the check.)"""
 
     cats_turned_away: int  # validation cats the head called cat, unfamiliar to the check
     wrong_turned_away: int  # validation non-cats the head called cat, unfamiliar to the check
@@ -247,11 +249,7 @@ def fit_open_set(
     if how.leave_one_out or len(val_features) < 20:
         loo = OpenSetCheck(check.bank, how.k + 1, 0.0)  # each picture is its own nearest
         scores.append(loo.scores(train_features[pick]))
-    held_out = torch.cat(scores).double()
-    check.threshold = float(torch.quantile(held_out, how.quantile))
-    # The quantile the threshold really sits at: of n scores, the largest is always above it,
-    # so with fewer than 1 / (1 - quantile) a share 1 / n of held-out pictures is (Verdict).
-    check.quantile = min(how.quantile, 1 - 1 / len(held_out))
+    check.threshold = float(torch.quantile(torch.cat(scores).double(), how.quantile))
     return check
 
 
