@@ -183,7 +183,9 @@ class EvaluateConfig:
     )
     # The open-set check: a picture unlike every training picture is never "cat" (README,
     # "Unlike anything I saw"). Checkpoints from before it have no check to turn on.
-    open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
+    open_set: bool | None = setting(
+        None, "Pictures unlike every training picture are never cat [default: as trained]."
+    )
     engine: str = setting("auto", ENGINE_HELP)
 
     def validate(self) -> None:
@@ -199,7 +201,9 @@ class PredictConfig:
     max_image_pixels: int = setting(
         120_000_000, "Bigger pictures are refused (decompression bombs)."
     )
-    open_set: bool = setting(True, "Pictures unlike every training picture are never cat.")
+    open_set: bool | None = setting(
+        None, "Pictures unlike every training picture are never cat [default: as trained]."
+    )
     engine: str = setting("auto", ENGINE_HELP)
     # Ray Data (README, "Beyond one machine"); needs the extra: pip install "catnet[ray]".
     ray: str = setting(
@@ -342,7 +346,8 @@ def to_toml(values: dict[str, Any]) -> str:
     """Write a flat dict of str/int/float/bool/list values as TOML (tomllib only reads)."""
     lines = []
     for key, value in values.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        if value is not None:  # TOML has no null; an optional setting left out is its default
+            lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -49,7 +49,24 @@ def test_openset_benchmark_prints_before_and_after(tmp_path: Path) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr
     assert re.search(r"assorted tagged cat \d+/160 \(.*\) -> \d+/160", out.stdout), out.stdout
-    assert re.search(r"network time, on / off \(ratio x 100\)\s+\d+\.\d\d", out.stdout), out.stdout
+    assert re.search(r"network on/off \d+\.\d\d\d", out.stdout), out.stdout
+    # every variant measured, today's rule and the adopted one among them
+    for variant in (
+        r"today \(val, q\.99, k10\)",
+        r"val\+loo, q0\.995",
+        r"class, val\+loo, q0\.995",
+    ):
+        assert re.search(variant + r"\s+\|\s+\d+\.\d\d ±\s+\d+\.\d\d", out.stdout), out.stdout
+
+
+def test_calibration_benchmark_prints_ece_before_and_after(tmp_path: Path) -> None:
+    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_calibration.py"), "--data", str(data)]
+    cmd += ["--sizes", "6", "--splits", "1", "--out", str(tmp_path / "runs")]
+    cmd += ["--train-args=--image-size 64"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^\s+6 \| \d\.\d{4} ± \d\.\d{4}\s+\| \d\.\d{4}", out.stdout, re.M), out.stdout
 
 
 def test_ray_predict_benchmark_prints_both_ratios(tmp_path: Path, trained: TrainedRun) -> None:

@@ -15,7 +15,13 @@ from catnet.config import EvaluateConfig, PredictConfig
 from catnet.evaluating.evaluation import evaluate
 from catnet.models.checkpoint import load_checkpoint, save_checkpoint
 from catnet.predicting.prediction import load_model, predict
-from catnet.scoring.openset import KEY, OpenSetCheck, fit_open_set, mean_features
+from catnet.scoring.openset import (
+    KEY,
+    OpenSetCheck,
+    OpenSetFit,
+    fit_open_set,
+    mean_features,
+)
 
 
 def test_scores_are_distances_to_the_kth_nearest_training_picture() -> None:
@@ -30,7 +36,9 @@ def test_fit_puts_the_threshold_at_the_quantile_of_validation_scores() -> None:
     gen = torch.Generator().manual_seed(0)
     train = torch.randn(300, 8, generator=gen) + 5  # one cloud away from the origin
     val = torch.randn(200, 8, generator=gen) + 5
-    check = fit_open_set(train, val, k=5, quantile=0.9, bank_size=100)
+    check = fit_open_set(
+        train, val, OpenSetFit(k=5, quantile=0.9, bank_size=100, leave_one_out=False)
+    )
     assert check.bank.shape == (100, 8)
     assert torch.allclose(check.bank.norm(dim=1), torch.ones(100), atol=1e-3)
     share_above = float((check.scores(val) > check.threshold).float().mean())
@@ -40,6 +48,19 @@ def test_fit_puts_the_threshold_at_the_quantile_of_validation_scores() -> None:
     restored = OpenSetCheck.from_payload(check.to_payload())
     assert restored is not None and restored.bank.dtype == torch.float32
     assert restored.threshold == check.threshold and restored.k == 5
+
+
+def test_the_threshold_also_counts_each_bank_picture_left_out() -> None:
+    # With k = 1, validation copies of bank pictures score 0, however unlike each other the
+    # training pictures are; the bank's own leave-one-out scores tell how far a new one lies.
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randn(200, 16, generator=gen)
+    val = train[:40].clone()
+    blind_check = fit_open_set(train, val, OpenSetFit(k=1, quantile=0.9, leave_one_out=False))
+    held_out = fit_open_set(train, val, OpenSetFit(k=1, quantile=0.9))
+    assert blind_check.threshold < 0.05 < 0.5 < held_out.threshold  # 0.05: fp16 rounding
+    new = torch.randn(200, 16, generator=gen)  # from the same distribution as the training
+    assert float((held_out.scores(new) > held_out.threshold).float().mean()) < 0.25
 
 
 def test_tta_features_average_the_picture_and_its_mirror() -> None:
@@ -145,3 +166,43 @@ def test_export_gains_the_score_as_a_second_output(openset_run: OpenSetRun, tmp_
     torch.jit.load(str(tmp_path / "m.ts"), _extra_files=extra)
     rule = json.loads(json.loads(extra["catnet.json"])["open_set"])
     assert rule["threshold"] == pytest.approx(model.open_set.threshold)
+
+
+def test_the_check_pays_when_it_turns_away_no_more_cats_than_chance() -> None:
+    from catnet.scoring.openset import Verdict, binomial_quantile
+
+    assert binomial_quantile(160, 0.005, 0.95) == 2  # P(X <= 1) = 0.81, P(X <= 2) = 0.95
+    assert binomial_quantile(10, 0.0, 0.95) == 0
+    cats = torch.tensor([True] * 6 + [False] * 4)
+    called = torch.tensor([True] * 5 + [False] + [True] + [False] * 3)  # one non-cat called cat
+    away = torch.zeros(10, dtype=torch.bool)
+    away[[0, 1]] = True  # two of the five cats the head had right
+    verdict = Verdict.of(away, called, cats, quantile=0.95)  # by chance: Bin(5, 0.05) -> 1
+    assert (verdict.cats_turned_away, verdict.wrong_turned_away, verdict.by_chance) == (2, 0, 1)
+    assert not verdict.pays
+    away[6] = True  # it also turns away the non-cat the head called cat: a net price of one
+    assert Verdict.of(away, called, cats, quantile=0.95).pays
+
+
+@pytest.mark.slow
+def test_a_check_that_did_not_pay_is_off_by_default_and_info_says_so(
+    openset_run: OpenSetRun, tmp_path: Path
+) -> None:
+    from catnet.models.info import describe
+
+    payload = load_checkpoint(openset_run.best)
+    assert "validation" in payload[KEY]  # training judged it
+    payload[KEY].update(validation={"cats_turned_away": 5, "wrong_turned_away": 0,
+                                    "by_chance": 1}, on=False)  # fmt: skip
+    off = save_checkpoint(payload, tmp_path / "off.pt")
+    strange = sorted(openset_run.strange.iterdir())
+    model = load_model(off)
+    assert not model.decision().checks and model.decision(open_set=True).checks
+    assert all(p.unfamiliar is None for p in model.predict(strange))
+    assert any(p.unfamiliar for p in model.predict(strange, open_set=True))
+    assert describe(off)["open_set"]["on"] is False
+    proc = catnet_cli("info", off)
+    assert proc.returncode == 0, proc.stderr
+    assert "open-set check: off by default" in proc.stdout and "turned away 5" in proc.stdout
+    proc = catnet_cli("predict", off, openset_run.strange, "--open-set", "--json")
+    assert proc.returncode == 0 and '"unfamiliar": true' in proc.stdout, proc.stderr

@@ -223,6 +223,20 @@ def print_info(d: dict[str, Any], console: Console) -> None:
             f"temperature {d['temperature']:.3f}",
             highlight=False,
         )
+    console.print(open_set_line(d["open_set"]), highlight=False)
+
+
+def open_set_line(o: dict[str, Any] | None) -> str:
+    """catnet info's line on the open-set check: on or off by default, and why."""
+    if o is None or o["validation"] is None:
+        return "open-set check: " + ("none (checkpoint from before it)" if o is None else "on")
+    v = o["validation"]
+    seen = (f"on validation it turned away {v['cats_turned_away']} cat(s) the network had right "
+            f"and {v['wrong_turned_away']} non-cat(s) it called cat; a check that works as "
+            f"designed turns away up to {v['by_chance']} by chance")  # fmt: skip
+    if o["on"]:
+        return f"open-set check: on ({seen})"
+    return f"open-set check: off by default, it did not pay ({seen}); --open-set turns it on"
 
 
 def print_tune(summary: dict[str, Any], console: Console) -> None:

@@ -143,8 +143,17 @@ def describe(path: str | Path) -> dict[str, Any]:
         "threshold": payload["threshold"],
         "temperature": payload.get("temperature", 1.0),
         "metrics": payload.get("metrics", {}),
+        "open_set": _open_set(payload.get("open_set")),
         "catnet_version": payload.get("catnet_version"),
     }
+
+
+def _open_set(entry: Any) -> dict[str, Any] | None:
+    """The open-set check: on by default or not, and what it did on validation (scoring.openset
+    .Verdict; None: fitted before verdicts); None: the checkpoint has none."""
+    if not isinstance(entry, dict):
+        return None
+    return {"on": bool(entry.get("on", True)), "validation": entry.get("validation")}
 
 
 def first_layer_weights(path: str | Path) -> Any:

@@ -37,6 +37,7 @@ class ModelCard:
     temperature: float  # p(cat) = sigmoid(logit / temperature)
     tta: bool  # flip-averaging, as validated
     unfamiliar_above: float | None  # the open-set threshold; None: the model has no check
+    open_set_on: bool = True  # the check on when nobody says (scoring.openset.Verdict)
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> ModelCard:
@@ -47,7 +48,7 @@ class ModelCard:
             tuple(pre["mean"]), tuple(pre["std"]), float(payload["threshold"]),
             float(payload.get("temperature", 1.0)), bool(payload.get("tta", False)),
             float(check["threshold"]) if isinstance(check, dict) and check.get("method") == "knn"
-            else None,
+            else None, bool(check.get("on", True)) if isinstance(check, dict) else True,
         )  # fmt: skip
 
     @classmethod
@@ -78,12 +79,14 @@ class AnsweringModel:
         raise NotImplementedError
 
     def decision(
-        self, threshold: float = -1.0, unsure: Any = None, open_set: bool = True
+        self, threshold: float = -1.0, unsure: Any = None, open_set: bool | None = None
     ) -> Decision:
         """How this model answers (scoring.decision), under a command's settings: threshold
-        < 0 = the checkpoint's, an unsure band (low, high) or none, open_set False: no check."""
+        < 0 = the checkpoint's, an unsure band (low, high) or none, open_set False: no check,
+        None: the checkpoint's (on where it paid on validation: scoring.openset.Verdict)."""
         own = Decision(self.threshold, self.temperature, None, self.card.unfamiliar_above)
-        return own.with_settings(threshold, unsure, open_set)
+        return own.with_settings(threshold, unsure, self.card.open_set_on if open_set is None
+                                 else open_set)  # fmt: skip
 
     def probabilities(self, batch_u8: Any, tta: bool | None = None) -> np.ndarray:
         """(B, S, S, 3) uint8 pixels -> (B,) calibrated p(cat); tta None = as trained."""
@@ -111,10 +114,11 @@ class AnsweringModel:
         self,
         images: Iterable[Image.Image | str | Path],
         tta: bool | None = None,
-        open_set: bool = True,
+        open_set: bool | None = None,
     ) -> list[Prediction]:
         """Predict PIL images or paths held in memory (for Python users; the CLI streams).
-        open_set=False turns the check off (every row's unfamiliar is then None)."""
+        open_set=False turns the check off (every row's unfamiliar is then None), None: as
+        the checkpoint says."""
         preds: list[Prediction] = []
         pixels, where = [], []
         for i, image in enumerate(images):
@@ -129,8 +133,9 @@ class AnsweringModel:
             except DecodeError as exc:
                 preds.append(Prediction(name, "error", None, exc.reason))
         if pixels:
-            decided = self.decision(open_set=open_set).decide(
-                *self.logits_and_scores(np.stack(pixels), tta, open_set)
+            decision = self.decision(open_set=open_set)
+            decided = decision.decide(
+                *self.logits_and_scores(np.stack(pixels), tta, decision.checks)
             )
             for j, answer in zip(where, decided.answers(), strict=True):
                 preds[j] = Prediction(preds[j].path, answer.label, answer.p_cat, "",

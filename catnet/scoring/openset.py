@@ -6,8 +6,10 @@ module asks a different question, in the network's own penultimate feature space
 its last linear layer): how far is this picture from the training pictures? The score is the
 distance to the k-th nearest training picture after L2-normalising every feature vector
 (Sun et al., ICML 2022, "Out-of-distribution detection with deep nearest neighbors"). A picture
-whose score is beyond the threshold fitted on the validation pictures when training ended is
-"unfamiliar": never labelled cat.
+whose score is beyond the threshold fitted when training ended is "unfamiliar": never cat.
+The threshold is the 99.5th percentile of held-out scores: the validation pictures' and, where
+a frozen backbone gives the features, each bank picture's against the rest of the bank, ~2,000
+instead of ~300 (scripts/benchmark_openset.py compares the variants).
 
 A correction outranks the check. A picture the user tagged (`catnet correct`, the labelling
 page's answers and confirmations) is familiar from then on, and so is any picture with the same
@@ -23,7 +25,8 @@ however the user tagged it (issue #23).
 
 What a checkpoint stores under "open_set" (plain tensors and numbers, weights_only-safe):
   bank (N, F) float16, L2-normalised training features, N <= BANK_SIZE;
-  k, threshold (a distance in [0, 2]), quantile (of validation scores it was fitted at);
+  k, threshold (a distance in [0, 2]), quantile (of held-out scores it was fitted at);
+  validation (Verdict's numbers) and on (whether the check is on by default; absent: on);
   tagged (M, F) float16, L2-normalised features of the pictures the user tagged, and
   tagged_radius (a distance); absent in checkpoints from before them (no tagged pictures).
 Checkpoints without it predict with the check off.
@@ -32,6 +35,7 @@ Checkpoints without it predict with the check off.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,7 +47,7 @@ from torch import nn
 KEY = "open_set"
 BANK_SIZE = 2000  # training pictures kept (fp16): 5 MB at 1,280 features, ~1 ms a batch
 DEFAULT_K = 10
-DEFAULT_QUANTILE = 0.99
+DEFAULT_QUANTILE = 0.995  # of held-out scores; 0.99: 5.0 of 1,000 unfamiliar, 0.998: 2.5
 # A picture this close to a tagged one, as a share of the unfamiliarity threshold, is that
 # picture (see tagged_radius). Measured on the tests' tiny CNN (24 px drawings, threshold 0.16):
 # a training file lies 0 to 0.02 from its own bank entry, a copy resized x2 at most 0.025 from
@@ -73,6 +77,50 @@ def knn_scores(
     return torch.where(near <= radius, torch.minimum(near, scores), scores)
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """Whether the check pays on validation, where it can only turn the head's cat answers
+    away: a cat is its price, a non-cat the head called cat its gain. Working as designed, it
+    turns each held-out picture away with probability 1 - quantile; it pays when its net price
+    there (cats minus non-cats turned away) is within what such a check turns away by chance
+    19 times in 20. Distances that say little about new pictures (features that learned the
+    training set, as a from-scratch MLP's) turn away more: the check is then off by default.
+    (With fewer than 1 / (1 - quantile) held-out scores, the farthest validation picture is
+    always beyond the threshold: a cat there already counts against the check.)"""
+
+    cats_turned_away: int  # validation cats the head called cat, unfamiliar to the check
+    wrong_turned_away: int  # validation non-cats the head called cat, unfamiliar to the check
+    by_chance: int  # the most a check working as designed turns away, 19 times in 20
+
+    @property
+    def pays(self) -> bool:
+        return self.cats_turned_away - self.wrong_turned_away <= self.by_chance
+
+    @classmethod
+    def of(cls, unfamiliar: Any, called_cat: Any, cats: Any, quantile: float) -> Verdict:
+        """unfamiliar, called_cat (the head's answer without the check), cats (the truth): (n,)
+        bools (arrays or tensors) over the validation pictures."""
+        unfamiliar, called_cat, cats = (
+            np.asarray(a, dtype=bool) for a in (unfamiliar, called_cat, cats)
+        )
+        right, wrong = called_cat & cats, called_cat & ~cats
+        return cls(
+            int((unfamiliar & right).sum()), int((unfamiliar & wrong).sum()),
+            binomial_quantile(int(right.sum()), 1 - quantile, 0.95),
+        )  # fmt: skip
+
+
+def binomial_quantile(n: int, p: float, level: float) -> int:
+    """The smallest c with P(X <= c) >= level for X ~ Binomial(n, p)."""
+    term, total = (1 - p) ** n, 0.0  # P(X = 0), then P(X = c + 1) = P(X = c) (n-c)/(c+1) p/(1-p)
+    for c in range(n + 1):
+        total += term
+        if total >= level:
+            return c
+        term *= (n - c) / (c + 1) * p / (1 - p)
+    return n
+
+
 @dataclass
 class OpenSetCheck:
     bank: torch.Tensor  # (N, F) float32 on the model's device, rows of unit length
@@ -82,6 +130,13 @@ class OpenSetCheck:
     # (M, F) float32 unit rows: the pictures the user tagged, familiar whatever the bank says
     tagged: torch.Tensor | None = None
     tagged_radius: float = 0.0  # a distance; closer to a tagged picture than this: that picture
+    # What the check did on validation (Verdict); on by default only where it paid there.
+    verdict: Verdict | None = None
+
+    @property
+    def on(self) -> bool:
+        """Whether the check is on when nobody says (checkpoints from before verdicts: on)."""
+        return self.verdict is None or self.verdict.pays
 
     def scores(self, features: torch.Tensor) -> torch.Tensor:
         """(B, F) penultimate features -> (B,) scores (knn_scores)."""
@@ -100,7 +155,7 @@ class OpenSetCheck:
 
     def to_payload(self) -> dict[str, Any]:
         tagged = self.tagged if self.tagged is not None else self.bank[:0]
-        return {
+        payload = {
             "method": "knn",
             "bank": self.bank.detach().cpu().half(),
             "k": self.k,
@@ -109,6 +164,9 @@ class OpenSetCheck:
             "tagged": tagged.detach().cpu().half(),
             "tagged_radius": self.tagged_radius,
         }
+        if self.verdict is not None:  # "on" for readers without catnet's scoring (catnet info)
+            payload.update(validation=dataclasses.asdict(self.verdict), on=self.verdict.pays)
+        return payload
 
     @classmethod
     def from_payload(cls, entry: Any, device: torch.device | str = "cpu") -> OpenSetCheck | None:
@@ -121,6 +179,7 @@ class OpenSetCheck:
             bank, int(entry["k"]), float(entry["threshold"]), float(entry["quantile"]),
             None if tagged is None else tagged.to(device=device, dtype=torch.float32),
             float(entry.get("tagged_radius", 0.0)),
+            Verdict(**entry["validation"]) if "validation" in entry else None,
         )  # fmt: skip
 
 
@@ -160,28 +219,37 @@ def mean_features(seen: list[torch.Tensor], n: int) -> torch.Tensor:
     return torch.cat(seen) if seen else torch.zeros(0)
 
 
+@dataclass(frozen=True)
+class OpenSetFit:
+    """How fit_open_set builds a check: the choices scripts/benchmark_openset.py compares."""
+
+    k: int = DEFAULT_K
+    quantile: float = DEFAULT_QUANTILE
+    bank_size: int = BANK_SIZE
+    # The threshold's sample: the validation pictures, plus (True) every bank picture scored
+    # against the rest of the bank (leave-one-out): held-out scores too where the features did
+    # not learn the training pictures (a frozen backbone), several times as many.
+    leave_one_out: bool = True
+    seed: int = 0
+
+
 def fit_open_set(
-    train_features: torch.Tensor,
-    val_features: torch.Tensor,
-    k: int = DEFAULT_K,
-    quantile: float = DEFAULT_QUANTILE,
-    bank_size: int = BANK_SIZE,
-    seed: int = 0,
+    train_features: torch.Tensor, val_features: torch.Tensor, how: OpenSetFit = OpenSetFit()
 ) -> OpenSetCheck:
-    """Bank = up to bank_size training features; threshold = the `quantile` of the validation
-    pictures' scores (pictures the bank has not seen, like those predict will get). Without
-    enough validation pictures (< 20), leave-one-out scores of the training pictures stand in."""
-    rng = np.random.default_rng(seed)
-    pick = rng.permutation(len(train_features))[:bank_size]
+    """Bank = up to how.bank_size training features (n, F); threshold = the how.quantile of
+    held-out scores: the validation pictures' (pictures the bank has not seen, like those
+    predict will get) and, with how.leave_one_out or fewer than 20 of them, each bank
+    picture's against the rest of the bank."""
+    rng = np.random.default_rng(how.seed)
+    pick = rng.permutation(len(train_features))[: how.bank_size]
     bank = nn.functional.normalize(train_features[pick].float(), dim=1)
     # Round through fp16 now, so the threshold is fitted on exactly the bank that is stored.
-    check = OpenSetCheck(bank.half().float(), k, 0.0, quantile)
-    if len(val_features) >= 20:
-        scores = check.scores(val_features)
-    else:
-        loo = OpenSetCheck(check.bank, k + 1, 0.0, quantile)  # each picture is its own nearest
-        scores = loo.scores(train_features[pick])
-    check.threshold = float(torch.quantile(scores.double(), quantile))
+    check = OpenSetCheck(bank.half().float(), how.k, 0.0, how.quantile)
+    scores = [check.scores(val_features)] if len(val_features) else []
+    if how.leave_one_out or len(val_features) < 20:
+        loo = OpenSetCheck(check.bank, how.k + 1, 0.0)  # each picture is its own nearest
+        scores.append(loo.scores(train_features[pick]))
+    check.threshold = float(torch.quantile(torch.cat(scores).double(), how.quantile))
     return check
 
 

@@ -39,6 +39,8 @@ MAX_ITERATIONS = 500
 ROUND = 20
 # Converged when no gradient component of the mean loss exceeds this.
 GRADIENT_TOLERANCE = 1e-6
+# Folds of the out-of-fold logits that calibrate a head on a small folder (out_of_fold_logits).
+FOLDS = 5
 
 
 def fit_head_full_batch(
@@ -103,16 +105,53 @@ def fit_head_full_batch(
     }
 
 
+def head_views(run: Run, feats: Features) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """What a head on stored features is fitted on: the views (each (n, F): the training photos
+    plain and, with `augment`, mirrored), the labels (n,) and each photo's weight (n,): how
+    often it counts (train_repeat)."""
+    data = run.data
+    n = len(feats.train)
+    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
+    views = [feats.train, feats.train_mirror] if run.cfg.augment else [feats.train]
+    return views, torch.from_numpy(data.train_labels), torch.from_numpy(repeat.astype(np.float32))
+
+
+def out_of_fold_logits(run: Run, feats: Features, folds: int = FOLDS) -> torch.Tensor:
+    """(n,) logits of every training photo from a head fitted full batch on the other folds
+    (stratified, seeded): held-out answers from every training photo, for calibration where
+    validation has only a few dozen. With TTA, the mean of the plain and mirrored logits, as
+    predict gives them. Each fit takes milliseconds on a small folder's features."""
+    views, labels, weights = head_views(run, feats)
+    gen = np.random.default_rng(run.cfg.seed)
+    fold = np.zeros(len(labels), dtype=np.int64)
+    for cls in (0, 1):  # stratified: each fold holds both classes in the folder's proportion
+        where = np.flatnonzero(labels.numpy() == cls)
+        fold[gen.permutation(where)] = np.arange(len(where)) % folds
+    logits = torch.zeros(len(labels))
+    head = nn.Linear(views[0].shape[1], 1)
+    for f in range(folds):
+        train, held = torch.from_numpy(fold != f), torch.from_numpy(fold == f)
+        if not held.any() or labels[train].unique().numel() < 2:
+            continue
+        fit_head_full_batch(
+            head, torch.cat([v[train] for v in views]), labels[train].repeat(len(views)),
+            weights[train].repeat(len(views)), run.cfg.label_smoothing,
+        )  # fmt: skip
+        with torch.no_grad():
+            shown = (
+                [feats.train[held], feats.train_mirror[held]]
+                if run.cfg.tta
+                else [feats.train[held]]
+            )
+            logits[held] = torch.stack([head(v.float()).squeeze(1) for v in shown]).mean(0).cpu()
+    return logits
+
+
 def fit_head_epoch(run: Run, feats: Features, on_batch: OnBatch) -> dict[str, float]:
     """The full-batch fit as the run's one "epoch": every training photo plain and (with
     `augment`) mirrored, each counted train_repeat times. Every rank fits the same head; rank
     0's is kept, bit for bit."""
-    n = len(feats.train)
-    data = run.data
-    repeat = data.train_repeat if data.train_repeat is not None else np.ones(n, dtype=np.int64)
-    views = [feats.train, feats.train_mirror] if run.cfg.augment else [feats.train]
-    labels = torch.from_numpy(data.train_labels)
-    weights = torch.from_numpy(repeat.astype(np.float32))
+    views, labels, weights = head_views(run, feats)
     row = fit_head_full_batch(
         run.model.head, torch.cat(views), labels.repeat(len(views)), weights.repeat(len(views)),
         run.cfg.label_smoothing,

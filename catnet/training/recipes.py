@@ -32,7 +32,7 @@ from catnet.runtime.compute import Compute
 from catnet.runtime.distributed import leader_first, wrap_model
 from catnet.training.features import Features, logits_on
 from catnet.training.finalize import finalize_run
-from catnet.training.head_fit import fit_head_epoch
+from catnet.training.head_fit import fit_head_epoch, out_of_fold_logits
 from catnet.training.prepare import PreparedData
 from catnet.training.results import TrainResult, evaluate_split
 from catnet.training.state import Run
@@ -150,7 +150,9 @@ def features(run: Run, resume: dict[str, Any] | None) -> tuple[EpochFn, Finalize
 
         if full:
             stop_reason = f"fitted the head to convergence ({run.state.step} L-BFGS iterations)"
-        return dataclasses.replace(finalize_run(run, logits, net), stop_reason=stop_reason)
+        oof = (lambda: out_of_fold_logits(run, feats)) if full else None
+        result = finalize_run(run, logits, net, oof)
+        return dataclasses.replace(result, stop_reason=stop_reason)
 
     return epoch, finalize
 
