@@ -685,6 +685,7 @@ def peak_memory_growth_mb(path: Path, size: int, max_pixels: int) -> str:
     return proc.stdout.strip()
 
 
+@pytest.mark.slow  # peak_memory_growth_mb starts fresh interpreters
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ off Linux")
 def test_decode_bomb_is_refused_from_the_header(corpus: Corpus) -> None:
     path = corpus.root / "dogs" / "bomb.png"
@@ -722,6 +723,7 @@ def test_decode_exif_rotation_is_applied(corpus: Corpus) -> None:
     assert np.abs(top - bottom).max() < 30  # as stored (red top, blue bottom) would fail this
 
 
+@pytest.mark.slow  # peak_memory_growth_mb starts a fresh interpreter
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ off Linux")
 def test_decode_big_photo_in_little_memory(corpus: Corpus) -> None:
     path = corpus.root / "dogs" / "big.jpg"
