@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +165,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+NOT_SLOW = "but is not marked slow: add @pytest.mark.slow, or run the CLI in-process (catnet_cli)"
+
+
+def _starts_python(args: Any) -> bool:
+    """Whether a Popen command line starts a Python program (python, catnet, torchrun): a new
+    interpreter that imports torch again, seconds each. Other programs (the `ldconfig` that
+    ctypes.util.find_library runs, `mount`) take milliseconds and pass."""
+    program = args if isinstance(args, (str, bytes, os.PathLike)) else next(iter(args), "")
+    name = Path(os.fsdecode(program)).name
+    return os.fsdecode(program) == sys.executable or name.startswith(("python", "catnet", "torch"))
+
+
+@contextlib.contextmanager
+def _refuse_slow_work(item: pytest.Item) -> Iterator[None]:
+    """A test without the slow marker may neither start a Python process nor train (reach
+    training.loop.run_epochs): either fails it at once, naming the test. Forked worker pools
+    (milliseconds, no new interpreter) are allowed."""
+    if item.get_closest_marker("slow") is not None:
+        yield
+        return
+    import multiprocessing.util
+
+    from catnet.training import loop
+
+    def refuse(what: str) -> None:
+        pytest.fail(f"{item.nodeid} {what} {NOT_SLOW}", pytrace=False)
+
+    execute_child = subprocess.Popen._execute_child  # type: ignore[attr-defined]
+
+    def checked_child(popen: subprocess.Popen, args: Any, *more: Any, **kwargs: Any) -> Any:
+        if _starts_python(args):
+            refuse(f"starts a Python process ({args!r})")
+        return execute_child(popen, args, *more, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess.Popen, "_execute_child", checked_child)
+        # multiprocessing's spawn and forkserver start a new interpreter without Popen
+        mp.setattr(multiprocessing.util, "spawnv_passfds", lambda *a: refuse("spawns a process"))
+        mp.setattr(loop, "run_epochs", lambda *a, **k: refuse("trains"))
+        yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _refuse_slow_work(item):  # module fixtures that train are set up here
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _refuse_slow_work(item):
+        return (yield)
+
+
 @dataclass(frozen=True)
 class TrainedRun:
     data: Path  # flat cats/ dogs/ folder, with one unreadable file in cats/
@@ -205,10 +260,31 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> TrainedRun:
     )
 
 
-def catnet_cli(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def catnet_cli(*args: str | Path, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`catnet ARGS` in this process, through Typer's CliRunner: the exit code, stdout and stderr
+    that `python -m catnet` gives, without a new interpreter that imports torch again (about 2 s
+    a call, once most of the suite's time). An exception that escapes a command shows in stderr
+    as a traceback, as the real entry point prints it. Rich lays tables out for 80 columns, as in
+    a pipe. Use catnet_process where the process is the point (signals, kills, the entry point)."""
+    from typer.testing import CliRunner
+
+    from catnet.cli import app
+
+    result = CliRunner().invoke(
+        app, [str(a) for a in args], input=input, env={"COLUMNS": "80", "LINES": "25"}
+    )
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(
+        ["catnet", *map(str, args)], result.exit_code, result.stdout, stderr
+    )
+
+
+def catnet_process(*args: str | Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """Run `python -m catnet ARGS` in a fresh interpreter (the autouse fixture has already put
     CATNET_CACHE and the working directory in a temporary folder). Without COLUMNS/LINES Rich
-    lays tables out for 80 columns, as in a pipe."""
+    lays tables out for 80 columns, as in a pipe. A test that calls it is slow."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     env["PYTHONWARNINGS"] = "ignore"
     return subprocess.run(

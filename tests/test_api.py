@@ -27,6 +27,7 @@ def test_public_names_are_callables() -> None:
         _ = catnet.no_such_thing  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_import_catnet_is_light() -> None:
     code = "import sys, catnet; print('torch' in sys.modules)"
     proc = subprocess.run(

@@ -599,11 +599,13 @@ def test_label_page_lists_shows_and_tags_every_odd_file(
     assert listed >= expected - {"loop_a.jpg", "loop_b.jpg"}, sorted(expected - listed)
     for item in items:
         query = {"root": "unlabeled", "path": browser_query(item["path"]), "token": "t"}
-        for route in ("/api/picture", "/api/heatmap"):
-            answer = client.get(route, params=query)
+        answers = {
+            route: client.get(route, params=query) for route in ("/api/picture", "/api/heatmap")
+        }
+        for route, answer in answers.items():
             assert answer.status_code < 500, (route, item["path"], answer.text)
         if (untagged / item["path"]).is_file() and "\ufffd" not in query["path"]:
-            heat = client.get("/api/heatmap", params=query)
+            heat = answers["/api/heatmap"]  # one map a picture: each takes a backward pass
             readable = f"dogs/{item['path']}" in corpus.readable
             assert heat.status_code == (200 if readable else 409), (item["path"], heat.text)
         there = (untagged / item["path"]).exists()  # False for a broken link, a link loop
@@ -685,6 +687,7 @@ def peak_memory_growth_mb(path: Path, size: int, max_pixels: int) -> str:
     return proc.stdout.strip()
 
 
+@pytest.mark.slow  # peak_memory_growth_mb starts fresh interpreters
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ off Linux")
 def test_decode_bomb_is_refused_from_the_header(corpus: Corpus) -> None:
     path = corpus.root / "dogs" / "bomb.png"
@@ -722,6 +725,7 @@ def test_decode_exif_rotation_is_applied(corpus: Corpus) -> None:
     assert np.abs(top - bottom).max() < 30  # as stored (red top, blue bottom) would fail this
 
 
+@pytest.mark.slow  # peak_memory_growth_mb starts a fresh interpreter
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ off Linux")
 def test_decode_big_photo_in_little_memory(corpus: Corpus) -> None:
     path = corpus.root / "dogs" / "big.jpg"

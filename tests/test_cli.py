@@ -1,18 +1,20 @@
-"""The command line, through the real entry point (`python -m catnet`) for the main flows and
-typer's CliRunner (in-process, faster) for the rest."""
+"""The command line, in-process (conftest.catnet_cli, or typer's CliRunner directly): the same
+exit codes and output as a real process without importing torch again. The real entry points
+(`python -m catnet` and the `catnet` script) each have a test of their own."""
 
 from __future__ import annotations
 
 import csv
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun, catnet_cli, draw_picture, write_class
+from conftest import TrainedRun, catnet_cli, catnet_process, draw_picture, write_class
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -96,11 +98,27 @@ def test_help_does_not_import_torch(args: list[str]) -> None:
     assert last == "RESULT False 0", proc.stdout + proc.stderr
 
 
+@pytest.mark.slow
 def test_help_through_the_module_entry_point() -> None:
-    proc = catnet_cli("--help")
+    proc = catnet_process("--help")
     assert proc.returncode == 0, proc.stderr
     for command in ("train", "evaluate", "predict", "explain", "demo", "cache"):
         assert command in proc.stdout
+
+
+@pytest.mark.slow
+def test_the_catnet_script_answers_a_mistake_with_one_line(tmp_path: Path) -> None:
+    """The `catnet` script pip installs: a user's mistake leaves through main()'s exit path
+    (torch imported by then) with exit 2 and one `error:` line."""
+    script = shutil.which("catnet", path=Path(sys.executable).parent)
+    if script is None:
+        pytest.skip("no `catnet` script beside this Python (catnet is not pip-installed here)")
+    write_class(tmp_path / "pics", "cats", 1, 24)
+    proc = subprocess.run(
+        [script, "predict", tmp_path / "nope.pt", tmp_path / "pics"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert_clean_usage_error(proc, "checkpoint not found")
 
 
 # --- the main flows, as a user runs them ------------------------------------------------------
@@ -209,39 +227,33 @@ def test_predict_jsonl_with_threshold_zero(
 # --- user mistakes: exit 2, one `error:` line, no traceback ---------------------------------------
 
 
-@pytest.mark.slow
 def test_missing_data_folder(tmp_path: Path) -> None:
     proc = catnet_cli("train", tmp_path / "nope", "--out", tmp_path / "run")
     assert_clean_usage_error(proc, "not found")
 
 
-@pytest.mark.slow
 def test_one_class_folder(tmp_path: Path) -> None:
     write_class(tmp_path / "only" / "cats", "cats", 3, 16)
     proc = catnet_cli("train", tmp_path / "only", "--out", tmp_path / "run")
     assert_clean_usage_error(proc, "only cat pictures", "hint:")
 
 
-@pytest.mark.slow
 def test_missing_checkpoint(tmp_path: Path, to_predict: dict[str, Path]) -> None:
     proc = catnet_cli("predict", tmp_path / "nope.pt", to_predict["single"])
     assert_clean_usage_error(proc, "checkpoint not found")
 
 
-@pytest.mark.slow
 def test_unknown_config_key(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("epochz = 3\n")
     proc = catnet_cli("train", tmp_path, "--config", tmp_path / "bad.toml")
     assert_clean_usage_error(proc, "epochz")
 
 
-@pytest.mark.slow
 def test_bad_model_value(tmp_path: Path) -> None:
     proc = catnet_cli("train", tmp_path, "--model", "transformer")
     assert_clean_usage_error(proc, "model must be one of", "transformer")
 
 
-@pytest.mark.slow
 def test_error_with_a_long_path_stays_on_one_line(tmp_path: Path) -> None:
     missing = tmp_path / ("a_long_folder_name_" * 5) / "data"
     proc = catnet_cli("train", missing)
@@ -249,7 +261,6 @@ def test_error_with_a_long_path_stays_on_one_line(tmp_path: Path) -> None:
     assert f"error: data folder not found: {missing}" in proc.stderr.splitlines()
 
 
-@pytest.mark.slow
 def test_text_file_as_checkpoint(tmp_path: Path, to_predict: dict[str, Path]) -> None:
     (tmp_path / "notes.pt").write_text("hello world this is not a checkpoint\n")
     proc = catnet_cli("predict", tmp_path / "notes.pt", to_predict["single"])

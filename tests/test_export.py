@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import catnet_cli
 
 from catnet.data.folders import list_files
 from catnet.predicting.export import export, picture_batch, run_export
@@ -47,8 +46,6 @@ def test_onnx_matches_pytorch_on_real_pictures(trained, tmp_path: Path) -> None:
 
 
 def test_export_cli_rejects_unknown_format(trained, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "catnet", "export", str(trained.best), "--format", "pickle",
-           "--output", str(tmp_path / "x")]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    result = catnet_cli("export", trained.best, "--format", "pickle", "--output", tmp_path / "x")
     assert result.returncode == 2
     assert "onnx or torchscript" in result.stderr and "Traceback" not in result.stderr

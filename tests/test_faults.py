@@ -1,22 +1,25 @@
 """When the machine fails under catnet: a full disk, a read-only folder, a refused permission.
 Every command that writes says in one line what it was writing, where and why, exits 1 (2 before
 any work), keeps the previous complete file and leaves no temp file; the cache is skipped, not
-required. Faults are injected into real `python -m catnet` processes (open/os.replace/os.mkdir
+required. Faults are injected into `catnet` commands run in-process (open/os.replace/os.mkdir
 raising OSError), and made for real on a small tmpfs where this machine lets us mount one."""
 
 from __future__ import annotations
 
+import builtins
+import contextlib
 import csv
 import errno
+import io
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import pytest
@@ -35,58 +38,44 @@ WORDS = {
 }
 TINY = ["--width", "8", "--depth", "2", "--image-size", "24", "--batch-size", "8"]
 
-# `python RUNNER ARGS` is `catnet ARGS` on a disk that refuses to write any path containing
-# $CATNET_FAULT_PATH, with errno $CATNET_FAULT_ERRNO: what a full disk, a read-only mount or a
-# missing permission does to open(..., "w"), os.replace, os.rename and os.mkdir.
-RUNNER = r"""
-import builtins, io, os, sys
 
-NEEDLE, CODE = os.environ["CATNET_FAULT_PATH"], int(os.environ["CATNET_FAULT_ERRNO"])
+@contextlib.contextmanager
+def refusing_writes(needle: str, code: int) -> Iterator[None]:
+    """A disk that refuses to write any path containing `needle`, with errno `code`: what a full
+    disk, a read-only mount or a missing permission does to open(..., "w"), os.replace, os.rename
+    and os.mkdir (pathlib's methods call these too)."""
 
+    def refuse(path: object) -> None:
+        if isinstance(path, (str, bytes, os.PathLike)) and needle in os.fsdecode(path):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
 
-def refuse(path):
-    if isinstance(path, (str, bytes, os.PathLike)) and NEEDLE in os.fsdecode(path):
-        raise OSError(CODE, os.strerror(CODE), os.fsdecode(path))
+    real_open = io.open
 
+    def faulty_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if any(c in mode for c in "wax+"):
+            refuse(file)
+        return real_open(file, mode, *args, **kwargs)
 
-real_open = io.open
+    def refusing(real: Callable[..., Any], target: int) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            refuse(args[target])
+            return real(*args, **kwargs)
 
+        return call
 
-def faulty_open(file, mode="r", *args, **kwargs):
-    if any(c in mode for c in "wax+"):
-        refuse(file)
-    return real_open(file, mode, *args, **kwargs)
-
-
-def refusing(real, target):
-    def call(*args, **kwargs):
-        refuse(args[target])
-        return real(*args, **kwargs)
-    return call
-
-
-builtins.open = io.open = faulty_open
-os.replace = refusing(os.replace, 1)
-os.rename = refusing(os.rename, 1)
-os.mkdir = refusing(os.mkdir, 0)
-sys.argv[0] = "catnet"
-from catnet.cli.main import main
-
-main()
-"""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(builtins, "open", faulty_open)
+        mp.setattr(io, "open", faulty_open)
+        mp.setattr(os, "replace", refusing(os.replace, 1))
+        mp.setattr(os, "rename", refusing(os.rename, 1))
+        mp.setattr(os, "mkdir", refusing(os.mkdir, 0))
+        yield
 
 
-def faulty_cli(
-    tmp_path: Path, needle: str, code: int, *args: str | Path
-) -> subprocess.CompletedProcess[str]:
-    runner = tmp_path / "faulty_catnet.py"
-    runner.write_text(RUNNER)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env.update(CATNET_FAULT_PATH=needle, CATNET_FAULT_ERRNO=str(code), PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, str(runner), *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
-    )  # fmt: skip
+def faulty_cli(needle: str, code: int, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """`catnet ARGS` (in-process) on a disk that refuses to write paths containing `needle`."""
+    with refusing_writes(needle, code):
+        return catnet_cli(*args)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -172,7 +161,7 @@ def test_sigterm_during_a_write_waits_for_it(tmp_path: Path) -> None:
     assert temp_files(tmp_path) == []
 
 
-# ---- every command, through the real entry point ----------------------------------------------
+# ---- every command, in-process ----------------------------------------------------------------
 
 
 @pytest.mark.slow
@@ -180,7 +169,7 @@ def test_sigterm_during_a_write_waits_for_it(tmp_path: Path) -> None:
 def test_train_with_a_refused_checkpoint_says_so(tmp_path: Path, code: int) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=8, size=24)
     run = tmp_path / "run"
-    result = faulty_cli(tmp_path, "last.pt", code, "train", data, "--out", run, "--epochs", "1",
+    result = faulty_cli("last.pt", code, "train", data, "--out", run, "--epochs", "1",
                         *TINY)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the checkpoint to", "last.pt", WORDS[code])
@@ -202,7 +191,7 @@ def test_train_with_a_refused_run_file_says_so(
 ) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=8, size=24)
     run = tmp_path / "run"
-    result = faulty_cli(tmp_path, needle, errno.ENOSPC, "train", data, "--out", run,
+    result = faulty_cli(needle, errno.ENOSPC, "train", data, "--out", run,
                         "--epochs", "1", *TINY)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, *words, "no space left on device")
@@ -215,7 +204,7 @@ def test_train_with_a_refused_run_file_says_so(
 @pytest.mark.slow
 def test_finetune_with_a_refused_checkpoint_says_so(tmp_path: Path, trained: TrainedRun) -> None:
     run = tmp_path / "tuned"
-    result = faulty_cli(tmp_path, "last.pt", errno.EACCES, "finetune", trained.best,
+    result = faulty_cli("last.pt", errno.EACCES, "finetune", trained.best,
                         trained.data, "--epochs", "1", "--out", run)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the checkpoint to", "permission denied")
@@ -225,7 +214,7 @@ def test_finetune_with_a_refused_checkpoint_says_so(tmp_path: Path, trained: Tra
 @pytest.mark.slow
 def test_tune_with_refused_outputs_says_so(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=6, size=24)
-    result = faulty_cli(tmp_path, "tune.csv", errno.ENOSPC, "tune", data, "--model", "mlp",
+    result = faulty_cli("tune.csv", errno.ENOSPC, "tune", data, "--model", "mlp",
                         "--time-budget", "1", "--out", tmp_path / "tune")  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write", "tune.csv", "no space left on device")
@@ -235,7 +224,7 @@ def test_tune_with_refused_outputs_says_so(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_an_out_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path, code: int) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=4, size=24)
-    result = faulty_cli(tmp_path, "new-run", code, "train", data, "--out", tmp_path / "new-run")
+    result = faulty_cli("new-run", code, "train", data, "--out", tmp_path / "new-run")
     assert result.returncode == 2
     assert_one_line_error(result, "could not write the run folder to", "new-run", WORDS[code])
 
@@ -243,7 +232,7 @@ def test_an_out_folder_that_cannot_be_made_is_a_usage_error(tmp_path: Path, code
 @pytest.mark.slow
 def test_an_unwritable_cache_is_skipped_not_required(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=8, size=24)
-    result = faulty_cli(tmp_path, "pixels.u8", errno.ENOSPC, "train", data, "--out",
+    result = faulty_cli("pixels.u8", errno.ENOSPC, "train", data, "--out",
                         tmp_path / "run", "--epochs", "1", *TINY)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("cannot use the picture cache") == 1
@@ -256,7 +245,7 @@ def test_an_unwritable_cache_is_skipped_not_required(tmp_path: Path) -> None:
 def test_predict_output_refused(tmp_path: Path, trained: TrainedRun, code: int) -> None:
     """Refused before the first row: a usage error (the full-disk-mid-run case is below)."""
     out = tmp_path / "rows.csv"
-    result = faulty_cli(tmp_path, "rows.csv", code, "predict", trained.best, trained.data,
+    result = faulty_cli("rows.csv", code, "predict", trained.best, trained.data,
                         "--output", out)  # fmt: skip
     assert result.returncode == 2
     assert_one_line_error(result, "could not write the predictions to", "rows.csv", WORDS[code])
@@ -265,7 +254,7 @@ def test_predict_output_refused(tmp_path: Path, trained: TrainedRun, code: int) 
 @pytest.mark.slow
 def test_predict_sort_into_refused(tmp_path: Path, trained: TrainedRun) -> None:
     dest = tmp_path / "sorted"
-    result = faulty_cli(tmp_path, "sorted", errno.EROFS, "predict", trained.best,
+    result = faulty_cli("sorted", errno.EROFS, "predict", trained.best,
                         trained.data / "dogs", "--sort-into", dest)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the sorted pictures to", "read-only")
@@ -283,7 +272,7 @@ def test_predict_sort_into_refused(tmp_path: Path, trained: TrainedRun) -> None:
 def test_evaluate_outputs_refused(
     tmp_path: Path, trained: TrainedRun, needle: str, args: list[str], words: list[str]
 ) -> None:
-    result = faulty_cli(tmp_path, needle, errno.ENOSPC, "evaluate", trained.best, trained.data,
+    result = faulty_cli(needle, errno.ENOSPC, "evaluate", trained.best, trained.data,
                         *args)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, *words, "no space left on device")
@@ -294,7 +283,7 @@ def test_evaluate_outputs_refused(
 def test_export_refused_keeps_the_previous_export(tmp_path: Path, trained: TrainedRun) -> None:
     out = tmp_path / "model.ts"
     out.write_bytes(b"the previous export")
-    result = faulty_cli(tmp_path, "model.ts", errno.ENOSPC, "export", trained.best,
+    result = faulty_cli("model.ts", errno.ENOSPC, "export", trained.best,
                         "--format", "torchscript", "--output", out)  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the export to", "model.ts", "no space left")
@@ -306,7 +295,7 @@ def test_export_refused_keeps_the_previous_export(tmp_path: Path, trained: Train
 def test_correct_with_a_refused_log_moves_nothing(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=3, size=24)
     picture = data / "dogs" / "dogs_0.png"
-    result = faulty_cli(tmp_path, "corrections.csv", errno.ENOSPC, "correct", data, picture,
+    result = faulty_cli("corrections.csv", errno.ENOSPC, "correct", data, picture,
                         "--truth", "cat")  # fmt: skip
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the corrections log", "no space left")
@@ -319,7 +308,7 @@ def test_check_fix_with_a_refused_manifest_moves_nothing(tmp_path: Path) -> None
     data = make_dataset(tmp_path / "data", n_per_class=3, size=24)
     broken = data / "cats" / "broken.jpg"
     broken.write_text("not a picture")
-    result = faulty_cli(tmp_path, "manifest.json", errno.ENOSPC, "check", data, "--fix")
+    result = faulty_cli("manifest.json", errno.ENOSPC, "check", data, "--fix")
     assert result.returncode == 1
     assert_one_line_error(result, "could not write the quarantine manifest", "no space left")
     assert broken.read_text() == "not a picture"  # back in place: --undo could not know of it
@@ -328,7 +317,7 @@ def test_check_fix_with_a_refused_manifest_moves_nothing(tmp_path: Path) -> None
 @pytest.mark.slow
 def test_tune_out_that_cannot_be_made_is_a_usage_error(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=4, size=24)
-    result = faulty_cli(tmp_path, "tune-out", errno.EROFS, "tune", data, "--out",
+    result = faulty_cli("tune-out", errno.EROFS, "tune", data, "--out",
                         tmp_path / "tune-out")  # fmt: skip
     assert result.returncode == 2
     assert_one_line_error(result, "could not write the tune folder", "read-only file system")
@@ -395,12 +384,10 @@ def test_real_full_disk_train_and_cache(tmp_path: Path, small_disk: Path) -> Non
 
 
 def catnet_cli_env(extra: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    env.update(extra, PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, "-m", "catnet", *map(str, args)],
-        capture_output=True, text=True, timeout=300, env=env, check=False,
-    )  # fmt: skip
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in extra.items():
+            mp.setenv(name, value)
+        return catnet_cli(*args)
 
 
 @pytest.mark.slow

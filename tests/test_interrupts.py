@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TrainedRun, make_dataset, write_class
+from conftest import TrainedRun, catnet_cli, make_dataset, write_class
 
-pytestmark = pytest.mark.slow  # trains in `python -m catnet` processes and kills them
+pytestmark = pytest.mark.slow  # trains in `python -m catnet` processes and stops them
 
 TRAIN_ARGS = [
     "--model",
@@ -73,19 +73,17 @@ def assert_complete_checkpoints(run: Path) -> None:
 
 
 def resume_until(run: Path, target: int, env: dict[str, str]) -> None:
-    """`catnet train --resume RUN/last.pt --epochs target` must succeed."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "catnet",
-        "train",
-        "--resume",
-        str(run / "last.pt"),
-        "--epochs",
-        str(target),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    """`catnet train --resume RUN/last.pt --epochs target` must succeed. In-process, with the
+    killed run's cache: what is tested is what the stop left behind, not the resume's process."""
+    result = catnet_in(env, "train", "--resume", run / "last.pt", "--epochs", target)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def catnet_in(env: dict[str, str], *args: str | Path | int) -> subprocess.CompletedProcess[str]:
+    """catnet_cli with the test's CATNET_CACHE (the processes' environment)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CATNET_CACHE", env["CATNET_CACHE"])
+        return catnet_cli(*map(str, args))
 
 
 @pytest.fixture
@@ -231,8 +229,7 @@ def test_a_resume_rewrites_metrics_from_the_checkpoint(tmp_path: Path, env: dict
     data = make_dataset(tmp_path / "data", n_per_class=16, size=24)
     run = tmp_path / "run"
     args = [a if a != "40" else "2" for a in TRAIN_ARGS]  # --epochs 2
-    cmd = [sys.executable, "-m", "catnet", "train", str(data), "--out", str(run), *args]
-    assert subprocess.run(cmd, capture_output=True, text=True, env=env).returncode == 0
+    assert catnet_in(env, "train", data, "--out", run, *args).returncode == 0  # no stop here
     assert epochs_in(run) == [1, 2]
     metrics = run / "metrics.csv"
     metrics.write_text("".join(metrics.read_text().splitlines(keepends=True)[:2]))  # header + 1

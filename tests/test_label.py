@@ -319,6 +319,7 @@ def test_review_wrong_fixes_and_right_is_remembered(trained: TrainedRun, tmp_pat
     assert (data / "dogs" / "dogs_0.png").exists() and log_rows(data) == []
 
 
+@pytest.mark.slow  # trains
 def test_reviewed_pictures_are_weighted_up_at_teach(tmp_path: Path) -> None:
     from conftest import tiny_config
 

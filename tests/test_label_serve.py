@@ -58,6 +58,7 @@ def test_binds_to_this_machine_only_by_default() -> None:
         sock.close()
 
 
+@pytest.mark.slow  # `catnet label` processes
 def test_cli_prints_the_url_and_warns_for_every_interface(tmp_path: Path) -> None:
     data = labelled_dir(tmp_path)
     proc, url = start(data)
@@ -69,6 +70,7 @@ def test_cli_prints_the_url_and_warns_for_every_interface(tmp_path: Path) -> Non
     assert "?token=" in url and "warning" in err and "0.0.0.0" in err, err
 
 
+@pytest.mark.slow  # a `catnet label` process, killed
 def test_an_acknowledged_answer_survives_a_kill(tmp_path: Path) -> None:
     data = labelled_dir(tmp_path)
     proc, url = start(data)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import catnet_cli, make_dataset
+from conftest import catnet_cli, catnet_process, make_dataset
 from PIL import Image
 
 from catnet.data.pixels import decode_square, to_square_rgb
@@ -137,14 +137,16 @@ def test_cli_unknown_backbone_is_a_usage_error(tmp_path: Path) -> None:
     assert "efficientnet_b0" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_download_offline_is_a_usage_error(tmp_path: Path, monkeypatch) -> None:
     """A backbone whose weights are not in timm's cache, with the hub marked offline: exit 2,
-    saying what to do, at once."""
+    saying what to do, at once. A process: huggingface_hub reads HF_HUB_OFFLINE and HF_HOME
+    when it is imported, which in this one may have happened already."""
     data = make_dataset(tmp_path / "d", n_per_class=4)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    proc = catnet_cli("train", data, "--backbone", "resnet18", "--out", tmp_path / "run")
+    proc = catnet_process("train", data, "--backbone", "resnet18", "--out", tmp_path / "run")
     assert proc.returncode == 2, proc.stderr
     assert "--weights" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -189,6 +191,7 @@ def test_pretrained_run_works_with_every_command(tmp_path: Path) -> None:
     assert all(h.shape == (24, 24) and 0 <= h.min() <= h.max() <= 1 for h in heatmaps)
 
 
+@pytest.mark.slow  # trains
 def test_version_1_checkpoints_still_load_and_predict(tmp_path: Path, tiny_config) -> None:
     """A checkpoint written before format 2: CNN, ImageNet mean/std, format_version 1."""
     from catnet.models.checkpoint import load_checkpoint, save_checkpoint

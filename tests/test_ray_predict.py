@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, TrainedRun, catnet_cli, prob_tol, write_class
+from conftest import REPO, TrainedRun, catnet_cli, catnet_process, prob_tol, write_class
 from PIL import Image
 
 from catnet.predicting.outputs import RowWriter
@@ -104,10 +104,12 @@ def assert_same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> N
 def reference(
     trained: TrainedRun, pictures: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """Today's `catnet predict` over the pictures (and a missing file) as CSV: the reference."""
+    """Today's `catnet predict` over the pictures (and a missing file) as CSV: the reference.
+    In a process of its own, as the --ray runs: this one may hold the module's Ray, and predict
+    forks decode workers, which is unsafe beside Ray's threads."""
     out = tmp_path_factory.mktemp("ray-ref") / "rows.csv"
     extra = (pictures / "missing.png", not_utf8(pictures).parent)
-    result = catnet_cli("predict", trained.best, pictures, *extra, "-o", out)
+    result = catnet_process("predict", trained.best, pictures, *extra, "-o", out)
     assert result.returncode == 1, result.stderr  # some files are unreadable
     return out
 
@@ -117,7 +119,7 @@ def test_cli_ray_writes_predicts_rows(
     ray_address: str, trained: TrainedRun, pictures: Path, reference: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "ray.csv"
-    result = catnet_cli(
+    result = catnet_process(
         "predict", trained.best, pictures, pictures / "missing.png", not_utf8(pictures).parent,
         "-o", out, "--ray", ray_address,
     )  # fmt: skip
@@ -142,8 +144,10 @@ def test_cli_ray_options_match_predict_as_jsonl(
     files += sorted((pictures / "cats").glob("cats_1*.png"))
     options = ["--tta", "--threshold", "0.3", "--unsure", "0.45,0.55", "--no-open-set"]
     ref, ray = tmp_path / "ref.jsonl", tmp_path / "ray.jsonl"
-    assert catnet_cli("predict", trained.best, *files, "-o", ref, *options).returncode == 1
-    result = catnet_cli("predict", trained.best, *files, "-o", ray, *options, "--ray", ray_address)
+    assert catnet_process("predict", trained.best, *files, "-o", ref, *options).returncode == 1
+    result = catnet_process(
+        "predict", trained.best, *files, "-o", ray, *options, "--ray", ray_address
+    )
     assert result.returncode == 1, result.stderr
     rows = read_rows(ray)
     assert_same_rows(rows, read_rows(ref))
@@ -208,21 +212,20 @@ def test_streams_more_pictures_than_the_object_store_holds(
     assert sum(n for _, n in seen) == 40
 
 
-def test_missing_ray_is_a_usage_error_with_the_install_line(tmp_path: Path) -> None:
-    """Without the extra: exit 2 and `pip install "catnet[ray]"`, no traceback."""
-    fake = tmp_path / "no-ray" / "ray"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'ray'\")\n")
-    env_path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+def test_missing_ray_is_a_usage_error_with_the_install_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the extra: exit 2 and `pip install "catnet[ray]"`, no traceback. (None in
+    sys.modules makes `import ray` raise ImportError, as a missing package does.)"""
+    monkeypatch.setitem(sys.modules, "ray", None)
     write_class(tmp_path / "pics", "cats", 2, 24)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", env_path)
-        result = catnet_cli("predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", "auto")
+    result = catnet_cli("predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", "auto")
     assert result.returncode == 2, result.stderr
     assert 'pip install "catnet[ray]"' in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a process, so that a hang fails at the timeout instead of blocking the suite
 @pytest.mark.parametrize(
     ("address", "message"),
     [("127.0.0.1:1", "cannot reach a Ray cluster at 127.0.0.1:1"), ("nowhere", "--ray takes")],
@@ -232,7 +235,7 @@ def test_bad_address_is_a_clear_error_not_a_hang(
 ) -> None:
     pytest.importorskip("ray.data", reason=NO_RAY)
     write_class(tmp_path / "pics", "cats", 2, 24)
-    result = catnet_cli(
+    result = catnet_process(
         "predict", tmp_path / "x.pt", tmp_path / "pics", "--ray", address, timeout=60
     )
     assert result.returncode == 2, result.stderr
@@ -245,12 +248,13 @@ def test_a_non_utf8_name_on_the_command_line_is_a_clear_error(
     ray_address: str, trained: TrainedRun, pictures: Path
 ) -> None:
     """Ray cannot start from such a command line (its folder works: see above)."""
-    result = catnet_cli("predict", trained.best, not_utf8(pictures), "--ray", ray_address)
+    result = catnet_process("predict", trained.best, not_utf8(pictures), "--ray", ray_address)
     assert result.returncode == 2, result.stderr
     assert "give the folder that holds it" in result.stderr
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_core_install_does_not_import_ray() -> None:
     """Ray is an extra: catnet, its predict command and catnet.distributed import without it."""
     code = (

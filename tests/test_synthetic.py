@@ -104,6 +104,7 @@ def test_generate_unlabeled_returns_paths_and_true_kinds(tmp_path: Path) -> None
     assert [p.read_bytes() for p, _ in again] == [p.read_bytes() for p, _ in items]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_generator_does_not_import_torch() -> None:
     code = "import sys, catnet.demo.synthetic; sys.exit('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[1]

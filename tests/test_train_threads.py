@@ -22,6 +22,7 @@ class Threads(TrainCallbacks):
         self.seen.append(torch.get_num_threads())
 
 
+@pytest.mark.slow  # trains
 def test_threads_follow_the_idle_cores_between_epochs(
     tmp_path: Path,
     make_dataset: Callable[..., Path],

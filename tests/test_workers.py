@@ -38,6 +38,7 @@ os.kill(os.getpid(), signal.SIGKILL)  # no clean-up of ours can run
 """
 
 
+@pytest.mark.slow  # a parent process, killed
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
     # Output to a file, not a pipe: orphaned workers would hold a pipe open, and wait forever.
