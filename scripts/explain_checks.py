@@ -81,6 +81,7 @@ def class_logit(explainer: Explainer, batch_u8: torch.Tensor, cat: torch.Tensor)
     not saturate, so it still moves where a very sure model stays at p ~ 1."""
     model = explainer.model
     logits = model.logits_and_scores(batch_u8, tta=False, open_set=False)[0] / model.temperature
+    logits = torch.from_numpy(logits)  # the model answers in NumPy (engine or not)
     return torch.where(cat, logits, -logits)
 
 
