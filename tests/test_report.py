@@ -50,7 +50,9 @@ def make_result(
     probs = torch.tensor([p for _, _, p in pictures])
     logits = torch.logit(probs) * TEMPERATURE  # so that sigmoid(logits / T) == probs
     labels = torch.tensor([s.label for s in samples])
-    cat = torch.from_numpy(Decision(threshold, TEMPERATURE).decide(logits.numpy()).cat)  # as evaluate's
+    cat = torch.from_numpy(
+        Decision(threshold, TEMPERATURE).decide(logits.numpy()).cat
+    )  # as evaluate's
     metrics = binary_metrics(probs, labels, threshold, cat)
     metrics.update(
         pr_auc=0.5, ece=0.1, ece_uncalibrated=0.2, temperature=TEMPERATURE, split="all",

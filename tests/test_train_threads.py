@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-import catnet.runtime.compute
+import catnet.runtime.cpuload
 from catnet.training.loop import TrainCallbacks, train
 
 
@@ -31,10 +31,10 @@ def test_threads_follow_the_idle_cores_between_epochs(
 ) -> None:
     data = make_dataset(tmp_path / "pics", n_per_class=8)
     monkeypatch.delenv("CATNET_THREADS", raising=False)
-    monkeypatch.setattr(catnet.runtime.compute.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(catnet.runtime.cpuload.os, "sched_getaffinity", lambda pid: {0, 1})
     # Idle cores at the start, then after epochs 1 and 2: someone took a core, then left.
     idle = iter([2.0, 1.0, 2.0])
-    monkeypatch.setattr(catnet.runtime.compute, "idle_cpus", lambda: next(idle, 2.0))
+    monkeypatch.setattr(catnet.runtime.cpuload, "idle_cpus", lambda: next(idle, 2.0))
     threads = Threads()
     before = torch.get_num_threads()
     try:

@@ -20,6 +20,7 @@ import numpy as np
 
 from catnet.config import ENGINES
 from catnet.errors import CatnetError
+from catnet.runtime.cpuload import free_threads
 
 
 class EngineUnavailable(Exception):
@@ -62,7 +63,10 @@ class Compiled:
 
     def __init__(self, xml: Path, cache_dir: Path | None = None, exact: bool = False) -> None:
         core = _core()
-        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}
+        # As many threads as torch would take (cpuload.free_threads): OpenVINO's default, every
+        # core, stalls on cores that another process keeps busy.
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_NUM_THREADS": free_threads()}  # fmt: skip
         if exact:
             config["INFERENCE_PRECISION_HINT"] = "f32"
         if cache_dir is not None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,7 +12,7 @@ import numpy as np
 import torch
 
 from catnet.errors import CatnetError
-from catnet.runtime.cpuload import idle_cpus
+from catnet.runtime.cpuload import free_threads
 
 
 @dataclass
@@ -80,24 +79,8 @@ def keep_freed_memory() -> bool:
 
 
 def setup_threads(reserve: int = 0, share: int = 1) -> int:
-    """Threads for torch: the cores we may use that are not busy with other work, minus
-    `reserve` (cores our own decode workers will use), divided among the `share` processes of
-    this machine (torchrun's ranks). CATNET_THREADS overrides.
-
-    Why not simply every core: torch's OpenMP threads wait for each other at every operation,
-    so one thread sharing a core with another busy process slows all of them down (README, "Fast:
-    decode once"); fewer threads on free cores beat more threads on busy ones."""
-    if os.environ.get("CATNET_THREADS", "").isdigit():
-        threads = max(1, int(os.environ["CATNET_THREADS"]))
-    else:
-        cores = (
-            len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity")
-            else os.cpu_count() or 1
-        )
-        idle = idle_cpus()  # since catnet was imported: no extra wait
-        free = cores if idle is None else min(cores, max(1, round(idle)))
-        threads = max(1, (free - reserve) // max(share, 1))
+    """Give torch cpuload.free_threads(reserve, share) threads (CATNET_THREADS overrides)."""
+    threads = free_threads(reserve, share)
     torch.set_num_threads(threads)
     keep_freed_memory()
     return threads

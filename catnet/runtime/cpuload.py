@@ -95,3 +95,19 @@ def idle_cpus() -> float | None:
     own = (now[2] - first[2]) * ticks_per_second + _helper_ticks()
     free = min(total, (now[0] - first[0]) + own) / total
     return free * (os.cpu_count() or 1)
+
+
+def free_threads(reserve: int = 0, share: int = 1) -> int:
+    """Threads for a compute library (torch, OpenVINO): the cores we may use that are not busy
+    with other work, minus `reserve` (cores our own decode workers will use), divided among the
+    `share` processes of this machine (torchrun's ranks). CATNET_THREADS overrides.
+
+    Why not simply every core: OpenMP-style threads wait for each other at every operation, so
+    one thread sharing a core with another busy process slows all of them down (ARCHITECTURE.md,
+    "Fast: decode once"); fewer threads on free cores beat more threads on busy ones."""
+    if os.environ.get("CATNET_THREADS", "").isdigit():
+        return max(1, int(os.environ["CATNET_THREADS"]))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    idle = idle_cpus()  # since catnet was imported: no extra wait
+    free = (cores or 1) if idle is None else min(cores or 1, max(1, round(idle)))
+    return max(1, (free - reserve) // max(share, 1))
