@@ -16,7 +16,7 @@ from catnet.data.decoding import Decoded, Decoder
 from catnet.predicting.outputs import expand_inputs
 from catnet.runtime import cpuload
 
-WINDOW_BYTES = 96 * 2**20
+WINDOW_BYTES = 40 * 2**20
 INT_OPCODES = {"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4"}
 
 
@@ -60,7 +60,7 @@ class DecodeAhead:
         # 668 (96 MB). Enough to keep the decoders busy while the model loads, and memory
         # bounded whatever the number of files.
         per_file = size * size * 3
-        self.window = max(256, min(cfg.batch_size * 32, WINDOW_BYTES // per_file))
+        self.window = max(128, min(cfg.batch_size * 32, WINDOW_BYTES // per_file))
         self.decoder = Decoder(size, cfg.max_image_pixels, cfg.workers).__enter__()
         self.chunk = list(itertools.islice(self.paths, self.window))
         # while_importing: until the model is ready, one worker fewer decodes the first files,

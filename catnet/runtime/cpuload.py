@@ -30,6 +30,7 @@ def _read() -> tuple[int, int, float, float] | None:
 
 
 _start = _read()
+_last: float | None = None  # idle_cpus' latest answer
 
 
 _helpers: dict[int, int] = {}  # pid -> its CPU ticks when noted: our own worker processes
@@ -75,8 +76,10 @@ def _helper_ticks() -> int:
 def idle_cpus() -> float | None:
     """CPUs idle (or used by this process and its noted workers) since the last sample; None
     where unknown."""
-    global _start
+    global _start, _last
     first = _start
+    if _last is not None and first is not None and time.monotonic() - first[3] < MIN_WINDOW:
+        return _last  # asked again at once (torch's threads, then each engine graph): no sleep
     if first is None or time.monotonic() - first[3] > MAX_AGE:
         first = _read()
         _helper_ticks()  # their earlier time is outside the new window
@@ -94,7 +97,8 @@ def idle_cpus() -> float | None:
     # our own busy ticks, and our workers': not someone else's load
     own = (now[2] - first[2]) * ticks_per_second + _helper_ticks()
     free = min(total, (now[0] - first[0]) + own) / total
-    return free * (os.cpu_count() or 1)
+    _last = free * (os.cpu_count() or 1)
+    return _last
 
 
 def free_threads(reserve: int = 0, share: int = 1) -> int:
