@@ -19,16 +19,11 @@ import numpy as np
 from PIL import Image
 
 from catnet.data.pixels import decode_square, to_square_rgb
-from catnet.engine.runtime import Compiled, batched
+from catnet.engine.runtime import ENGINE_BATCH, Compiled, batched
 from catnet.engine.store import EngineStore
 from catnet.errors import DecodeError
 from catnet.predicting.outputs import Prediction
 from catnet.scoring.decision import Decision, probabilities
-
-# Pictures per engine call, whatever batch the caller hands over. OpenVINO holds every
-# intermediate tensor of a call: measured on the Lite2 default at 260 px, 2 cores, slices of
-# 8/16/32/64/256 ran 299/304/302/274/222 images/s, and each doubling past 16 costs ~100 MB.
-ENGINE_BATCH = 16
 
 
 @dataclass(frozen=True)

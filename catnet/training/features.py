@@ -24,7 +24,7 @@ import torch
 
 from catnet.data.augment import prepare_eval
 from catnet.data.cache import default_cache_root, file_key
-from catnet.engine.runtime import Compiled, EngineUnavailable, precision
+from catnet.engine.runtime import ENGINE_BATCH, Compiled, EngineUnavailable, batched, precision
 from catnet.engine.store import EngineStore
 from catnet.errors import CatnetError, WriteFailed, writing
 from catnet.models.checkpoint import weights_checksum
@@ -81,7 +81,7 @@ class FrozenPass:
             except EngineUnavailable as exc:  # a graph that does not compile: say so, go on
                 self._fallback(exc, None)
         if self.engine != "torch":
-            plain, mirror = self.graphs[side](batch_u8.numpy())
+            plain, mirror = batched(self.graphs[side], batch_u8.numpy(), ENGINE_BATCH)
             return torch.from_numpy(plain), torch.from_numpy(mirror)
         x = prepare_eval(batch_u8.to(self.compute.device), self.image_size, self.mean, self.std)
         with self.compute.autocast():
