@@ -157,12 +157,22 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     yield
 
 
+# The files that take longest (tens of seconds each: Ray, torchrun, the benchmark scripts,
+# real processes), run first: `-n 2 --dist loadfile` hands out whole files in this order, and a
+# long file started last leaves one core idle while it finishes.
+LONGEST_FIRST = ("test_ray_predict.py", "test_bad_inputs.py", "test_distributed_train.py",
+                 "test_benchmarks.py", "test_faults.py", "test_interrupts.py",
+                 "test_decision.py", "test_pretrained.py")  # fmt: skip
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs the session's trained model is slow: the training alone takes seconds
     (tens of seconds on a busy machine), and `pytest -m "not slow"` should not pay for it."""
     for item in items:
         if {"trained", "openset_run"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files stay whole
 
 
 NOT_SLOW = "but is not marked slow: add @pytest.mark.slow, or run the CLI in-process (catnet_cli)"
@@ -352,3 +362,44 @@ def openset_run(tmp_path_factory: pytest.TempPathFactory) -> OpenSetRun:
             )
     Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(strange / ODD_NAME)
     return OpenSetRun(result.best_checkpoint, base / "new_cats", strange)
+
+
+SCRIPTS = REPO / "scripts"
+
+
+def run_benchmark(script: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """scripts/SCRIPT ARGS in this process, its `python -m catnet ...` commands through
+    catnet_cli (benchmark_accuracy.run, which the accuracy, calibration, open-set and tiny-set
+    scripts share): the same script and the same commands, without a new interpreter for each
+    (2-3 s apiece). Returns the exit code and what the script printed."""
+    import io
+    import runpy
+    import time
+
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    import benchmark_accuracy
+
+    def run(cmd: list[str], env: dict | None = None) -> tuple[str, float]:
+        assert cmd[:3] == [sys.executable, "-m", "catnet"], cmd
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in (env or {}).items():
+                if os.environ.get(key) != value:
+                    mp.setenv(key, value)
+            started = time.monotonic()
+            proc = catnet_cli(*cmd[3:])
+        if proc.returncode not in (0, 1):
+            sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+        return proc.stdout, time.monotonic() - started
+
+    out, err = io.StringIO(), ""
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out):
+        mp.setattr(benchmark_accuracy, "run", run)
+        mp.setattr(sys, "argv", [script, *map(str, args)])
+        try:
+            runpy.run_path(str(SCRIPTS / script), run_name="__main__")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+            err = "" if isinstance(exc.code, int | None) else str(exc.code)
+    return subprocess.CompletedProcess([script, *map(str, args)], code or 0, out.getvalue(), err)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun, make_dataset
+from conftest import TrainedRun, make_dataset, run_benchmark
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
@@ -31,10 +31,9 @@ def test_speed_benchmark_prints_every_row(tmp_path: Path) -> None:
 
 def test_accuracy_benchmark_trains_and_scores_each_model(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(SCRIPTS / "benchmark_accuracy.py"), "--data", str(data)]
-    cmd += ["--time-budget", "4", "--repeats", "1", "--models", "mlp"]
-    cmd += ["--out", str(tmp_path / "runs"), "--train-args=--epochs 2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    out = run_benchmark("benchmark_accuracy.py", "--data", data, "--time-budget", "4",
+                        "--repeats", "1", "--models", "mlp", "--out", tmp_path / "runs",
+                        "--train-args=--epochs 2")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"^mlp\s+1\s+\d+\.\d ± \d+\.\d %", out.stdout, re.M), out.stdout
 
@@ -44,10 +43,9 @@ def test_openset_benchmark_prints_before_and_after(tmp_path: Path) -> None:
     pytest.importorskip("skimage")
     pytest.importorskip("sklearn")
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(SCRIPTS / "benchmark_openset.py"), "--data", str(data)]
-    cmd += ["--time-budget", "4", "--splits", "1", "--rounds", "1", "--models", "mlp"]
-    cmd += ["--out", str(tmp_path / "runs")]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    out = run_benchmark("benchmark_openset.py", "--data", data, "--time-budget", "4",
+                        "--splits", "1", "--rounds", "1", "--models", "mlp",
+                        "--out", tmp_path / "runs")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"assorted tagged cat \d+/160 \(.*\) -> \d+/160", out.stdout), out.stdout
     assert re.search(r"network on/off \d+\.\d\d\d", out.stdout), out.stdout
@@ -62,10 +60,9 @@ def test_openset_benchmark_prints_before_and_after(tmp_path: Path) -> None:
 
 def test_calibration_benchmark_prints_ece_before_and_after(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(SCRIPTS / "benchmark_calibration.py"), "--data", str(data)]
-    cmd += ["--sizes", "6", "--splits", "1", "--out", str(tmp_path / "runs")]
-    cmd += ["--train-args=--image-size 64"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    out = run_benchmark("benchmark_calibration.py", "--data", data, "--sizes", "6",
+                        "--splits", "1", "--out", tmp_path / "runs",
+                        "--train-args=--image-size 64")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\s+6 \| \d\.\d{4} ± \d\.\d{4}\s+\| \d\.\d{4}", out.stdout, re.M), out.stdout
 

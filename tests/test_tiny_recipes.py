@@ -5,12 +5,10 @@ scripts/benchmark_tiny.py measures them against today's defaults on the same spl
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_dataset
+from conftest import make_dataset, run_benchmark
 
 from catnet.config import TrainConfig, load_config, read_toml
 from catnet.models.checkpoint import load_checkpoint
@@ -54,10 +52,9 @@ def test_tiny_recipe_trains_on_small_pictures(tmp_path: Path, name: str) -> None
 @pytest.mark.slow
 def test_tiny_benchmark_prints_each_recipe_with_the_check_on_and_off(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(REPO / "scripts" / "benchmark_tiny.py"), "--data", str(data)]
-    cmd += ["--repeats", "2", "--recipes", "mlp,tiny-mlp", "--non-cats", "mixed"]
-    cmd += ["--out", str(tmp_path / "runs"), "--train-args=--epochs 2"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    out = run_benchmark("benchmark_tiny.py", "--data", data, "--repeats", "2",
+                        "--recipes", "mlp,tiny-mlp", "--non-cats", "mixed",
+                        "--out", tmp_path / "runs", "--train-args=--epochs 2")  # fmt: skip
     assert out.returncode == 0, out.stderr
     for recipe in ("mlp", "tiny-mlp"):  # mean ± spread with the check on, then off
         row = rf"^{recipe}\s+2\s+\d+\.\d ± \d+\.\d %\s+\d+\.\d ± \d+\.\d %"
