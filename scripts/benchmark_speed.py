@@ -215,6 +215,7 @@ def main() -> None:
     parser.add_argument(
         "--predict-files", type=int, default=10_000, help="files for (c), cycling DATA"
     )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of (c); the median counts")
     parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:  # a fresh process, as a user's script: no catnet settings at all
@@ -235,7 +236,7 @@ def main() -> None:
         compute_ips = pure_compute(
             cfg, compute, train=True, size=cfg.image_size, batch=cfg.batch_size
         )
-        c = predict_against_limit(args, cfg, compute, Path(tmp))
+        c = predict_against_limit(args, cfg, compute, Path(tmp), args.rounds)
     help_seconds = min(cli_seconds(["--help"]) for _ in range(3))
     print(f"\n{'':4}{'measurement':<62}{'value':>12}{'target':>10}")
     if not args.skip_baseline:

@@ -20,7 +20,7 @@ def test_speed_benchmark_prints_every_row(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
     cmd = [sys.executable, str(SCRIPTS / "benchmark_speed.py"), "--data", str(data)]
     # 32 px, not the default 64: a quarter of the pixels in every forward pass it times
-    cmd += ["--skip-baseline", "--predict-files", "48", "--image-size", "32"]
+    cmd += ["--skip-baseline", "--predict-files", "48", "--image-size", "32", "--rounds", "1"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
     for row in ("(b)", "(c)", "(c')"):
