@@ -19,11 +19,13 @@ from conftest import TrainedRun, catnet_cli, make_dataset, write_class
 
 pytestmark = pytest.mark.slow  # trains in `python -m catnet` processes and stops them
 
+# Many epochs: the stop must land while training runs, and an epoch of this network takes
+# ~25 ms (40 epochs could all be done before the test's poll saw the first).
 TRAIN_ARGS = [
     "--model",
     "cnn",
     "--epochs",
-    "40",
+    "2000",
     "--width",
     "8",
     "--depth",
@@ -212,7 +214,7 @@ def test_sigterm_during_finetune_prints_the_resume_command(
 ) -> None:
     run = tmp_path / "tuned"
     cmd = [sys.executable, "-m", "catnet", "finetune", str(trained.best), str(trained.data),
-           "--epochs", "40", "--out", str(run)]  # fmt: skip
+           "--epochs", "2000", "--out", str(run)]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     wait_for_epochs(run, 1, proc)
     proc.send_signal(signal.SIGTERM)
@@ -228,7 +230,7 @@ def test_a_resume_rewrites_metrics_from_the_checkpoint(tmp_path: Path, env: dict
     restores the missing row from the history last.pt carries, even with nothing left to train."""
     data = make_dataset(tmp_path / "data", n_per_class=16, size=24)
     run = tmp_path / "run"
-    args = [a if a != "40" else "2" for a in TRAIN_ARGS]  # --epochs 2
+    args = [a if a != "2000" else "2" for a in TRAIN_ARGS]  # --epochs 2
     assert catnet_in(env, "train", data, "--out", run, *args).returncode == 0  # no stop here
     assert epochs_in(run) == [1, 2]
     metrics = run / "metrics.csv"
