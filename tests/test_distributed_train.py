@@ -256,7 +256,10 @@ def test_sigterm_on_the_launcher_stops_every_rank(tmp_path: Path) -> None:
     assert "catnet train --resume" in out
     assert "[rank0]" not in out and "[rank1]" not in out, out[-3000:]
     saved = assert_loadable(run / "last.pt")
-    assert saved >= 2 and epochs_in(run) == saved
+    # A stop between an epoch's metrics row and its checkpoint leaves one row more than last.pt
+    # holds, by design (training.loop._save): the resume writes that row again
+    # (test_interrupts.py::test_a_resume_rewrites_metrics_from_the_checkpoint).
+    assert saved >= 2 and epochs_in(run) in (saved, saved + 1)
 
 
 @pytest.mark.slow

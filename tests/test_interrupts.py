@@ -38,8 +38,11 @@ TRAIN_ARGS = [
 
 
 def start_training(data: Path, run: Path, env: dict[str, str]) -> subprocess.Popen:
+    """The training with SIGHUP at its default even when the tests run under nohup: catnet
+    leaves an ignored SIGHUP ignored on purpose (cli/signals.py), as nohup asks."""
     cmd = [sys.executable, "-m", "catnet", "train", str(data), "--out", str(run), *TRAIN_ARGS]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))  # fmt: skip
 
 
 def wait_for_epochs(run: Path, n: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
