@@ -56,9 +56,10 @@ class DecodeAhead:
     ) -> None:
         self.paths = (p for p in expand_inputs(inputs) if not skip or str(p) not in skip)
         # Up to 2,048 files and WINDOW_BYTES of pixels (two windows live at once, and their
-        # batch is copied once more for the network): at 72 px 2,048 files (32 MB), at 224 px
-        # 668 (96 MB). Enough to keep the decoders busy while the model loads, and memory
-        # bounded whatever the number of files.
+        # batch is copied once more for the network): at 72 px 2,048 files (32 MB), at the
+        # default's 260 px 206 (40 MB). Enough to keep the decoders busy while the model loads,
+        # and memory bounded whatever the number of files (1,999 photos: 586 MB in all, with
+        # the engine; docs/results.md).
         per_file = size * size * 3
         self.window = max(128, min(cfg.batch_size * 32, WINDOW_BYTES // per_file))
         self.decoder = Decoder(size, cfg.max_image_pixels, cfg.workers).__enter__()

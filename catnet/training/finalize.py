@@ -99,10 +99,9 @@ def finalize_run(
         temperature = 1.0
     probs = torch.from_numpy(probabilities(val["logits"], temperature))
     metrics = binary_metrics(probs, labels, payload["threshold"])
-    decided = Decision(payload["threshold"], temperature, None, check.threshold).decide(
-        val["logits"], check.scores(val["features"])
-    )
-    called_cat = decided.p_cat >= payload["threshold"]
+    decision = Decision(payload["threshold"], temperature, None, check.threshold)
+    decided = decision.decide(val["logits"], check.scores(val["features"]))
+    called_cat = decision.with_settings(open_set=False).decide_p(decided.p_cat).cat
     check.verdict = Verdict.of(decided.unfamiliar, called_cat, labels.bool(), check.quantile)
     share = float(data.train_labels.mean())
     metrics.update(
