@@ -158,11 +158,20 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 
 
 # The files that take longest (tens of seconds each: Ray, torchrun, the benchmark scripts,
-# real processes), run first: `-n 2 --dist loadfile` hands out whole files in this order, and a
-# long file started last leaves one core idle while it finishes.
-LONGEST_FIRST = ("test_ray_predict.py", "test_bad_inputs.py", "test_distributed_train.py",
-                 "test_benchmarks.py", "test_faults.py", "test_interrupts.py",
-                 "test_decision.py", "test_pretrained.py")  # fmt: skip
+# real processes), longest first as measured: `-n 2 --dist loadfile` hands out whole files in
+# this order (pytest_configure below), and a long file started last leaves one core idle while
+# it finishes.
+LONGEST_FIRST = ("test_ray_predict.py", "test_distributed_train.py", "test_benchmarks.py",
+                 "test_bad_inputs.py", "test_faults.py", "test_pretrained.py",
+                 "test_interrupts.py", "test_decisions.py", "test_decision.py", "test_docs.py",
+                 "test_vocabulary.py", "test_label_serve.py", "test_learning_loop.py")  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's loadfile sorts files by their number of tests, most first, unless told
+    not to: keep the order above instead (a file of many quick tests is not a long file)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
