@@ -8,7 +8,8 @@ Both are timed end to end as a user runs them (a fresh `python -m catnet` proces
 import included), writing CSV rows. The Ray path is timed twice: against a Ray already running
 on this machine (started here with every core, as a cluster would be: `--ray ADDRESS`), and with
 `--ray local`, which starts and stops a Ray of its own inside the command. The rows of the two
-paths are compared too (labels equal, largest p(cat) difference). Timings on a shared machine are
+paths are compared too (labels equal, largest p(cat) difference). `--ray ADDRESS` times against
+a Ray that is already running instead of starting one. Timings on a shared machine are
 inflated by other work: the load average is printed before and after. The "marginal" line takes
 the start-up costs out (the time of a quarter of the files subtracted): the throughput a long job
 sees.
@@ -68,6 +69,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, action="append", required=True)
     parser.add_argument("--files", type=int, default=0, help="the first N pictures (0 = all)")
     parser.add_argument("--skip-local", action="store_true", help="skip the --ray local timing")
+    parser.add_argument("--ray", default="", metavar="ADDRESS",
+                        help="time against this running Ray (default: start one here with "
+                             "every core, and stop it at the end)")  # fmt: skip
     args = parser.parse_args()
     import ray
 
@@ -75,8 +79,11 @@ def main() -> None:
     files = files[: args.files] if args.files else files
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"{len(files)} pictures from {args.data}; {cores} cores; load average {load()}")
-    context = ray.init(num_cpus=cores, log_to_driver=False, include_dashboard=False)
-    address = context.address_info["gcs_address"]
+    if args.ray:
+        address = args.ray
+    else:
+        context = ray.init(num_cpus=cores, log_to_driver=False, include_dashboard=False)
+        address = context.address_info["gcs_address"]
     header = f"{'checkpoint':<44} {'predict':>9} {'ray':>9} {'ratio':>6}"
     header += f" {'ray local':>10} {'ratio':>6}  rows"
     print(header + "\n" + " " * 45 + "img/s     img/s   ray/predict  img/s (with Ray's start)")
@@ -106,7 +113,8 @@ def main() -> None:
                     flush=True,
                 )
     finally:
-        ray.shutdown()
+        if not args.ray:
+            ray.shutdown()
     print(f"load average after: {load()}")
 
 

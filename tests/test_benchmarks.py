@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import TrainedRun, make_dataset, run_benchmark
+from conftest import make_dataset, run_benchmark
 
 pytestmark = pytest.mark.slow  # runs the benchmark scripts end to end
 
@@ -65,19 +65,3 @@ def test_calibration_benchmark_prints_ece_before_and_after(tmp_path: Path) -> No
                         "--train-args=--image-size 64")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"^\s+6 \| \d\.\d{4} ± \d\.\d{4}\s+\| \d\.\d{4}", out.stdout, re.M), out.stdout
-
-
-def test_ray_predict_benchmark_prints_both_ratios(tmp_path: Path, trained: TrainedRun) -> None:
-    pytest.importorskip("ray.data", reason="Ray Data is the optional extra: catnet[ray]")
-    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(SCRIPTS / "benchmark_ray_predict.py"), "--data", str(data)]
-    cmd += ["--checkpoint", str(trained.best), "--skip-local"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr
-    assert re.search(r"best\.pt\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d .*same labels", out.stdout), (
-        out.stdout
-    )
-    # start-up costs taken out: on 40 pictures the difference may even come out negative
-    assert re.search(r"marginal.*\s+-?\d+\.\d\s+-?\d+\.\d\s+-?\d+\.\d\d$", out.stdout, re.M), (
-        out.stdout
-    )

@@ -7,6 +7,7 @@ import csv
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -16,6 +17,9 @@ from PIL import Image, ImageDraw
 
 from catnet.scoring.decision import Decision, resolve_threshold
 from catnet.scoring.openset import OpenSetCheck, WithOpenSet, knn_scores
+
+if TYPE_CHECKING:
+    from catnet.predicting.network_model import CatnetModel
 
 # --- the decision itself ----------------------------------------------------------------------
 
@@ -83,11 +87,42 @@ def _no_tta_copy(run: OpenSetRun, tmp_path: Path) -> Path:
     return save_checkpoint(payload, tmp_path / "model.pt")
 
 
-def _answers_by_name(rows: list[tuple[str, str, float, bool | None]]) -> dict[str, tuple]:
+def every_kind(run: OpenSetRun, tmp_path: Path) -> tuple[Path, Path]:
+    """(checkpoint without TTA, a folder of held-out cats and never-seen kinds): the pictures
+    every path is asked about."""
+    checkpoint = _no_tta_copy(run, tmp_path)
+    folder = tmp_path / "pictures"
+    (folder / "cats").mkdir(parents=True)
+    (folder / "others").mkdir()
+    for path in sorted(run.new_cats.iterdir())[:6]:
+        shutil.copy(path, folder / "cats" / path.name)
+    for path in sorted(run.strange.iterdir()):
+        if "," not in path.name:  # the odd name is predict's test, not this one's
+            shutil.copy(path, folder / "others" / path.name)
+    return checkpoint, folder
+
+
+def predicted(model: CatnetModel, folder: Path) -> dict[str, tuple]:
+    """`predict`'s answers for the folder's pictures, by file name: (label, p_cat, unfamiliar)."""
+    from catnet.config import PredictConfig
+    from catnet.predicting.prediction import predict
+
+    rows: list = []
+    predict(model, [str(folder)], PredictConfig(workers=1), on_row=rows.append)
+    return answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in rows])
+
+
+def answer_tol() -> float:
+    return max(prob_tol(), 1e-4)
+
+
+def answers_by_name(rows: list[tuple[str, str, float, bool | None]]) -> dict[str, tuple]:
     return {Path(path).name: (label, p, flag) for path, label, p, flag in rows}
 
 
-def _same(found: dict[str, tuple], expected: dict[str, tuple], tol: float, what: str) -> None:
+def same_answers(
+    found: dict[str, tuple], expected: dict[str, tuple], tol: float, what: str
+) -> None:
     assert set(found) == set(expected), what
     for name, (label, p, flag) in expected.items():
         got = found[name]
@@ -100,36 +135,25 @@ def _same(found: dict[str, tuple], expected: dict[str, tuple], tol: float, what:
 def test_every_path_gives_the_same_answer(openset_run: OpenSetRun, tmp_path: Path) -> None:
     """predict, CatnetModel.predict, explain, evaluate (metrics, mistakes.csv), the labelling
     page (queue, model_label, Try), Ray and the exported model give each picture the same label
-    and p(cat), unfamiliar pictures included. Before issue #23 explain called cat a picture
-    predict turned away as unfamiliar."""
-    from catnet.config import EvaluateConfig, ExplainConfig, PredictConfig
+    and p(cat), unfamiliar pictures included (Ray: test_ray_predict.py, on that module's Ray).
+    Before issue #23 explain called cat a picture predict turned away as unfamiliar."""
+    from catnet.config import EvaluateConfig, ExplainConfig
     from catnet.evaluating.evaluation import evaluate
     from catnet.evaluating.report import write_report
     from catnet.explaining.explain_files import explain_files
-    from catnet.predicting.prediction import load_model, predict
+    from catnet.predicting.prediction import load_model
 
-    checkpoint = _no_tta_copy(openset_run, tmp_path)
+    checkpoint, folder = every_kind(openset_run, tmp_path)
     model = load_model(checkpoint, device="cpu")
-    tol = max(prob_tol(), 1e-4)
-    folder = tmp_path / "pictures"
-    (folder / "cats").mkdir(parents=True)
-    (folder / "others").mkdir()
-    for path in sorted(openset_run.new_cats.iterdir())[:6]:
-        shutil.copy(path, folder / "cats" / path.name)
-    for path in sorted(openset_run.strange.iterdir()):
-        if "," not in path.name:  # the odd name is predict's test, not this one's
-            shutil.copy(path, folder / "others" / path.name)
+    tol = answer_tol()
     files = sorted(folder.rglob("*.png"))
-
-    rows: list = []
-    predict(model, [str(folder)], PredictConfig(workers=1), on_row=rows.append)
-    expected = _answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in rows])
+    expected = predicted(model, folder)
     unfamiliar_cats = [n for n, (_, p, flag) in expected.items() if flag and p >= model.threshold]
     assert unfamiliar_cats, "no picture where the open-set check changes the answer"
     assert {label for label, _, _ in expected.values()} == {"cat", "not_cat"}
 
     in_memory = model.predict(files)
-    _same(_answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in in_memory]),
+    same_answers(answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in in_memory]),
           expected, tol, "CatnetModel.predict")  # fmt: skip
 
     explained: list = []
@@ -137,8 +161,8 @@ def test_every_path_gives_the_same_answer(openset_run: OpenSetRun, tmp_path: Pat
                   on_row=explained.append)  # fmt: skip
     labels = {Path(r.path).name: r.label for r in explained}
     assert labels == {n: label for n, (label, _, _) in expected.items()}  # before #23: not so
-    found = _answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in explained])
-    _same(found, expected, tol, "explain")
+    found = answers_by_name([(r.path, r.label, r.p_cat, r.unfamiliar) for r in explained])
+    same_answers(found, expected, tol, "explain")
     for row in explained:  # the map shows the evidence for that answer
         assert row.explained == row.label
     with (tmp_path / "explained" / "index.csv").open(newline="") as fh:
@@ -146,12 +170,12 @@ def test_every_path_gives_the_same_answer(openset_run: OpenSetRun, tmp_path: Pat
     assert all(flags[n] == "true" for n in unfamiliar_cats)
 
     result = evaluate(checkpoint, folder, EvaluateConfig(workers=1, positive="cats"))
-    found = _answers_by_name([
+    found = answers_by_name([
         (s.path, "cat" if c else "not_cat", p, f)
         for s, c, p, f in zip(result.samples, result.cat.tolist(), result.probs.tolist(),
                               result.unfamiliar.tolist(), strict=True)
     ])  # fmt: skip
-    _same(found, expected, tol, "evaluate")
+    same_answers(found, expected, tol, "evaluate")
     truth = {p.name: p.parent.name == "cats" for p in files}
     right = sum((label == "cat") == truth[n] for n, (label, _, _) in expected.items())
     assert result.metrics["accuracy"] == pytest.approx(right / len(files))
@@ -162,7 +186,6 @@ def test_every_path_gives_the_same_answer(openset_run: OpenSetRun, tmp_path: Pat
                         if (label == "cat") != truth[n]}  # fmt: skip
 
     _check_the_labelling_page(checkpoint, files, expected, tol, tmp_path)
-    _check_ray(checkpoint, files, expected, tol)
     _check_the_export(checkpoint, files, expected)
 
 
@@ -180,35 +203,16 @@ def _check_the_labelling_page(
     session = open_session(data, LabelConfig(), checkpoint)
     session.rank()
     items = session.label_queue(1000)["items"]
-    found = _answers_by_name([
+    found = answers_by_name([
         (it["name"], session.model_label(data / "unlabeled" / it["name"]), it["p_cat"],
          it["unfamiliar"]) for it in items
     ])  # fmt: skip
-    _same(found, expected, tol, "labelling page")
+    same_answers(found, expected, tol, "labelling page")
     for path in files[:: max(1, len(files) // 6)]:
         tried = try_bytes(session.model, path.read_bytes())
         label, p, flag = expected[path.name]
         assert (tried["label"], tried["unfamiliar"]) == (label, flag), path.name
         assert tried["p_cat"] == pytest.approx(p, abs=tol)
-
-
-def _check_ray(checkpoint: Path, files: list[Path], expected: dict, tol: float) -> None:
-    ray = pytest.importorskip("ray")
-    pytest.importorskip("ray.data")
-    from catnet.config import PredictConfig
-    from catnet.distributed.ray_predict import predict_dataset
-
-    if ray.is_initialized():
-        return
-    ray.init(num_cpus=1, object_store_memory=100 * 2**20, log_to_driver=False,
-             include_dashboard=False)  # fmt: skip
-    try:
-        source = ray.data.from_items([{"path": str(p)} for p in files])
-        rows = predict_dataset(checkpoint, source, PredictConfig(workers=1)).take_all()
-    finally:
-        ray.shutdown()
-    found = _answers_by_name([(r["path"], r["label"], r["p_cat"], r["unfamiliar"]) for r in rows])
-    _same(found, expected, tol, "ray")
 
 
 def _check_the_export(checkpoint: Path, files: list[Path], expected: dict) -> None:
@@ -226,12 +230,12 @@ def _check_the_export(checkpoint: Path, files: list[Path], expected: dict) -> No
     p_cat = 1 / (1 + np.exp(-logits / rule["temperature"]))
     unfamiliar = scores > rule["unfamiliar_above"]
     labels = np.where(unfamiliar, "not_cat", np.where(p_cat >= rule["threshold"], "cat", "not_cat"))
-    found = _answers_by_name([
+    found = answers_by_name([
         (p.name, str(label), float(q), bool(f))
         for p, label, q, f in zip(files, labels, p_cat, unfamiliar, strict=True)
     ])  # fmt: skip
     # ONNX runs the batch norm unfolded: p(cat) of the noise pictures moves by up to 2.5e-3
-    _same(found, expected, 1e-2, "export")
+    same_answers(found, expected, 1e-2, "export")
 
 
 # --- a correction outranks the open-set check -------------------------------------------------

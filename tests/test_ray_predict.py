@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -18,7 +19,17 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, TrainedRun, catnet_cli, catnet_process, prob_tol, write_class
+from conftest import (
+    REPO,
+    SCRIPTS,
+    OpenSetRun,
+    TrainedRun,
+    catnet_cli,
+    catnet_process,
+    make_dataset,
+    prob_tol,
+    write_class,
+)
 from PIL import Image
 
 from catnet.predicting.outputs import RowWriter
@@ -105,11 +116,12 @@ def reference(
     trained: TrainedRun, pictures: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
     """Today's `catnet predict` over the pictures (and a missing file) as CSV: the reference.
-    In a process of its own, as the --ray runs: this one may hold the module's Ray, and predict
-    forks decode workers, which is unsafe beside Ray's threads."""
+    In this process, decoding in it too (--workers 1): this process may hold the module's Ray,
+    and forking decode workers beside Ray's threads is unsafe. The rows do not depend on the
+    number of workers (test_evaluate_predict.py)."""
     out = tmp_path_factory.mktemp("ray-ref") / "rows.csv"
     extra = (pictures / "missing.png", not_utf8(pictures).parent)
-    result = catnet_process("predict", trained.best, pictures, *extra, "-o", out)
+    result = catnet_cli("predict", trained.best, pictures, *extra, "-o", out, "--workers", "1")
     assert result.returncode == 1, result.stderr  # some files are unreadable
     return out
 
@@ -144,7 +156,8 @@ def test_cli_ray_options_match_predict_as_jsonl(
     files += sorted((pictures / "cats").glob("cats_1*.png"))
     options = ["--tta", "--threshold", "0.3", "--unsure", "0.45,0.55", "--no-open-set"]
     ref, ray = tmp_path / "ref.jsonl", tmp_path / "ray.jsonl"
-    assert catnet_process("predict", trained.best, *files, "-o", ref, *options).returncode == 1
+    mine = catnet_cli("predict", trained.best, *files, "-o", ref, *options, "--workers", "1")
+    assert mine.returncode == 1, mine.stderr
     result = catnet_process(
         "predict", trained.best, *files, "-o", ray, *options, "--ray", ray_address
     )
@@ -210,6 +223,48 @@ def test_streams_more_pictures_than_the_object_store_holds(
     assert not [x for x in seen if isinstance(x, BaseException)], seen
     assert {tuple(names) for names, _ in seen} == {RowWriter.COLUMNS}
     assert sum(n for _, n in seen) == 40
+
+
+@pytest.mark.slow
+def test_ray_gives_each_picture_the_answer_every_other_path_gives(
+    ray_address: str, openset_run: OpenSetRun, tmp_path: Path
+) -> None:
+    """The Ray leg of test_decision.py::test_every_path_gives_the_same_answer, on the module's
+    Ray (another Ray costs seconds to start): held-out cats and never-seen kinds get predict's
+    label, p(cat) and unfamiliar flag, the pictures the check turns away included."""
+    import ray.data
+    from test_decision import answer_tol, answers_by_name, every_kind, predicted, same_answers
+
+    from catnet.config import PredictConfig
+    from catnet.distributed.ray_predict import predict_dataset
+    from catnet.predicting.prediction import load_model
+
+    checkpoint, folder = every_kind(openset_run, tmp_path)
+    expected = predicted(load_model(checkpoint, device="cpu"), folder)
+    assert any(flag for _, _, flag in expected.values())
+    source = ray.data.from_items([{"path": str(p)} for p in sorted(folder.rglob("*.png"))])
+    rows = predict_dataset(checkpoint, source, PredictConfig(workers=1)).take_all()
+    found = answers_by_name([(r["path"], r["label"], r["p_cat"], r["unfamiliar"]) for r in rows])
+    same_answers(found, expected, answer_tol(), "ray")
+
+
+@pytest.mark.slow
+def test_ray_predict_benchmark_prints_both_ratios(
+    ray_address: str, trained: TrainedRun, tmp_path: Path
+) -> None:
+    """scripts/benchmark_ray_predict.py against the module's Ray (--ray: no second Ray)."""
+    data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
+    cmd = [sys.executable, str(SCRIPTS / "benchmark_ray_predict.py"), "--data", str(data)]
+    cmd += ["--checkpoint", str(trained.best), "--skip-local", "--ray", ray_address]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"best\.pt\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d .*same labels", out.stdout), (
+        out.stdout
+    )
+    # start-up costs taken out: on 40 pictures the difference may even come out negative
+    assert re.search(r"marginal.*\s+-?\d+\.\d\s+-?\d+\.\d\s+-?\d+\.\d\d$", out.stdout, re.M), (
+        out.stdout
+    )
 
 
 def test_missing_ray_is_a_usage_error_with_the_install_line(
