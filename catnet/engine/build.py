@@ -118,6 +118,13 @@ def save_graph(module: nn.Module, example: torch.Tensor, xml: Path) -> None:
         # Traced here rather than by OpenVINO, to skip torch.jit.trace's check_trace: a second
         # trace and a comparison that took ~1 s of the ~2.3 s conversion of the Lite2 default.
         # The engine's answers are checked against PyTorch's by tests/test_engine.py instead.
-        traced = torch.jit.trace(module.eval(), example, check_trace=False, strict=False)
+        # A function, not the module, is traced: the weights become constants of one graph,
+        # instead of a TorchScript module made for each of the ~300 submodules and read back
+        # attribute by attribute by the converter (0.8 -> 0.5 s for Lite0/Lite2 at 64 px, the
+        # same outputs to the bit).
+        module.eval()
+        traced = torch.jit.trace(
+            lambda *inputs: module(*inputs), example, check_trace=False, strict=False
+        )
         graph = ov.convert_model(traced, example_input=example, input=[(shape, dtype)])
     ov.save_model(graph, str(xml), compress_to_fp16=False)

@@ -36,7 +36,10 @@ def plot_curves(history: list[dict[str, Any]], best_epoch: int, path: Path) -> P
     ax_acc.legend(loc="lower right")
     ax_loss.set_title("Loss")
     ax_acc.set_title("Accuracy")
-    fig.tight_layout()
+    # Fixed margins (fractions of the 10 x 4 in figure) that fit these labels, instead of
+    # tight_layout, which draws the whole figure once more to measure them (0.18 -> 0.10 s a
+    # plot, and every training draws one).
+    fig.subplots_adjust(left=0.065, right=0.985, bottom=0.12, top=0.92, wspace=0.45)
     # Atomic: a full disk keeps the previous curves.png, never half of a new one.
     atomic_write(
         path, lambda fh: fig.savefig(fh, format="png", dpi=100), what="the training curves"
