@@ -20,24 +20,20 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from benchmark_accuracy import run
 
 from catnet.data.folders import IMAGE_SUFFIXES, list_files
 
 
 def timed_predict(checkpoint: Path, files: list[str], out: Path, ray: str = "") -> float:
-    """Seconds for one `catnet predict` process over files, writing out."""
+    """Seconds for one `catnet predict` process over files, writing out (benchmark_accuracy's
+    runner: exit 1, some unreadable files, is still a full run)."""
     args = [sys.executable, "-m", "catnet", "predict", str(checkpoint), *files, "-o", str(out)]
-    args += ["--ray", ray] if ray else []
-    started = time.monotonic()
-    done = subprocess.run(args, capture_output=True, text=True, check=False)
-    if done.returncode not in (0, 1):  # 1: some unreadable files, still a full run
-        raise SystemExit(f"catnet predict failed ({done.returncode}):\n{done.stderr}")
-    return time.monotonic() - started
+    return run(args + (["--ray", ray] if ray else []))[1]
 
 
 def compare(a: Path, b: Path) -> tuple[bool, float]:

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from conftest import (
     REPO,
-    SCRIPTS,
     OpenSetRun,
     TrainedRun,
     catnet_cli,
     catnet_process,
     make_dataset,
     prob_tol,
+    run_benchmark,
     write_class,
 )
 from PIL import Image
@@ -130,8 +130,10 @@ def reference(
 def test_cli_ray_writes_predicts_rows(
     ray_address: str, trained: TrainedRun, pictures: Path, reference: Path, tmp_path: Path
 ) -> None:
+    """In this process, which holds the module's Ray (a fresh process joining a Ray by its
+    address: test_cli_ray_options_match_predict_as_jsonl)."""
     out = tmp_path / "ray.csv"
-    result = catnet_process(
+    result = catnet_cli(
         "predict", trained.best, pictures, pictures / "missing.png", not_utf8(pictures).parent,
         "-o", out, "--ray", ray_address,
     )  # fmt: skip
@@ -252,11 +254,12 @@ def test_ray_gives_each_picture_the_answer_every_other_path_gives(
 def test_ray_predict_benchmark_prints_both_ratios(
     ray_address: str, trained: TrainedRun, tmp_path: Path
 ) -> None:
-    """scripts/benchmark_ray_predict.py against the module's Ray (--ray: no second Ray)."""
+    """scripts/benchmark_ray_predict.py against the module's Ray (--ray: no second Ray), in
+    this process (run_benchmark): its `catnet predict --ray` commands join the Ray this process
+    holds."""
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(SCRIPTS / "benchmark_ray_predict.py"), "--data", str(data)]
-    cmd += ["--checkpoint", str(trained.best), "--skip-local", "--ray", ray_address]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    out = run_benchmark("benchmark_ray_predict.py", "--data", data, "--checkpoint", trained.best,
+                        "--skip-local", "--ray", ray_address)  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"best\.pt\s+\d+\.\d\s+\d+\.\d\s+\d+\.\d\d .*same labels", out.stdout), (
         out.stdout
