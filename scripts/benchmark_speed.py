@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from benchmark_accuracy import run
 
 from catnet.config import PredictConfig, TrainConfig
 from catnet.data.augment import MEAN, STD
@@ -198,11 +199,9 @@ def predict_against_limit(
 
 
 def cli_seconds(args: list[str]) -> float:
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "catnet", *args], capture_output=True, text=True)
-    if done.returncode != 0:  # a timing of a failed command would be meaningless
-        raise SystemExit(f"catnet {' '.join(args[:1])} failed ({done.returncode}):\n{done.stderr}")
-    return time.monotonic() - started
+    """Seconds for one `python -m catnet ARGS` process (benchmark_accuracy's runner: a failed
+    command stops the benchmark, whose timing would be meaningless)."""
+    return run([sys.executable, "-m", "catnet", *args])[1]
 
 
 def main() -> None:

@@ -4,8 +4,6 @@ Only that they run and print every row is checked: timings are never asserted.""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,10 +16,9 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 def test_speed_benchmark_prints_every_row(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "pics", n_per_class=20, size=40, fmt="jpg")
-    cmd = [sys.executable, str(SCRIPTS / "benchmark_speed.py"), "--data", str(data)]
     # 32 px, not the default 64: a quarter of the pixels in every forward pass it times
-    cmd += ["--skip-baseline", "--predict-files", "48", "--image-size", "32", "--rounds", "1"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    out = run_benchmark("benchmark_speed.py", "--data", data, "--skip-baseline",
+                        "--predict-files", "48", "--image-size", "32", "--rounds", "1")  # fmt: skip
     assert out.returncode == 0, out.stderr
     for row in ("(b)", "(c)", "(c')"):
         line = next(x for x in out.stdout.splitlines() if x.startswith(row + " "))
