@@ -573,6 +573,7 @@ def test_label_page_lists_shows_and_tags_every_odd_file(
 
     from catnet.config import LabelConfig
     from catnet.labelling.app import create_app
+    from catnet.labelling.pictures import OVERLAY_LONGEST
     from catnet.labelling.session import open_session
 
     mine = copy_corpus(corpus, tmp_path / "data")
@@ -608,6 +609,9 @@ def test_label_page_lists_shows_and_tags_every_odd_file(
             heat = answers["/api/heatmap"]  # one map a picture: each takes a backward pass
             readable = f"dogs/{item['path']}" in corpus.readable
             assert heat.status_code == (200 if readable else 409), (item["path"], heat.text)
+            if readable:  # the 8000 px photo's overlay too: at most OVERLAY_LONGEST px
+                side = max(Image.open(io.BytesIO(heat.content)).size)
+                assert side <= OVERLAY_LONGEST, (item["path"], side)
         there = (untagged / item["path"]).exists()  # False for a broken link, a link loop
         # A JSON body keeps the name exactly (surrogate escapes), as the page's fetch sends it.
         tagged = client.post("/api/label", headers=head,

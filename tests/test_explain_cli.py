@@ -130,6 +130,15 @@ def test_api_returns_maps_in_each_pictures_own_size(trained, tmp_path: Path) -> 
     for picture, pred, m in zip([wide, path], model.predict([wide, path]), maps, strict=True):
         # (batch of 2 against a batch of 1: the same map up to float rounding, ~1e-7)
         assert np.allclose(m, explain_images(model, [picture], target=pred.label)[0], atol=1e-5)
+    # longest: a display's map, the shape kept (the labelling page's overlays); small
+    # pictures keep their own size
+    small = explain_images(model, [wide, path], longest=25)
+    assert [m.shape for m in small] == [(15, 25), (24, 24)]
+    assert np.allclose(small[0], maps[0][::2, ::2], atol=0.15)  # the same map, coarser
+    # a JPEG still being read: decoding it small (Image.draft) does not shrink its map
+    wide.resize((300, 200)).save(tmp_path / "wide.jpg")
+    with Image.open(tmp_path / "wide.jpg") as lazy:
+        assert explain_images(model, [lazy])[0].shape == (200, 300)
     with pytest.raises(CatnetError, match="cannot explain"):
         explain_images(model, [tmp_path / "missing.png"])
 

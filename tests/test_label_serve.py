@@ -159,9 +159,10 @@ def test_heatmaps_appear_only_where_the_model_can_explain(
     assert client.get("/api/state", headers=HEAD).json()["heatmaps"] is False
     assert client.get("/api/heatmap", params=pic).status_code == 404
 
-    def explain(model: object, images: list) -> list[np.ndarray]:  # stands in for explain_images
-        return [np.linspace(0, 1, img.width * img.height).reshape(img.height, img.width)
-                for img in images]  # fmt: skip
+    def explain(model: object, images: list, longest: int) -> list[np.ndarray]:
+        """Stands in for explain_images: a ramp over each picture (a file, or an upload)."""
+        sizes = [Image.open(i).size if isinstance(i, Path) else i.size for i in images]
+        return [np.linspace(0, 1, w * h).reshape(h, w) for w, h in sizes]
 
     monkeypatch.setattr(pictures, "explain_images", explain)
     session = open_session(data, LabelConfig(), trained.best)

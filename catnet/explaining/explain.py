@@ -200,9 +200,15 @@ def crop_box(width: int, height: int) -> tuple[int, int, int]:
     return (width - side) // 2, (height - side) // 2, side
 
 
-def on_picture(cam: torch.Tensor, width: int, height: int) -> np.ndarray:
+def on_picture(cam: torch.Tensor, width: int, height: int, longest: int = 0) -> np.ndarray:
     """A (h, w) map over the centre square -> (height, width) float32 over the whole picture;
-    0 outside the square, which the network never saw."""
+    0 outside the square, which the network never saw. longest > 0: a picture larger than
+    that gets its map at most `longest` px on its longest side, the shape kept, for a display
+    that stretches the map over the picture (a 64-megapixel photo's own size is 256 MB of
+    float32 for a map of a few dozen cells)."""
+    if longest and max(width, height) > longest:
+        scale = longest / max(width, height)
+        width, height = max(1, round(width * scale)), max(1, round(height * scale))
     left, top, side = crop_box(width, height)
     full = np.zeros((height, width), dtype=np.float32)
     square = F.interpolate(cam[None, None].float(), size=(side, side), mode="bilinear")
@@ -218,7 +224,9 @@ def oriented_size(img: Image.Image) -> tuple[int, int]:
 
 def _square_and_size(image: Image.Image | str | Path, size: int) -> tuple[np.ndarray, int, int]:
     if isinstance(image, Image.Image):
-        return to_square_rgb(image, size, 10**9), *oriented_size(image)
+        # the size first: to_square_rgb may shrink a JPEG still being read (Image.draft)
+        width, height = oriented_size(image)
+        return to_square_rgb(image, size, 10**9), width, height
     pixels = decode_square(image, size)
     with Image.open(image) as img:
         return pixels, *oriented_size(img)
@@ -229,11 +237,13 @@ def explain_images(
     images: Iterable[Image.Image | str | Path],
     target: str = "predicted",
     batch_size: int = 32,
+    longest: int = 0,
 ) -> list[np.ndarray]:
     """Where the network looked: one (height, width) float32 map in [0, 1] per picture, in its
-    own size (after EXIF rotation). target "predicted" shows the evidence for each picture's own
-    answer (for not_cat, the evidence for not-cat), or "cat" / "not_cat". An unreadable file is
-    a CatnetError naming it: no map can stand in for it."""
+    own size (after EXIF rotation; with longest > 0, at most that many px on its longest side,
+    the shape kept). target "predicted" shows the evidence for each picture's own answer (for
+    not_cat, the evidence for not-cat), or "cat" / "not_cat". A file is decoded as predict
+    decodes it. An unreadable file is a CatnetError naming it: no map can stand in for it."""
     explainer = explainer_for(model)
     squares, sizes = [], []
     for i, image in enumerate(images):
@@ -248,5 +258,5 @@ def explain_images(
     for start in range(0, len(squares), batch_size):
         batch = torch.from_numpy(np.stack(squares[start : start + batch_size]))
         maps = explainer.explain(batch, target).maps
-        out += [on_picture(cam, *sizes[start + j]) for j, cam in enumerate(maps)]
+        out += [on_picture(cam, *sizes[start + j], longest) for j, cam in enumerate(maps)]
     return out

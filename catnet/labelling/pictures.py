@@ -20,6 +20,9 @@ from catnet.explaining.explain import explain_images
 from catnet.explaining.heatmaps import data_uri
 
 MAX_PIXELS = 120_000_000  # as TrainConfig.max_image_pixels: bigger uploads are refused
+# px, the longest side of a heatmap overlay: the map has a few dozen cells, and a photo's own
+# size (64 MP) took 6 s to encode as a 256 MB RGBA PNG for the browser to shrink again
+OVERLAY_LONGEST = 1024
 
 
 def has_explain(model: Any) -> bool:
@@ -57,14 +60,16 @@ def try_bytes(model: Any, data: bytes) -> dict[str, Any]:
 
 
 def heatmap_png_of_file(model: Any, path: Path) -> bytes:
-    with path.open("rb") as fh:
-        return heatmap_png(model, open_upload(fh, f"cannot read {path.name}"))
+    """The file's heatmap, from the file as predict decodes it (a JPEG at a fraction of its
+    size): the map explains the very pixels behind the answer the page shows."""
+    return heatmap_png(model, path)
 
 
-def heatmap_png(model: Any, img: Image.Image) -> bytes:
-    """The model's heatmap for img as an RGBA PNG of img's size: hot parts red to yellow and
-    opaque, cold parts transparent, so the page can lay it over the picture."""
-    heat = np.asarray(explain_images(model, [img])[0], dtype=np.float32)
+def heatmap_png(model: Any, picture: Image.Image | Path) -> bytes:
+    """The model's heatmap for a picture as an RGBA PNG of its shape, at most OVERLAY_LONGEST
+    px on its longest side (the page stretches it over the picture): hot parts red to yellow
+    and opaque, cold parts transparent."""
+    heat = np.asarray(explain_images(model, [picture], longest=OVERLAY_LONGEST)[0], np.float32)
     heat = np.squeeze(heat)
     if heat.ndim != 2:
         raise CatnetError(f"explain returned a heatmap of shape {heat.shape}, expected (H, W)")
@@ -74,9 +79,6 @@ def heatmap_png(model: Any, img: Image.Image) -> bytes:
     rgba[..., 0] = 255
     rgba[..., 1] = (255 * np.clip(heat * 2 - 1, 0, 1)).astype(np.uint8)  # yellow at the top
     rgba[..., 3] = (200 * heat).astype(np.uint8)
-    overlay = Image.fromarray(rgba, "RGBA")
-    if overlay.size != img.size:
-        overlay = overlay.resize(img.size, Image.Resampling.BILINEAR)
     out = io.BytesIO()
-    overlay.save(out, "PNG")
+    Image.fromarray(rgba, "RGBA").save(out, "PNG")
     return out.getvalue()
