@@ -128,6 +128,28 @@ def test_a_warm_one_picture_predict_does_not_import_torch(trained: TrainedRun) -
     assert '"label": ' in done.stdout and '"error": ""' in done.stdout
 
 
+def test_a_warm_evaluate_builds_no_network(
+    trained: TrainedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """evaluate answers as predict does: from the engine's cache when the checkpoint's graphs
+    are there, without building the PyTorch network (for the default model, importing timm
+    alone took ~2 s of a fresh evaluate), with the same metrics."""
+    from catnet.evaluating.evaluation import evaluate
+    from catnet.predicting import network_model
+    from catnet.predicting.prediction import load_model
+
+    load_model(trained.best)  # warms the cache
+    before = evaluate(trained.best, trained.data).metrics
+
+    def refuse(*_args: object, **_kw: object) -> None:
+        raise AssertionError("evaluate built the network although its graphs were cached")
+
+    monkeypatch.setattr(network_model.CatnetModel, "__init__", refuse)
+    after = evaluate(trained.best, trained.data).metrics
+    assert after["accuracy"] == before["accuracy"] and after["skipped"] == 1
+    assert after["roc_auc"] == pytest.approx(before["roc_auc"])
+
+
 def test_training_features_from_the_engine_match_pytorch(tmp_path: Path) -> None:
     from catnet.models.pretrained import PretrainedNet
     from catnet.runtime.compute import select_compute

@@ -37,6 +37,7 @@ class ModelCard:
     temperature: float  # p(cat) = sigmoid(logit / temperature)
     tta: bool  # flip-averaging, as validated
     unfamiliar_above: float | None  # the open-set threshold; None: the model has no check
+    positive: str  # the cat class's folder name in training (evaluate looks for it)
     open_set_on: bool = True  # the check on when nobody says (scoring.openset.Verdict)
 
     @classmethod
@@ -48,7 +49,8 @@ class ModelCard:
             tuple(pre["mean"]), tuple(pre["std"]), float(payload["threshold"]),
             float(payload.get("temperature", 1.0)), bool(payload.get("tta", False)),
             float(check["threshold"]) if isinstance(check, dict) and check.get("method") == "knn"
-            else None, bool(check.get("on", True)) if isinstance(check, dict) else True,
+            else None, str(payload["classes"]["positive"]),
+            bool(check.get("on", True)) if isinstance(check, dict) else True,
         )  # fmt: skip
 
     @classmethod
