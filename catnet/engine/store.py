@@ -37,9 +37,10 @@ def file_digest(path: Path) -> str:
 
 
 def engine_root(cache_root: Path | None = None) -> Path:
-    """$CATNET_ENGINE_CACHE, else engine-v1 in the cache folder (the tests share one across
-    their private cache folders: a graph depends only on its key)."""
-    if os.environ.get("CATNET_ENGINE_CACHE") and cache_root is None:
+    """$CATNET_ENGINE_CACHE, else engine-v1 in the cache folder (cache_root, else the default
+    one). The variable wins over a --cache-dir: a graph depends only on its key, so one folder
+    can serve every cache (the tests share one across their private cache folders)."""
+    if os.environ.get("CATNET_ENGINE_CACHE"):
         return Path(os.environ["CATNET_ENGINE_CACHE"]).expanduser()
     return (cache_root or default_cache_root()) / f"engine-v{VERSION}"
 
