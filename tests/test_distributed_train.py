@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,13 +80,22 @@ def ranks_of(launcher: int) -> dict[int, int]:
     return found
 
 
-def running_until(proc: subprocess.Popen[str], run: Path, epochs: int) -> dict[int, int]:
-    """Wait until rank 0 has written `epochs` epochs; the ranks' pids."""
+def only_run(runs: Path) -> Path:
+    """The one run folder under runs/ (runs/ itself while there is none yet)."""
+    found = list(runs.iterdir()) if runs.is_dir() else []
+    return found[0] if len(found) == 1 else runs
+
+
+def running_until(
+    proc: subprocess.Popen[str], run: Path | Callable[[], Path], epochs: int
+) -> dict[int, int]:
+    """Wait until rank 0 has written `epochs` epochs in run (a folder, or what gives it once
+    it exists); the ranks' pids."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"training ended early: {finish(proc)[-3000:]}")
-        if epochs_in(run) >= epochs:
+        if epochs_in(run() if callable(run) else run) >= epochs:
             pids = ranks_of(proc.pid)
             if set(pids) == {0, 1}:
                 return pids
@@ -182,29 +192,6 @@ def test_torchrun_variables_without_torchrun_are_one_clear_error(
 
 
 @pytest.mark.slow
-def test_two_processes_train_one_network_and_resume(tmp_path: Path) -> None:
-    data = make_dataset(tmp_path / "data", n_per_class=15, size=24)
-    out = finish(torchrun(data, *CNN, "--epochs", "3"))
-    runs = list((tmp_path / "runs").iterdir())
-    assert len(runs) == 1, f"{runs}\n{out[-3000:]}"  # one run folder, named by rank 0
-    run = runs[0]
-    assert "Training finished" in out, out[-3000:]
-    assert out.count("epoch   1/3") == 1  # only rank 0 prints
-    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.csv",
-                                               "config.toml", "distributed.json"}  # fmt: skip
-    assert not list(run.glob("*.tmp*"))
-    assert epochs_in(run) == 3
-    check_record(run, [1, 2, 3])
-    assert_loadable(run / "best.pt")
-
-    out = finish(torchrun("--resume", run / "last.pt", "--epochs", "4"))
-    assert "resuming from epoch 3" in out, out[-3000:]
-    assert len(list((tmp_path / "runs").iterdir())) == 1
-    assert epochs_in(run) == 4
-    check_record(run, [1, 2, 3, 4])
-
-
-@pytest.mark.slow
 def test_a_killed_rank_fails_the_job_cleanly(tmp_path: Path) -> None:
     data = make_dataset(tmp_path / "data", n_per_class=15, size=24)
     run = tmp_path / "run"
@@ -243,23 +230,43 @@ def test_a_hung_rank_makes_the_others_fail_within_the_timeout(tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_sigterm_on_the_launcher_stops_every_rank(tmp_path: Path) -> None:
+def test_two_processes_train_one_network_stop_on_sigterm_and_resume(tmp_path: Path) -> None:
+    """One job, two launches (each costs seconds of imports on every rank): SIGTERM to the
+    launcher stops every rank, rank 0 speaking for the job, last.pt loadable; the resume
+    finishes it in the same run folder (named by rank 0), one network on both ranks, each
+    epoch shared out disjointly (check_record), only rank 0 printing."""
     data = make_dataset(tmp_path / "data", n_per_class=15, size=24)
-    run = tmp_path / "run"
-    proc = torchrun(data, *CNN, "--epochs", "500", "--out", run)
-    pids = running_until(proc, run, 2)
+    proc = torchrun(data, *CNN, "--epochs", "500")  # the run folder: runs/<stamp>
+    pids = running_until(proc, lambda: only_run(tmp_path / "runs"), 2)
     proc.send_signal(signal.SIGTERM)
     out = finish(proc, timeout=60)
     assert proc.returncode == 1, out[-3000:]  # torchrun's code for a stopped job
     assert not any(alive(pid) for pid in pids.values())
     assert out.count("stopped by SIGTERM") == 1  # rank 0 speaks for the job
     assert "catnet train --resume" in out
+    assert out.count("epoch   1/500") == 1  # only rank 0 prints
     assert "[rank0]" not in out and "[rank1]" not in out, out[-3000:]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1, runs  # one run folder, named by rank 0
+    run = runs[0]
     saved = assert_loadable(run / "last.pt")
     # A stop between an epoch's metrics row and its checkpoint leaves one row more than last.pt
     # holds, by design (training.loop._save): the resume writes that row again
     # (test_interrupts.py::test_a_resume_rewrites_metrics_from_the_checkpoint).
     assert saved >= 2 and epochs_in(run) in (saved, saved + 1)
+
+    final = saved + 2
+    out = finish(torchrun("--resume", run / "last.pt", "--epochs", str(final)))
+    assert f"resuming from epoch {saved}" in out, out[-3000:]
+    assert "Training finished" in out, out[-3000:]
+    assert out.count(f"epoch {final:3d}/{final}") == 1  # only rank 0 prints
+    assert list((tmp_path / "runs").iterdir()) == [run]
+    assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.csv",
+                                               "config.toml", "distributed.json"}  # fmt: skip
+    assert not list(run.glob("*.tmp*"))
+    assert epochs_in(run) == final
+    check_record(run, list(range(1, final + 1)))
+    assert_loadable(run / "best.pt")
 
 
 @pytest.mark.slow

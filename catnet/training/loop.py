@@ -110,10 +110,13 @@ def run_epochs(run: Run, epoch: recipes.EpochFn) -> str:
             if best and not run.save_every_epoch:
                 run.keep_best()
             if ranks.leader:
-                if run.save_every_epoch:
-                    _save(run, best)
+                # The shares' record before the checkpoint, as metrics.csv (_save): a stop
+                # between the two leaves an epoch that the resume drops (earlier_epochs), never
+                # one of last.pt's epochs missing from distributed.json.
                 if run.shard:
                     write_record(run.run_dir, run.shard, run.batch_size, len(run.shown))
+                if run.save_every_epoch:
+                    _save(run, best)
             cb.on_epoch_end(epoch_report(row, cfg, state.planned_epochs, best, improved))
             # Rank 0 decides, so that every rank leaves the loop at the same epoch.
             if from_leader(ranks, [int(state.stopper.should_stop)])[0]:
