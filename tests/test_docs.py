@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import REPO, TrainedRun, make_dataset, tiny_config, write_class
+from conftest import REPO, TrainedRun, make_dataset, tiny_config, write_class
 
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 NEEDS = {

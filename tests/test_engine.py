@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TrainedRun
 
 from catnet.data.pixels import decode_square
 from catnet.engine.store import EngineStore
-from tests.conftest import TrainedRun
 
 pytestmark = pytest.mark.slow  # every test here loads the session's trained model
 
