@@ -139,19 +139,24 @@ def tiny_config_fixture() -> Callable[..., TrainConfig]:
     return tiny_config
 
 
-_ENGINE_CACHE = Path(tempfile.mkdtemp(prefix="catnet-engine-"))
-atexit.register(shutil.rmtree, _ENGINE_CACHE, True)
+# This process's caches. Fixtures wider than one test (the session's trained model, a module's
+# Ray and its workers) start before the per-test isolation below: they get these folders, so
+# nothing a test runs writes to ~/.cache. The inference engine's graphs depend only on their
+# key (a checkpoint's bytes): one folder for the session, so each model is converted once.
+SESSION_CACHES = Path(tempfile.mkdtemp(prefix="catnet-tests-"))
+ENGINE_CACHE = SESSION_CACHES / "engine"
+os.environ.update(CATNET_CACHE=str(SESSION_CACHES / "cache"),
+                  CATNET_ENGINE_CACHE=str(ENGINE_CACHE),
+                  XDG_CACHE_HOME=str(SESSION_CACHES / "xdg"))  # fmt: skip
+atexit.register(shutil.rmtree, SESSION_CACHES, True)
 
 
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """Every test (and every subprocess it starts) gets its own cache folder and working
     directory, so nothing is written to ~/.cache/catnet or ./runs."""
-    cache = tmp_path / ".catnet_cache"
-    monkeypatch.setenv("CATNET_CACHE", str(cache))
-    # The inference engine's graphs depend only on their key (a checkpoint's bytes): one
-    # folder for the session, so each model is converted once, not once per test.
-    monkeypatch.setenv("CATNET_ENGINE_CACHE", str(_ENGINE_CACHE))
+    monkeypatch.setenv("CATNET_CACHE", str(tmp_path / ".catnet_cache"))
+    monkeypatch.setenv("CATNET_ENGINE_CACHE", str(ENGINE_CACHE))  # the session's (see above)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / ".xdg_cache"))
     monkeypatch.chdir(tmp_path)
     yield
@@ -161,10 +166,11 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
 # real processes), longest first as measured: `-n 2 --dist loadfile` hands out whole files in
 # this order (pytest_configure below), and a long file started last leaves one core idle while
 # it finishes.
-LONGEST_FIRST = ("test_ray_predict.py", "test_distributed_train.py", "test_benchmarks.py",
-                 "test_bad_inputs.py", "test_faults.py", "test_pretrained.py",
-                 "test_interrupts.py", "test_decisions.py", "test_decision.py", "test_docs.py",
-                 "test_vocabulary.py", "test_label_serve.py", "test_learning_loop.py")  # fmt: skip
+LONGEST_FIRST = ("test_ray_predict.py", "test_distributed_train.py", "test_bad_inputs.py",
+                 "test_benchmarks.py", "test_faults.py", "test_interrupts.py",
+                 "test_pretrained.py", "test_decisions.py", "test_docs.py",
+                 "test_learning_loop.py", "test_label_serve.py", "test_vocabulary.py",
+                 "test_label_browser.py", "test_demo.py", "test_decision.py")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -179,9 +185,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """An xdist worker ends here without tearing torch, OpenVINO and Ray's client down (~1.5 s
     that the controller waits for, as catnet's own entry point skips it: cli/main.py's
     _exit). Its results went to the controller at session end (pytest_sessionfinish); only the
-    session's engine cache is left to remove."""
+    session's caches are left to remove."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
-        shutil.rmtree(_ENGINE_CACHE, ignore_errors=True)
+        shutil.rmtree(SESSION_CACHES, ignore_errors=True)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)

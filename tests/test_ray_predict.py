@@ -44,7 +44,9 @@ OBJECT_STORE_BYTES = 100 * 2**20  # Ray's minimum is 75 MB
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
     """A local Ray on 2 CPUs and a small object store for the whole module (starting one
-    takes seconds)."""
+    takes seconds). Its workers inherit the environment of its start, before the per-test
+    isolation: the session's caches (conftest.SESSION_CACHES), the engine's among them, where
+    the graphs of the tests' checkpoints are."""
     ray = pytest.importorskip("ray", reason=NO_RAY)
     pytest.importorskip("ray.data", reason=NO_RAY)
     if ray.is_initialized():

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import ray.data
 
+    from catnet.predicting.answering import AnsweringModel
     from catnet.predicting.network_model import CatnetModel
 
 # Paths per Ray dataset in predict_on_ray: the driver holds one part's path strings at a time
@@ -77,9 +78,11 @@ def decode_batch(batch: pa.Table, size: int, max_pixels: int) -> pa.Table:
 
 
 class Predictor:
-    """Ray actor: the network, loaded once per worker from the checkpoint's payload (shipped
-    through Ray, so workers on other machines need no copy of the file); decoded batches to
-    predict's rows."""
+    """Ray actor: the model, loaded once per worker: from this machine's engine cache when the
+    checkpoint's graphs are there (as a warm predict: no torch, no payload fetched; the
+    driver's machine always has them), else from the checkpoint's payload (shipped through
+    Ray, so workers on other machines need no copy of the file); decoded batches to predict's
+    rows."""
 
     def __init__(
         self,
@@ -90,20 +93,31 @@ class Predictor:
         device: str,
         engine_key: str = "",
     ) -> None:
-        from catnet.predicting.network_model import CatnetModel
+        from catnet.engine.runtime import EngineUnavailable
 
-        ray = require_ray()
-        # [ObjectRef]: the payload is in Ray's object store once, fetched by each worker.
-        self.model = CatnetModel(ray.get(payload[0]), Path(name), device)
-        if engine_key and cfg.engine != "torch" and device == "cpu":
-            from catnet.engine.runtime import EngineUnavailable
-            from catnet.predicting.network_model import attach_engine
+        engine = bool(engine_key) and cfg.engine != "torch" and device == "cpu"
+        model: AnsweringModel | None = None
+        if engine:
+            from catnet.predicting.prediction import cached_engine_model
 
-            try:  # each machine builds its graphs once, in its own cache
-                attach_engine(self.model, cfg.tta, engine_key)
+            try:
+                model = cached_engine_model(Path(name), cfg.tta, engine_key)
             except EngineUnavailable:  # the driver said so already if it could not either
                 if cfg.engine == "openvino":
                     raise
+        if model is None:
+            from catnet.predicting.network_model import CatnetModel, attach_engine
+
+            # [ObjectRef]: the payload is in Ray's object store once, fetched by each worker.
+            loaded = CatnetModel(require_ray().get(payload[0]), Path(name), device)
+            if engine:
+                try:  # each machine builds its graphs once, in its own cache
+                    attach_engine(loaded, cfg.tta, engine_key)
+                except EngineUnavailable:
+                    if cfg.engine == "openvino":
+                        raise
+            model = loaded
+        self.model: AnsweringModel = model
         self.cfg = cfg
         self.decision = self.model.decision(cfg.threshold, unsure, cfg.open_set)
 

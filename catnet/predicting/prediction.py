@@ -76,10 +76,11 @@ def answering_model(
     return load_model(path, device, engine, on_message)
 
 
-def cached_engine_model(path: Path, tta: bool | None) -> EngineModel | None:
+def cached_engine_model(path: Path, tta: bool | None, key: str = "") -> EngineModel | None:
     """An EngineModel from the engine cache, None when the cache lacks a graph this run
-    needs (load_model builds it)."""
-    store = EngineStore.of_checkpoint(path)
+    needs (load_model builds it). key: the cache folder's name (default: from the checkpoint
+    file's bytes; a Ray worker gets the driver's)."""
+    store = EngineStore(key) if key else EngineStore.of_checkpoint(path)
     card = store.card()
     if card is None:
         return None
