@@ -62,11 +62,14 @@ def split_folder(
     return out / "train", out / "test"
 
 
-def run(cmd: list[str], env: dict | None = None) -> tuple[str, float]:
+def run(cmd: list[str], env: dict | None = None, ok: tuple[int, ...] = (0, 1)
+        ) -> tuple[str, float]:  # fmt: skip
+    """(stdout, seconds) of a command; another exit code than `ok` stops the benchmark (by
+    default 1 passes: done, some unreadable pictures skipped)."""
     started = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.monotonic() - started
-    if proc.returncode not in (0, 1):  # 1: done, some unreadable pictures skipped
+    if proc.returncode not in ok:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return proc.stdout, seconds
 

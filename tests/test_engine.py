@@ -93,6 +93,29 @@ def test_without_openvino_auto_says_so_once_and_openvino_is_an_error(
         prediction.load_model(trained.best, engine="openvino")
 
 
+def test_cached_graphs_that_do_not_compile_fall_back_to_pytorch(
+    trained: TrainedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graphs in the cache that this OpenVINO cannot compile (a cache shared with another
+    version): predict and evaluate say so and answer with PyTorch (--engine auto), no
+    traceback."""
+    from catnet.engine import runtime
+    from catnet.evaluating.evaluation import evaluate
+    from catnet.predicting import prediction
+
+    prediction.load_model(trained.best)  # warms the cache
+
+    def broken(self: object, xml: Path, *_args: object, **_kw: object) -> None:
+        raise runtime.EngineUnavailable(f"OpenVINO could not compile {xml.name} (test)")
+
+    monkeypatch.setattr(runtime.Compiled, "__init__", broken)
+    monkeypatch.setattr(prediction, "_SAID", set())
+    said: list[str] = []
+    model = prediction.answering_model(trained.best, on_message=said.append)
+    assert model.engine_name == "torch" and said and "could not compile" in said[0]
+    assert evaluate(trained.best, trained.data).metrics["skipped"] == 1
+
+
 def test_building_the_engine_touches_no_network(
     trained: TrainedRun, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

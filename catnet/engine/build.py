@@ -122,7 +122,7 @@ def save_graph(module: nn.Module, example: torch.Tensor, xml: Path) -> None:
         # instead of a TorchScript module made for each of the ~300 submodules and read back
         # attribute by attribute by the converter (0.8 -> 0.5 s for Lite0/Lite2 at 64 px, the
         # same outputs to the bit).
-        module.eval()
+        module.eval().requires_grad_(False)  # constants of the graph cannot require grad
         traced = torch.jit.trace(
             lambda *inputs: module(*inputs), example, check_trace=False, strict=False
         )

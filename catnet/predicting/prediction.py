@@ -88,9 +88,15 @@ def cached_engine_model(path: Path, tta: bool | None, key: str = "") -> EngineMo
         model = EngineModel(ModelCard.from_json(card), path, store)
     except (TypeError, KeyError, ValueError):  # a card from another catnet version: rebuild
         return None
-    wanted = [answer_graph(model.tta if tta is None else tta)]
-    wanted += ["score"] if model.card.unfamiliar_above is not None else []
-    return model if all(store.has(name) for name in wanted) else None
+    tta = model.tta if tta is None else tta
+    wanted = [answer_graph(tta)] + (["score"] if model.card.unfamiliar_above is not None else [])
+    if not all(store.has(name) for name in wanted):
+        return None
+    # compile now, as attach_engine does: a graph this OpenVINO cannot run raises
+    # EngineUnavailable here, where the callers fall back to PyTorch
+    s = model.decode_size
+    model.logits_and_scores(np.zeros((1, s, s, 3), np.uint8), tta)
+    return model
 
 
 _SAID: set[str] = set()
