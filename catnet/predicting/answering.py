@@ -59,7 +59,9 @@ class ModelCard:
         return cls(**card)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """As card.json reads back (lists, not tuples), so that an unchanged card compares
+        equal and is not written again on every load."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
 
 class AnsweringModel:
@@ -165,6 +167,14 @@ class EngineModel(AnsweringModel):
         if name not in self._compiled:
             self._compiled[name] = Compiled(self.store.graph(name), self.store.blobs, exact)
         return self._compiled[name]
+
+    def compile(self, tta: bool | None = None) -> None:
+        """Compile the graphs a run with this TTA uses, now: a graph this OpenVINO cannot run
+        raises EngineUnavailable here, where callers can still fall back to PyTorch, not at
+        the first batch."""
+        self._graph(answer_graph(self.tta if tta is None else tta))
+        if self.card.unfamiliar_above is not None:
+            self._graph("score", exact=True)
 
     def logits_and_scores(
         self, batch_u8: Any, tta: bool | None = None, open_set: bool = True

@@ -96,6 +96,6 @@ def attach_engine(model: CatnetModel, tta: bool | None = None, key: str = "",
     if store.card() != model.card.to_json():
         store.write_card(model.card.to_json())
     engine = EngineModel(model.card, model.path, store)
-    engine.logits_and_scores(np.zeros((1, s, s, 3), np.uint8), tta)  # compile now: fail here
+    engine.compile(tta)  # now: a graph that does not compile fails here, not at the first batch
     model.engine, model.engine_name = engine, "openvino"
     return engine

@@ -92,10 +92,7 @@ def cached_engine_model(path: Path, tta: bool | None, key: str = "") -> EngineMo
     wanted = [answer_graph(tta)] + (["score"] if model.card.unfamiliar_above is not None else [])
     if not all(store.has(name) for name in wanted):
         return None
-    # compile now, as attach_engine does: a graph this OpenVINO cannot run raises
-    # EngineUnavailable here, where the callers fall back to PyTorch
-    s = model.decode_size
-    model.logits_and_scores(np.zeros((1, s, s, 3), np.uint8), tta)
+    model.compile(tta)  # as attach_engine does: where the callers can fall back to PyTorch
     return model
 
 
